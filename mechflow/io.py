@@ -1,0 +1,214 @@
+"""xarray files with provenance, written atomically.
+
+Every intermediate of the workflow is a netCDF file (h5netcdf engine) or, for paths ending in
+``.zarr``, a Zarr store. Writes go to a hidden temporary sibling first and are renamed into place
+only when complete, so a killed job never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from mechflow import __version__
+
+TMP_MARK = ".tmp-"
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete temporaries a killed writer of ``path`` left behind; returns what was removed."""
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{path.name}{TMP_MARK}*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary is a hidden sibling (same directory, so the rename is atomic on POSIX).
+    On any exception it is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"atomic write of {path}: nothing was written to {tmp}")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a binary file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the same object always gives the same text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def digest(obj: Any, length: int = 16) -> str:
+    """Short sha256 of an object's canonical JSON (params dicts, configs)."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Full sha256 hex digest of one file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_sha256(paths: Iterable[str | os.PathLike]) -> str:
+    """sha256 over several files (sorted by name; each file's name and content)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(p) for p in paths):
+        h.update(p.name.encode())
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def provenance_attrs(config_digest: str, **upstream: Any) -> dict[str, Any]:
+    """Attrs every mechflow file carries: version, creation time, config digest, upstream provenance.
+
+    Values that netCDF cannot hold as attributes (dicts, lists of mixed types, None) are stored as
+    JSON strings.
+    """
+    attrs: dict[str, Any] = {
+        "mechflow_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config_digest": config_digest,
+    }
+    for key, value in upstream.items():
+        attrs[key] = netcdf_attr(value)
+    return attrs
+
+
+def netcdf_attr(value: Any) -> Any:
+    """Turn a Python value into something a netCDF attribute can hold."""
+    if isinstance(value, (str, int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value
+    ):
+        return np.asarray(value)
+    return canonical_json(value)
+
+
+def inherit_provenance(source_attrs: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """Copy the named provenance attrs of an upstream file (missing ones are skipped)."""
+    return {k: source_attrs[k] for k in keys if k in source_attrs}
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix == ".zarr"
+
+
+def write_dataset(ds: xr.Dataset, path: str | os.PathLike, encoding: dict | None = None) -> Path:
+    """Write a Dataset atomically: netCDF via h5netcdf, or Zarr when ``path`` ends in ``.zarr``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if _is_zarr(path):
+            ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True)
+        else:
+            ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
+    return path
+
+
+def write_dataarray(da: xr.DataArray, path: str | os.PathLike, encoding: dict | None = None) -> Path:
+    """Write a named DataArray atomically (see :func:`write_dataset`)."""
+    if da.name is None:
+        raise ValueError("write_dataarray needs a named DataArray (the name is the file's variable)")
+    ds = da.to_dataset()
+    ds.attrs = dict(da.attrs)
+    return write_dataset(ds, path, encoding=None if encoding is None else {da.name: encoding})
+
+
+def open_dataset(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
+    """Open a mechflow file (netCDF or Zarr), lazily."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such mechflow file: {path}")
+    if _is_zarr(path):
+        return xr.open_zarr(path, **kwargs)
+    return xr.open_dataset(path, engine="h5netcdf", **kwargs)
+
+
+def open_dataarray(path: str | os.PathLike, **kwargs: Any) -> xr.DataArray:
+    """Open the single data variable of a mechflow file, with the file's attrs."""
+    ds = open_dataset(path, **kwargs)
+    if len(ds.data_vars) != 1:
+        raise ValueError(f"{path} holds {sorted(ds.data_vars)}; use open_dataset for several variables")
+    (name,) = ds.data_vars
+    da = ds[name]
+    da.attrs = {**ds.attrs, **da.attrs}
+    return da
+
+
+def load_dataarray(path: str | os.PathLike) -> xr.DataArray:
+    """Open and load into memory, closing the file."""
+    with open_dataarray(path) as da:
+        return da.load()
+
+
+def load_dataset(path: str | os.PathLike) -> xr.Dataset:
+    """Open and load into memory, closing the file."""
+    with open_dataset(path) as ds:
+        return ds.load()
