@@ -166,7 +166,7 @@ def write_dataset(ds: xr.Dataset, path: str | os.PathLike, encoding: dict | None
     path = Path(path)
     with atomic_path(path) as tmp:
         if _is_zarr(path):
-            ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True)
+            ds.to_zarr(tmp, mode="w", encoding=encoding)
         else:
             ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
     return path

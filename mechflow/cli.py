@@ -1,0 +1,89 @@
+"""The ``mechflow`` command: inspect result files, show the environment, run the workflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fmt_attr(value) -> str:
+    text = str(value.tolist() if hasattr(value, "tolist") else value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def inspect_file(path: str) -> str:
+    """A readable summary of a mechflow file: variables with dims, shapes, dtypes; coords; attrs."""
+    from mechflow.io import open_dataset
+
+    with open_dataset(path) as ds:
+        lines = [f"{path}", "dimensions: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items())]
+        lines.append("variables:")
+        for name, var in ds.data_vars.items():
+            lines.append(f"  {name} [{', '.join(var.dims)}] {var.dtype} {tuple(var.shape)}")
+        lines.append("coordinates:")
+        for name, var in ds.coords.items():
+            sample = var.values[:3].tolist() if var.ndim == 1 else ""
+            lines.append(f"  {name} [{', '.join(var.dims)}] {var.dtype} e.g. {sample}")
+        attrs = {**ds.attrs}
+        for var in ds.data_vars.values():
+            attrs.update({k: v for k, v in var.attrs.items() if k not in attrs})
+        lines.append("attributes:")
+        lines += [f"  {k}: {_fmt_attr(v)}" for k, v in sorted(attrs.items())]
+    return "\n".join(lines)
+
+
+def info() -> dict:
+    """Versions and devices relevant to a run."""
+    import torch
+
+    from mechflow import __version__
+
+    return {
+        "mechflow": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mechflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_inspect = sub.add_parser("inspect", help="print a result file's dims, coords and attrs")
+    p_inspect.add_argument("files", nargs="+")
+    sub.add_parser("info", help="versions and devices")
+    p_run = sub.add_parser("run", help="run the workflow (arguments after -- go to snakemake)")
+    p_run.add_argument("--configfile", default=None)
+    p_run.add_argument("--cores", "-c", default="all")
+    p_run.add_argument("snakemake_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "inspect":
+        for i, f in enumerate(args.files):
+            if i:
+                print()
+            try:
+                print(inspect_file(f))
+            except (FileNotFoundError, OSError, ValueError) as e:
+                print(f"mechflow inspect: {e}", file=sys.stderr)
+                return 1
+        return 0
+    if args.command == "info":
+        print(json.dumps(info(), indent=2))
+        return 0
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "-c", str(args.cores)]
+    if args.configfile:
+        cmd += ["--configfile", args.configfile]
+    extra = [a for a in args.snakemake_args if a != "--"]
+    return subprocess.call(cmd + extra, env=os.environ.copy())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""Capture activations at a named hook point and pool them per prompt.
+
+Prompts are tokenised in batches (sorted by length to limit padding), run through the model with
+forward hooks on the chosen layers, pooled with the attention mask (mean, max or last token), and
+streamed batch by batch into the output file, so memory stays bounded by one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import h5netcdf
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from mechflow.hooks import capture_sites, n_layers
+from mechflow.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+Pooling = Literal["mean", "max", "last"]
+POOLINGS: tuple[str, ...] = ("mean", "max", "last")
+PROMPT_COORDS = ("text", "latitude", "longitude", "region", "place_id")
+
+
+class ExtractionError(ValueError):
+    """Extraction settings do not fit the model or prompts."""
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Pool token activations per sequence, ignoring padding.
+
+    hidden [batch, tokens, units]; mask [batch, tokens] (1 = real token) -> [batch, units].
+    ``last`` takes the last real token whatever the padding side.
+    """
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    if pooling == "mean":
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if pooling == "max":
+        return hidden.masked_fill(m == 0, float("-inf")).amax(1)
+    if pooling == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask.bool(), positions, -1).amax(1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ExtractionError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+
+
+def resolve_layers(layers: str | Sequence[int], total: int) -> list[int]:
+    """``"all"`` or a list of layer indices (negative counts from the end) -> sorted unique indices."""
+    if layers == "all":
+        return list(range(total))
+    if isinstance(layers, str):
+        raise ExtractionError(f"layers must be 'all' or a list of integers, got {layers!r}")
+    out = set()
+    for layer in layers:
+        idx = layer + total if layer < 0 else layer
+        if not 0 <= idx < total:
+            raise ExtractionError(f"layer {layer} is out of range for a model with {total} layers")
+        out.add(idx)
+    if not out:
+        raise ExtractionError("no layers selected")
+    return sorted(out)
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the deepest needed layer: later layers need not run."""
+
+
+@dataclass
+class _Recorder:
+    """Forward hooks that keep each selected layer's activations of the current batch."""
+
+    layers: list[int]
+    stop_early: bool
+
+    def __post_init__(self) -> None:
+        self.store: dict[int, torch.Tensor] = {}
+        self.handles: list[Any] = []
+
+    def attach(self, model: torch.nn.Module, hook: str) -> None:
+        sites = capture_sites(model, hook)
+        last = max(self.layers)
+        for layer in self.layers:
+            site = sites[layer]
+            stop = self.stop_early and layer == last
+
+            def keep(tensor: Any, layer: int = layer, stop: bool = stop) -> None:
+                self.store[layer] = tensor[0] if isinstance(tensor, tuple) else tensor
+                if stop:
+                    raise _StopForward
+
+            if site.what == "output":
+                h = site.module.register_forward_hook(lambda mod, args, out, keep=keep: keep(out))
+            else:
+                h = site.module.register_forward_pre_hook(lambda mod, args, keep=keep: keep(args[0]))
+            self.handles.append(h)
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer without its LM head (we never need logits for extraction)."""
+    prefix = getattr(model, "base_model_prefix", None)
+    inner = getattr(model, prefix, None) if prefix else None
+    return inner if isinstance(inner, torch.nn.Module) else model
+
+
+@torch.inference_mode()
+def iter_pooled(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    hook: str = "resid",
+    layers: str | Sequence[int] = "all",
+    pooling: Pooling = "mean",
+    batch_size: int = 32,
+    max_length: int = 64,
+    progress: bool = True,
+):
+    """Yield (prompt indices [b], pooled activations [b, n_layers_selected, units] float32 numpy).
+
+    Batches are formed from prompts sorted by token length; indices refer to ``texts``.
+    """
+    if pooling not in POOLINGS:
+        raise ExtractionError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+    if batch_size < 1:
+        raise ExtractionError("batch_size must be >= 1")
+    layer_ids = resolve_layers(layers, n_layers(model))
+    device = next(model.parameters()).device
+    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    base = _base_model(model)
+    recorder = _Recorder(layer_ids, stop_early=True)
+    recorder.attach(base, hook)
+    try:
+        bar = tqdm(total=len(texts), desc=f"extract {hook}", unit="prompt", disable=not progress, mininterval=2.0)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
+                            max_length=max_length).to(device)
+            recorder.store.clear()
+            try:
+                base(**enc, use_cache=False) if _accepts_use_cache(base) else base(**enc)
+            except _StopForward:
+                pass
+            missing = [layer for layer in layer_ids if layer not in recorder.store]
+            if missing:
+                raise ExtractionError(f"hook {hook!r} captured nothing at layers {missing}")
+            pooled = torch.stack([pool(recorder.store[layer], enc["attention_mask"], pooling) for layer in layer_ids], 1)
+            yield idx, pooled.float().cpu().numpy()
+            bar.update(len(idx))
+        bar.close()
+    finally:
+        recorder.detach()
+
+
+def _accepts_use_cache(model: torch.nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "use_cache", False))
+
+
+class ActivationWriter:
+    """Stream pooled activations [prompt, layer, unit] into a netCDF file, atomically.
+
+    The file is created beside ``path`` under a hidden temporary name with all coordinates, filled
+    block by block, and renamed onto ``path`` only on a clean exit.
+    """
+
+    def __init__(self, path: str | Path, prompts: xr.Dataset, layers: Sequence[int], attrs: dict[str, Any]):
+        self.path = Path(path)
+        self.prompts = prompts
+        self.layers = list(layers)
+        self.attrs = attrs
+        self._file: h5netcdf.File | None = None
+        self._var: Any = None
+        self._written = np.zeros(prompts.sizes["prompt"], dtype=bool)
+
+    def __enter__(self) -> ActivationWriter:
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        return self
+
+    def _create(self, n_units: int) -> None:
+        coords = {
+            "prompt": self.prompts["prompt"].values,
+            "layer": np.asarray(self.layers, dtype=np.int64),
+            "unit": np.arange(n_units, dtype=np.int64),
+        }
+        for name in PROMPT_COORDS:
+            if name in self.prompts.variables:
+                coords[name] = ("prompt", self.prompts[name].values)
+        skeleton = xr.Dataset(coords=coords, attrs=self.attrs)
+        skeleton.to_netcdf(self._tmp, engine="h5netcdf")
+        self._file = h5netcdf.File(self._tmp, "a")
+        n = self.prompts.sizes["prompt"]
+        chunks = (min(n, 256), 1, n_units)
+        self._var = self._file.create_variable("activations", ("prompt", "layer", "unit"), dtype="f4", chunks=chunks)
+        for k, v in self.attrs.items():
+            self._var.attrs[k] = v
+
+    def write(self, indices: np.ndarray, block: np.ndarray) -> None:
+        """indices [b] prompt positions; block [b, n_layers, units]."""
+        if self._file is None:
+            self._create(block.shape[-1])
+        order = np.argsort(indices)
+        self._var[np.asarray(indices)[order].tolist(), :, :] = block[order]
+        self._written[indices] = True
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._file is not None:
+            self._file.close()
+        if exc_type is None and not self._written.all():
+            exc = ExtractionError(f"{int((~self._written).sum())} prompts were never written")
+            self._atomic.__exit__(type(exc), exc, None)
+            raise exc
+        return bool(self._atomic.__exit__(exc_type, exc, tb))
+
+
+def extract_to_file(
+    path: str | Path,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: xr.Dataset,
+    hook: str,
+    layers: str | Sequence[int],
+    pooling: Pooling,
+    batch_size: int,
+    max_length: int,
+    attrs: dict[str, Any],
+    progress: bool = True,
+) -> Path:
+    """Extract pooled activations for every prompt and write ``activations`` [prompt, layer, unit]."""
+    texts = [str(t) for t in prompts["text"].values]
+    if not texts:
+        raise ExtractionError("the prompt set is empty")
+    layer_ids = resolve_layers(layers, n_layers(model))
+    attrs = {**attrs, "hook": hook, "pooling": pooling}
+    with ActivationWriter(path, prompts, layer_ids, attrs) as writer:
+        for idx, block in iter_pooled(model, tokenizer, texts, hook, layer_ids, pooling, batch_size, max_length, progress):
+            writer.write(idx, block)
+    log.info("wrote %s: %d prompts x %d layers", path, len(texts), len(layer_ids))
+    return Path(path)
+
+
+def gather_shards(shard_paths: Sequence[str | Path], path: str | Path, prompts: xr.Dataset, attrs: dict[str, Any]) -> Path:
+    """Concatenate shard files (each a contiguous slice of the prompts) into one activations file."""
+    from mechflow.io import open_dataarray
+
+    layers = None
+    with ActivationWriter(path, prompts, [], attrs) as writer:
+        for shard in shard_paths:
+            with open_dataarray(shard) as da:
+                if layers is None:
+                    layers = da["layer"].values.tolist()
+                    writer.layers = layers
+                    writer.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("created", "shard")}, **attrs}
+                elif da["layer"].values.tolist() != layers:
+                    raise ExtractionError(f"shard {shard} has layers {da['layer'].values.tolist()}, expected {layers}")
+                writer.write(da["prompt"].values, da.values)
+    return Path(path)
+
+
+def shard_slice(n: int, shard: int, n_shards: int) -> slice:
+    """Contiguous slice of ``n`` prompts for shard ``shard`` (0-based) of ``n_shards``."""
+    if not 0 <= shard < n_shards:
+        raise ExtractionError(f"shard {shard} out of range for {n_shards} shards")
+    bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
+    return slice(int(bounds[shard]), int(bounds[shard + 1]))

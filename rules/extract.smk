@@ -1,0 +1,72 @@
+if EXTRACT["shards"] == 1:
+
+    rule extract:
+        """Run the model over every prompt and pool activations at one hook point."""
+        input:
+            prompts=PROMPTS,
+            weights=model_weight_files,
+        output:
+            ACTIVATIONS,
+        params:
+            extract=extract_params,
+            shard=None,
+            code=CODE["extract"],
+        log:
+            "results/logs/extract/{dataset}/{model}/{hook}.log",
+        benchmark:
+            "results/benchmarks/extract/{dataset}/{model}/{hook}.tsv"
+        threads: EXTRACT["threads"]
+        resources:
+            mem_mb=EXTRACT["mem_mb"],
+            gpu=EXTRACT["gpu"],
+        conda:
+            "../envs/mechflow.yaml"
+        script:
+            "../scripts/extract.py"
+
+else:
+
+    rule extract_shard:
+        """Extract one contiguous slice of the prompts (scale-out on a cluster)."""
+        input:
+            prompts=PROMPTS,
+            weights=model_weight_files,
+        output:
+            temp("results/activations/{dataset}/{model}/{hook}.shards/{shard}.nc"),
+        params:
+            extract=extract_params,
+            shard=lambda wc: [int(wc.shard), EXTRACT["shards"]],
+            code=CODE["extract"],
+        log:
+            "results/logs/extract/{dataset}/{model}/{hook}.shard{shard}.log",
+        benchmark:
+            "results/benchmarks/extract/{dataset}/{model}/{hook}.shard{shard}.tsv"
+        threads: EXTRACT["threads"]
+        resources:
+            mem_mb=EXTRACT["mem_mb"],
+            gpu=EXTRACT["gpu"],
+        conda:
+            "../envs/mechflow.yaml"
+        script:
+            "../scripts/extract.py"
+
+    rule gather_activations:
+        """Concatenate the extraction shards along the prompt dimension."""
+        input:
+            prompts=PROMPTS,
+            shards=expand(
+                "results/activations/{{dataset}}/{{model}}/{{hook}}.shards/{shard}.nc",
+                shard=range(EXTRACT["shards"]),
+            ),
+        output:
+            ACTIVATIONS,
+        params:
+            code=CODE["extract"],
+        log:
+            "results/logs/extract/{dataset}/{model}/{hook}.gather.log",
+        benchmark:
+            "results/benchmarks/extract/{dataset}/{model}/{hook}.gather.tsv"
+        conda:
+            "../envs/mechflow.yaml"
+        script:
+            "../scripts/gather_activations.py"

@@ -1,0 +1,34 @@
+"""Rule extract / extract_shard: pooled activations of one model at one hook point."""
+
+from mechflow.extract import extract_to_file, shard_slice
+from mechflow.io import digest, load_dataset, provenance_attrs
+from mechflow.models import load_model, model_digest, resolve_model
+from mechflow.workflow import run_rule
+
+
+def main(sm) -> None:
+    p = dict(sm.params.extract)
+    prompts = load_dataset(sm.input.prompts)
+    if sm.params.shard is not None:
+        shard, n_shards = sm.params.shard
+        prompts = prompts.isel(prompt=shard_slice(prompts.sizes["prompt"], shard, n_shards))
+    resolved = resolve_model(p["model"]["spec"])
+    model, tokenizer = load_model(resolved, device=p["model"]["device"], dtype=p["model"]["dtype"])
+    attrs = provenance_attrs(
+        digest(p),
+        dataset=sm.wildcards.dataset,
+        model=sm.wildcards.model,
+        model_spec=p["model"]["spec"],
+        model_class=type(model).__name__,
+        model_digest=model_digest(resolved),
+        dtype=p["model"]["dtype"],
+        max_length=p["max_length"],
+        prompts_config_digest=prompts.attrs.get("config_digest", ""),
+    )
+    if sm.params.shard is not None:
+        attrs["shard"] = f"{sm.params.shard[0]}/{sm.params.shard[1]}"
+    extract_to_file(sm.output[0], model, tokenizer, prompts, p["hook"], p["layers"], p["pooling"],
+                    p["batch_size"], p["max_length"], attrs)
+
+
+run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

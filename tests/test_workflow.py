@@ -1,0 +1,157 @@
+"""The Snakemake workflow end to end on tiny prompt sets: outputs, rerun plans, kills, bad config."""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, VENV_BIN, run_snakemake
+from mechflow.io import load_dataarray
+
+ACT = "results/activations/{dataset}/{model}/{hook}.nc"
+
+
+def write_config(workdir: Path, cfg: dict) -> Path:
+    path = workdir / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def planned_jobs(workdir: Path, *args: str) -> collections.Counter:
+    """Rule -> job count of a dry run (parsed from Snakemake's 'Job stats' table)."""
+    out = run_snakemake(workdir, "-n", "--configfile", "study.yaml", *args).stdout
+    if "Nothing to be done" in out:
+        return collections.Counter()
+    table = out.split("Job stats:", 1)[1]
+    jobs = collections.Counter()
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m is None:
+            break
+        if m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+def tiny_config(n: int = 30, **extract) -> dict:
+    cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    cfg["datasets"]["tiny"]["max_per_region"] = n
+    cfg["extract"].update(extract)
+    return cfg
+
+
+def test_end_to_end_tiny_study_and_rerun_plans(workdir):
+    cfg = tiny_config()
+    write_config(workdir, cfg)
+    run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
+    act = load_dataarray(workdir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
+    assert act.dims == ("prompt", "layer", "unit") and act.shape == (30, 6, 384)
+    for key in ("mechflow_version", "created", "config_digest", "model", "model_digest", "hook", "pooling"):
+        assert key in act.attrs, key
+    assert np.isfinite(act.values).all()
+    assert (workdir / "results/logs/extract/tiny/minilm/resid.log").stat().st_size > 0
+    assert (workdir / "results/benchmarks/extract/tiny/minilm/resid.tsv").exists()
+
+    assert planned_jobs(workdir) == {}  # right after a run: nothing to do
+    # a changed extraction parameter reruns extraction (and everything downstream), not the prompts
+    cfg["extract"]["pooling"] = "last"
+    write_config(workdir, cfg)
+    plan = planned_jobs(workdir)
+    assert plan["extract"] == 1 and "prompts" not in plan
+    # a changed prompt-set parameter reruns both
+    cfg["extract"]["pooling"] = "mean"
+    cfg["datasets"]["tiny"]["template"] = "{name} in {admin1_name}"
+    write_config(workdir, cfg)
+    plan = planned_jobs(workdir)
+    assert plan["prompts"] == 1 and plan["extract"] == 1
+
+
+def test_sharded_extraction_gathers_to_the_unsharded_result(workdir):
+    write_config(workdir, tiny_config(n=25, shards=3, layers=[0, -1]))
+    run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
+    sharded = load_dataarray(workdir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
+    assert not list((workdir / "results/activations/tiny/minilm/resid.nc.shards").glob("*.nc"))  # temp() shards
+    whole_dir = workdir / "whole"
+    whole_dir.mkdir()
+    write_config(whole_dir, tiny_config(n=25, layers=[0, -1]))
+    run_snakemake(whole_dir, "-c", "2", "--configfile", "study.yaml")
+    whole = load_dataarray(whole_dir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
+    assert sharded["layer"].values.tolist() == [0, 5]
+    assert sharded["text"].values.tolist() == whole["text"].values.tolist()
+    np.testing.assert_allclose(sharded.values, whole.values, rtol=1e-4, atol=1e-5)
+
+
+def test_sigkill_during_extraction_leaves_no_half_file_and_rerun_completes(workdir):
+    write_config(workdir, tiny_config(n=800, batch_size=2, threads=1))
+    run_snakemake(workdir, "results/prompts/tiny.nc", "-c", "1", "--configfile", "study.yaml")
+    out_dir = workdir / "results/activations/tiny/minilm"
+    cmd = [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-c", "1", "--configfile", "study.yaml"]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(out_dir.glob(".resid.nc.tmp-*")):
+            time.sleep(0.05)
+        assert list(out_dir.glob(".resid.nc.tmp-*")), "extraction never started writing"
+        time.sleep(0.5)  # mid-way through the batches
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert not (out_dir / "resid.nc").exists()
+    assert all(p.name.startswith(".") for p in out_dir.iterdir())  # only the hidden temporary remains
+    run_snakemake(workdir, "--unlock", "--configfile", "study.yaml")  # the killed run's lock, as after a power loss
+    run_snakemake(workdir, "-c", "1", "--configfile", "study.yaml", "--rerun-incomplete")
+    act = load_dataarray(out_dir / "resid.nc")
+    assert act.sizes["prompt"] == 800 and np.isfinite(act.values).all()
+    assert [p.name for p in out_dir.iterdir()] == ["resid.nc"]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["extract"].update(pooling="median"), "config error at extract.pooling"),
+    (lambda c: c.update(unknown_section={}), "unknown key"),
+    (lambda c: c["models"]["minilm"].update(spec="nowhere/model"), "models.minilm.spec"),
+])
+def test_bad_config_stops_before_any_job_with_one_line(workdir, mutate, message):
+    cfg = tiny_config()
+    mutate(cfg)
+    write_config(workdir, cfg)
+    proc = run_snakemake(workdir, "-c", "1", "--configfile", "study.yaml", check=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("mechflow: config error")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert not (workdir / "results").exists()
+
+
+def test_lint_passes():
+    proc = subprocess.run([str(VENV_BIN / "snakemake"), "--lint"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_inspect_cli_prints_dims_coords_attrs(workdir):
+    write_config(workdir, tiny_config(n=8))
+    run_snakemake(workdir, "-c", "1", "--configfile", "study.yaml")
+    out = subprocess.run([str(VENV_BIN / "mechflow"), "inspect", ACT.format(dataset="tiny", model="minilm", hook="resid")],
+                         cwd=workdir, capture_output=True, text=True, check=True).stdout
+    assert "activations [prompt, layer, unit] float32 (8, 6, 384)" in out
+    assert "model_digest:" in out and "pooling: mean" in out and "text [prompt]" in out
+
+
+def test_default_model_extracts_through_the_workflow(workdir):
+    """The embedded default (SmolLM2 GGUF) through the real rules, on a few places of each region."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"]["places"]["max_per_region"] = 6
+    cfg["extract"]["layers"] = [0, 5, -1]
+    write_config(workdir, cfg)
+    run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
+    act = load_dataarray(workdir / ACT.format(dataset="places", model="smollm2", hook="resid"))
+    assert act.shape == (18, 3, 576) and act["layer"].values.tolist() == [0, 5, 29]
+    assert sorted(set(act["region"].values.tolist())) == ["GB", "IT", "NYMETRO"]
+    assert act.attrs["model_class"] == "LlamaForCausalLM" and len(act.attrs["model_digest"]) == 64
