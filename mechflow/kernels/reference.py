@@ -33,3 +33,17 @@ def snmf_update_g_ref(P: torch.Tensor, Q: torch.Tensor, G: torch.Tensor, eps: fl
     Pp, Pn = P.clamp(min=0), (-P).clamp(min=0)
     Qp, Qn = Q.clamp(min=0), (-Q).clamp(min=0)
     return G * torch.sqrt((Pp + G @ Qn) / (Pn + G @ Qp + eps))
+
+
+def topk_encode_masked_ref(
+    x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (then ReLU) over the latents where ``mask`` [n_features] (bool) is True, e.g. dead latents for AuxK.
+
+    Latents outside ``mask`` are never selected; ``k`` must not exceed ``mask.sum()``.
+    Returns (values, indices) [batch, k], indices into the full latent range.
+    """
+    pre = x @ W_enc + b_enc
+    pre = pre.masked_fill(~mask.to(device=pre.device, dtype=torch.bool), float("-inf"))
+    values, indices = pre.topk(k, dim=-1, sorted=False)
+    return values.relu(), indices
