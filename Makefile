@@ -12,7 +12,7 @@ CORES ?= all
 CONFIG ?= config.yaml
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup run test test-all lint bench clean report
+.PHONY: setup run test test-all lint bench clean browser
 
 setup: $(STAMP)
 
@@ -28,10 +28,17 @@ run: setup
 	$(BIN)/snakemake -c $(CORES) --configfile $(CONFIG) --rerun-incomplete
 	@echo "results: $$(pwd)/results"
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-all: setup
+# Headless Chromium for the report's browser test: installed where apt is available (as root),
+# otherwise that one test is skipped with a message.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
+	  echo "chromium not installed: the report's browser test will be skipped"
+
+test-all: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup

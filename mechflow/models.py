@@ -117,12 +117,15 @@ def _is_causal_lm(config: Any) -> bool:
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "float32"):
+def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "float32", random_init: bool = False,
+               init_seed: int = 0):
     """Load (model, tokenizer) offline; the model is in eval mode on ``device``.
 
     Decoder LMs load with their LM head (AutoModelForCausalLM), encoders as AutoModel.
     The tokenizer comes from the model folder (AutoTokenizer) and its vocabulary size is checked
-    against the model's embedding matrix.
+    against the model's embedding matrix. ``random_init`` builds the same architecture with freshly
+    initialised weights (seeded by ``init_seed``): the control that tells what structure comes from
+    the prompts' surface form rather than from what the model learned.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -138,7 +141,14 @@ def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "floa
     kwargs = dict(common, dtype=torch_dtype)
     if not resolved.gguf_file:
         kwargs["use_safetensors"] = True
-    model = cls.from_pretrained(resolved.directory, **kwargs).to(device).eval()
+    if random_init:
+        import torch
+
+        torch.manual_seed(init_seed)
+        model = cls.from_config(config, dtype=torch_dtype)
+    else:
+        model = cls.from_pretrained(resolved.directory, **kwargs)
+    model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(resolved.directory, **common)
     check_tokenizer(tokenizer, model)
     if tokenizer.pad_token is None:

@@ -32,7 +32,7 @@ def all_targets():
 def extract_params(wildcards):
     model = config["models"][wildcards.model]
     return {
-        "model": {k: model[k] for k in ("spec", "dtype", "device")},
+        "model": {k: model[k] for k in ("spec", "dtype", "device", "random_init", "init_seed")},
         "hook": wildcards.hook,
         "layers": EXTRACT["layers"],
         "pooling": EXTRACT["pooling"],

@@ -13,7 +13,9 @@ def main(sm) -> None:
         shard, n_shards = sm.params.shard
         prompts = prompts.isel(prompt=shard_slice(prompts.sizes["prompt"], shard, n_shards))
     resolved = resolve_model(p["model"]["spec"])
-    model, tokenizer = load_model(resolved, device=p["model"]["device"], dtype=p["model"]["dtype"])
+    m = p["model"]
+    model, tokenizer = load_model(resolved, device=m["device"], dtype=m["dtype"], random_init=m["random_init"],
+                                  init_seed=m["init_seed"])
     attrs = provenance_attrs(
         digest(p),
         dataset=sm.wildcards.dataset,
@@ -21,6 +23,8 @@ def main(sm) -> None:
         model_spec=p["model"]["spec"],
         model_class=type(model).__name__,
         model_digest=model_digest(resolved),
+        random_init=m["random_init"],
+        init_seed=m["init_seed"],
         dtype=p["model"]["dtype"],
         max_length=p["max_length"],
         prompts_config_digest=prompts.attrs.get("config_digest", ""),

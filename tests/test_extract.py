@@ -130,3 +130,14 @@ def test_embedded_encoder_loads_with_full_vocabulary():
     assert len(tok) == model.get_input_embeddings().weight.shape[0] == 30522
     out = np.concatenate([b for _, b in iter_pooled(model, tok, ["Oxford, England"], "resid", [-1], "mean", 1, progress=False)])
     assert out.shape == (1, 1, 384) and np.isfinite(out).all()
+
+
+def test_random_init_control_has_same_architecture_other_weights(tiny_llama):
+    trained, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    a, _ = load_model(resolve_model(str(tiny_llama)), device="cpu", random_init=True, init_seed=1)
+    b, _ = load_model(resolve_model(str(tiny_llama)), device="cpu", random_init=True, init_seed=1)
+    c, _ = load_model(resolve_model(str(tiny_llama)), device="cpu", random_init=True, init_seed=2)
+    wa, wt = a.model.layers[0].mlp.up_proj.weight, trained.model.layers[0].mlp.up_proj.weight
+    assert wa.shape == wt.shape and not torch.equal(wa, wt)
+    assert torch.equal(wa, b.model.layers[0].mlp.up_proj.weight)
+    assert not torch.equal(wa, c.model.layers[0].mlp.up_proj.weight)
