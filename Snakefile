@@ -34,10 +34,18 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     model="|".join(MODELS),
     hook="|".join(HOOKS),
+    layer=r"\d+",
+    run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    source=r"units|sae-[A-Za-z0-9][A-Za-z0-9_.-]*|snmf-[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 include: "rules/data.smk"
 include: "rules/extract.smk"
+include: "rules/sae.smk"
+include: "rules/snmf.smk"
+include: "rules/spatial.smk"
+include: "rules/probes.smk"
+include: "rules/report.smk"
 
 
 rule all:

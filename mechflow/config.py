@@ -76,16 +76,61 @@ def validate_schema(config: dict[str, Any], schema: dict[str, Any]) -> dict[str,
     return filled
 
 
-def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
-    """Checks beyond the schema: model paths and weights, prompt files, templates, regions."""
-    from mechflow.data.prompts import PromptSetError, _region_spec, build_prompts, check_template
-    from mechflow.models import ModelSpecError, resolve_model
+def _extracted_layers(config: dict[str, Any], hook: str, n_layers: int | None) -> set[int] | None:
+    """Layer indices extracted for ``hook`` (None when unknown)."""
+    layers = config["extract"]["hook_layers"].get(hook, config["extract"]["layers"])
+    if layers == "all":
+        return set(range(n_layers)) if n_layers is not None else None
+    if n_layers is None:
+        return {layer for layer in layers if layer >= 0} if all(layer >= 0 for layer in layers) else None
+    return {layer + n_layers if layer < 0 else layer for layer in layers}
 
+
+def _check_downstream(config: dict[str, Any], n_layers: dict[str, int | None]) -> None:
+    """Models named by analyses exist; analysed layers are extracted; SAE runs are valid."""
+    sections = {"spatial": config["spatial"].get("hooks", []), "probes": config["probes"].get("hooks", []),
+                "sae": [config["sae"]["hook"]], "snmf": [config["snmf"]["hook"]]}
+    for section, hooks in sections.items():
+        models = config[section].get("models") or list(config["models"])
+        for m in models:
+            if m not in config["models"]:
+                raise ConfigError(f"config error at {section}.models: unknown model {m!r} (have {sorted(config['models'])})")
+        if section == "probes" or (section in ("sae", "snmf") and not config[section]["runs"]):
+            continue
+        if section == "spatial" and not config["spatial"]["units"] and not config["sae"]["runs"] and not config["snmf"]["runs"]:
+            continue
+        for m in models:
+            for hook in hooks:
+                have = _extracted_layers(config, hook, n_layers[m])
+                for layer in config[section]["layers"]:
+                    if n_layers[m] is not None and layer >= n_layers[m]:
+                        raise ConfigError(f"config error at {section}.layers: layer {layer} does not exist in model "
+                                          f"{m!r} ({n_layers[m]} layers)")
+                    if have is not None and layer not in have:
+                        raise ConfigError(f"config error at {section}.layers: layer {layer} of hook {hook!r} is not "
+                                          f"extracted (extract.layers / extract.hook_layers.{hook})")
+    if config["sae"]["runs"]:
+        from mechflow.sae.config import validate_run
+
+        for name, run in config["sae"]["runs"].items():
+            try:
+                validate_run(dict(run))
+            except ValueError as e:
+                raise ConfigError(f"config error at sae.runs.{name}: {' '.join(str(e).split())}") from None
+
+
+def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
+    """Checks beyond the schema: model paths and weights, prompt files, templates, regions, layers."""
+    from mechflow.data.prompts import PromptSetError, _region_spec, build_prompts, check_template
+    from mechflow.models import ModelSpecError, count_layers, resolve_model
+
+    n_layers: dict[str, int | None] = {}
     for name, model in config["models"].items():
         try:
-            resolve_model(model["spec"], base_dir)
+            n_layers[name] = count_layers(resolve_model(model["spec"], base_dir))
         except ModelSpecError as e:
             raise ConfigError(f"config error at models.{name}.spec: {e}") from None
+    _check_downstream(config, n_layers)
     for name, ds in config["datasets"].items():
         try:
             if ds["source"] == "geonames":

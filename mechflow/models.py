@@ -170,3 +170,66 @@ def check_tokenizer(tokenizer: Any, model: Any) -> None:
             f"tokenizer vocabulary ({n_vocab}) does not match the model's embedding rows ({n_embed}); "
             "load the tokenizer from the model folder"
         )
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def _gguf_metadata_value(path: Path, suffix: str) -> Any:
+    """Read one metadata value (first key ending in ``suffix``) from a GGUF header, stopping there.
+
+    Parses only the key-value header (not the tensor table), so it takes milliseconds.
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelSpecError(f"{path} is not a GGUF file")
+        (version,) = struct.unpack("<I", f.read(4))
+        if version < 2:
+            raise ModelSpecError(f"{path}: GGUF version {version} is too old")
+        _n_tensors, n_kv = struct.unpack("<QQ", f.read(16))
+
+        def read_string() -> str:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return f.read(n).decode("utf-8", "replace")
+
+        def read_value(vtype: int) -> Any:
+            if vtype in _GGUF_SCALARS:
+                fmt = _GGUF_SCALARS[vtype]
+                return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+            if vtype == 8:
+                return read_string()
+            if vtype == 9:
+                (etype,) = struct.unpack("<I", f.read(4))
+                (n,) = struct.unpack("<Q", f.read(8))
+                if etype in _GGUF_SCALARS:  # skip fixed-size arrays without decoding them
+                    f.seek(n * struct.calcsize(_GGUF_SCALARS[etype]), 1)
+                    return None
+                return [read_value(etype) for _ in range(n)]
+            raise ModelSpecError(f"{path}: unknown GGUF value type {vtype}")
+
+        for _ in range(n_kv):
+            key = read_string()
+            (vtype,) = struct.unpack("<I", f.read(4))
+            value = read_value(vtype)
+            if key.endswith(suffix):
+                return value
+    return None
+
+
+def count_layers(resolved: ResolvedModel) -> int | None:
+    """Number of transformer blocks, read from config.json or the GGUF header (None if unknown)."""
+    if resolved.gguf_file:
+        value = _gguf_metadata_value(resolved.directory / resolved.gguf_file, ".block_count")
+        return int(value) if value is not None else None
+    config = resolved.directory / "config.json"
+    if not config.exists():
+        return None
+    import json
+
+    cfg = json.loads(config.read_text(encoding="utf-8"))
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in cfg:
+            return int(cfg[key])
+    return None

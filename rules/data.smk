@@ -4,7 +4,7 @@ rule prompts:
         PROMPTS,
     params:
         dataset=lambda wc: config["datasets"][wc.dataset],
-        code=CODE["prompts"],
+        code=lambda wc: code("prompts"),
     log:
         "results/logs/prompts/{dataset}.log",
     benchmark:

@@ -10,7 +10,7 @@ if EXTRACT["shards"] == 1:
         params:
             extract=extract_params,
             shard=None,
-            code=CODE["extract"],
+            code=lambda wc: code("extract"),
         log:
             "results/logs/extract/{dataset}/{model}/{hook}.log",
         benchmark:
@@ -36,7 +36,7 @@ else:
         params:
             extract=extract_params,
             shard=lambda wc: [int(wc.shard), EXTRACT["shards"]],
-            code=CODE["extract"],
+            code=lambda wc: code("extract"),
         log:
             "results/logs/extract/{dataset}/{model}/{hook}.shard{shard}.log",
         benchmark:
@@ -61,7 +61,7 @@ else:
         output:
             ACTIVATIONS,
         params:
-            code=CODE["extract"],
+            code=lambda wc: code("extract"),
         log:
             "results/logs/extract/{dataset}/{model}/{hook}.gather.log",
         benchmark:

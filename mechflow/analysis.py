@@ -1,0 +1,81 @@
+"""Study-level analyses the rules run: spatial autocorrelation of any feature set, with controls.
+
+A *feature set* is a 2-D DataArray [prompt, <feature-dim>] with the prompt coordinates
+(latitude, longitude, region): raw units of one layer (dim ``unit``), SAE features (``feature``)
+or semi-NMF factor loadings G (``factor``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from mechflow.data.regions import region_crs
+from mechflow.io import load_dataarray, load_dataset
+
+SourceKind = Literal["units", "sae", "snmf"]
+
+
+def load_feature_set(path: str | Path, kind: SourceKind, layer: int | None = None) -> xr.DataArray:
+    """Read a feature set [prompt, <feature-dim>] from an activations, SAE features or semi-NMF file."""
+    if kind == "units":
+        da = load_dataarray(path)
+        layers = da["layer"].values.tolist()
+        if layer not in layers:
+            raise ValueError(f"{path}: layer {layer} was not extracted (have {layers}); add it to extract.layers")
+        return da.sel(layer=layer, drop=True)
+    if kind == "sae":
+        return load_dataarray(path)
+    if kind == "snmf":
+        return load_dataset(path)["G"]
+    raise ValueError(f"unknown feature-set kind {kind!r} (units, sae, snmf)")
+
+
+def crs_for(regions: np.ndarray, overrides: Mapping[str, str] | None) -> dict[str, str]:
+    """Projected CRS of each region present (config overrides first, then presets)."""
+    return {str(r): region_crs(str(r), dict(overrides or {})) for r in np.unique(regions)}
+
+
+def shuffle_within_regions(lon: np.ndarray, lat: np.ndarray, region: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates permuted among the places of each region (the null of no spatial structure)."""
+    rng = np.random.default_rng(seed)
+    lon2, lat2 = lon.copy(), lat.copy()
+    for r in np.unique(region):
+        idx = np.flatnonzero(region == r)
+        perm = rng.permutation(idx)
+        lon2[idx], lat2[idx] = lon[perm], lat[perm]
+    return lon2, lat2
+
+
+def spatial_analysis(values: xr.DataArray, params: Mapping[str, Any]) -> tuple[xr.Dataset, xr.Dataset | None]:
+    """Global Moran's I / Geary's C per region (+ shuffled-coordinates control) and LISA of the top features.
+
+    ``params``: k, transform, permutations, seed, crs (overrides), lisa_top_n, shuffled_control.
+    Returns (moran, lisa); lisa is None when ``lisa_top_n`` is 0. With the control, ``moran`` also
+    holds ``I_shuffled``, ``z_norm_shuffled``, ``p_norm_shuffled`` and ``q_bh_norm_shuffled``
+    (analytical inference on coordinates shuffled within each region).
+    """
+    from mechflow.spatial import fdr_bh, lisa_dataset, moran_dataset
+
+    lon = values["longitude"].values.astype(np.float64)
+    lat = values["latitude"].values.astype(np.float64)
+    region = values["region"].values.astype(str)
+    crs = crs_for(region, params.get("crs"))
+    common = dict(k=int(params["k"]), transform=str(params["transform"]), seed=int(params["seed"]))
+    moran = moran_dataset(values, lon, lat, region, crs, permutations=int(params["permutations"]), **common)
+    if params.get("shuffled_control", True):
+        slon, slat = shuffle_within_regions(lon, lat, region, int(params["seed"]) + 1)
+        ctrl = moran_dataset(values, slon, slat, region, crs, permutations=0, **common)
+        for var in ("I", "z_norm", "p_norm"):
+            moran[f"{var}_shuffled"] = ctrl[var]
+        moran["q_bh_norm_shuffled"] = (ctrl["p_norm"].dims, fdr_bh(ctrl["p_norm"].values))
+        moran.attrs["control"] = "I_shuffled: coordinates permuted within each region (seed + 1), analytical inference"
+    lisa = None
+    top_n = int(params.get("lisa_top_n", 0))
+    if top_n > 0:
+        lisa = lisa_dataset(values, lon, lat, region, crs, top_n=top_n, permutations=int(params["permutations"]), **common)
+    return moran, lisa

@@ -1,0 +1,22 @@
+rule sae:
+    """Train one named SAE run on one layer's pooled activations."""
+    input:
+        ACTIVATIONS,
+    output:
+        expand(f"{SAE_DIR}/{{name}}", name=SAE_FILES, allow_missing=True),
+    params:
+        run=lambda wc: SAE["runs"][wc.run],
+        checkpoints=lambda wc: "results/checkpoints/sae/{dataset}/{model}/{hook}/layer{layer}/{run}".format(**wc),
+        code=lambda wc: code("sae"),
+    log:
+        "results/logs/sae/{dataset}/{model}/{hook}/layer{layer}/{run}.log",
+    benchmark:
+        "results/benchmarks/sae/{dataset}/{model}/{hook}/layer{layer}/{run}.tsv"
+    threads: SAE["threads"]
+    resources:
+        mem_mb=SAE["mem_mb"],
+        gpu=SAE["gpu"],
+    conda:
+        "../envs/mechflow.yaml"
+    script:
+        "../scripts/sae.py"

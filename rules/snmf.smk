@@ -1,0 +1,22 @@
+rule snmf:
+    """Semi-NMF of one layer's activations: units ~ F G^T, G >= 0, F sparse per factor."""
+    input:
+        ACTIVATIONS,
+    output:
+        SNMF_FILE,
+    params:
+        run=lambda wc: SNMF["runs"][wc.run],
+        top_prompts=SNMF["top_prompts"],
+        code=lambda wc: code("snmf"),
+    log:
+        "results/logs/snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.log",
+    benchmark:
+        "results/benchmarks/snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.tsv"
+    threads: SNMF["threads"]
+    resources:
+        mem_mb=SNMF["mem_mb"],
+        gpu=SNMF["gpu"],
+    conda:
+        "../envs/mechflow.yaml"
+    script:
+        "../scripts/snmf.py"

@@ -1,0 +1,22 @@
+rule spatial:
+    """Moran's I, Geary's C (+ shuffled-coordinates control) and LISA of one feature set, per region."""
+    input:
+        spatial_input,
+    output:
+        moran=MORAN,
+        lisa=LISA,
+    params:
+        spatial={k: SPATIAL[k] for k in ("k", "transform", "permutations", "seed", "crs", "lisa_top_n", "shuffled_control")},
+        code=lambda wc: code("spatial"),
+    log:
+        "results/logs/spatial/{dataset}/{model}/{hook}/layer{layer}/{source}.log",
+    benchmark:
+        "results/benchmarks/spatial/{dataset}/{model}/{hook}/layer{layer}/{source}.tsv"
+    threads: SPATIAL["threads"]
+    resources:
+        mem_mb=SPATIAL["mem_mb"],
+        gpu=SPATIAL["gpu"],
+    conda:
+        "../envs/mechflow.yaml"
+    script:
+        "../scripts/spatial.py"

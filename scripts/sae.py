@@ -1,0 +1,16 @@
+"""Rule sae: train one SAE run on one layer; writes sae.safetensors, cfg.json, features.nc, training.nc."""
+
+from pathlib import Path
+
+from mechflow.io import digest
+from mechflow.sae import train_from_file
+from mechflow.workflow import run_rule
+
+
+def main(sm) -> None:
+    run = dict(sm.params.run)
+    train_from_file(sm.input[0], int(sm.wildcards.layer), run, Path(sm.output[0]).parent,
+                    checkpoint_dir=sm.params.checkpoints, config_digest=digest({"run": run, "code": sm.params.code}))
+
+
+run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)
