@@ -1,0 +1,64 @@
+"""Shared helpers: input checks, devices, weights as (reordered) torch CSR tensors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from libpysal.weights import W
+from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+
+def as_2d_values(values, n: int | None = None) -> np.ndarray:
+    """``values`` as float64 ``[n, F]`` (a 1-D input becomes one column)."""
+    y = np.asarray(values, dtype=np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2:
+        raise ValueError(f"values must be [n] or [n, F], got shape {y.shape}")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"values has {y.shape[0]} rows but the weights have {n} observations")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("values contain NaN or inf; expected finite numbers")
+    return y
+
+
+def weights_csr(w: W) -> sp.csr_matrix:
+    """The weights as float64 CSR in ``w.id_order`` (the current transform applied)."""
+    if not isinstance(w, W):
+        raise ValueError(f"w must be a libpysal.weights.W, got {type(w).__name__}")
+    return sp.csr_matrix(w.sparse, dtype=np.float64)
+
+
+def resolve_device(device) -> torch.device:
+    """``None`` -> CUDA when torch sees it, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def locality_order(A: sp.csr_matrix) -> np.ndarray:
+    """Bandwidth-reducing order (reverse Cuthill-McKee) so neighbours sit close in memory."""
+    return np.asarray(reverse_cuthill_mckee(sp.csr_matrix(A + A.T), symmetric_mode=True))
+
+
+def torch_csr(A: sp.csr_matrix, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """scipy CSR -> torch sparse CSR on ``device``."""
+    A = sp.csr_matrix(A)
+    A.sort_indices()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(A.indptr.astype(np.int64)),
+            torch.from_numpy(A.indices.astype(np.int64)),
+            torch.from_numpy(A.data).to(dtype),
+            size=A.shape,
+        ).to(device)
+
+
+def fold_counts(larger: np.ndarray, permutations: int) -> np.ndarray:
+    """esda's folding rule: count the smaller tail (``min(larger, P - larger)``)."""
+    larger = np.asarray(larger)
+    return np.where(permutations - larger < larger, permutations - larger, larger)

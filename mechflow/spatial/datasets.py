@@ -1,0 +1,197 @@
+"""Per-region spatial statistics as xarray Datasets (the ``moran.nc`` / ``lisa.nc`` contracts)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+
+from mechflow.spatial.fdr import fdr_bh
+from mechflow.spatial.global_stats import global_autocorrelation
+from mechflow.spatial.local_stats import local_moran
+from mechflow.spatial.weights import knn_weights
+
+__all__ = ["moran_dataset", "lisa_dataset"]
+
+
+def _prepare(values: xr.DataArray, lon, lat, region, crs_by_region: Mapping[str, str]):
+    if not isinstance(values, xr.DataArray) or values.ndim != 2:
+        raise ValueError("values must be a 2-D xarray.DataArray [prompt, <feature-dim>]")
+    pdim, fdim = values.dims
+    n = values.shape[0]
+    lon = np.asarray(lon, dtype=np.float64).ravel()
+    lat = np.asarray(lat, dtype=np.float64).ravel()
+    region = np.asarray(region).astype(str).ravel()
+    for name, arr in (("lon", lon), ("lat", lat), ("region", region)):
+        if arr.shape[0] != n:
+            raise ValueError(f"{name} has {arr.shape[0]} entries, expected one per prompt ({n})")
+    regions = [str(r) for r in np.unique(region)]
+    missing = [r for r in regions if r not in crs_by_region]
+    if missing:
+        raise ValueError(f"no CRS for region(s) {missing}; crs_by_region has {sorted(crs_by_region)}")
+    crs_used = {r: str(crs_by_region[r]) for r in regions}
+    return pdim, fdim, lon, lat, region, regions, crs_used
+
+
+def _base_attrs(k, transform, crs_used, permutations, seed) -> dict:
+    return {
+        "weights": "knn",
+        "k": int(k),
+        "transform": str(transform),
+        "crs": json.dumps(crs_used, sort_keys=True),
+        "permutations": int(permutations),
+        "seed": int(seed),
+    }
+
+
+def moran_dataset(
+    values: xr.DataArray,
+    lon,
+    lat,
+    region,
+    crs_by_region: Mapping[str, str],
+    k: int = 8,
+    transform: str = "r",
+    permutations: int = 999,
+    seed: int = 0,
+    device=None,
+) -> xr.Dataset:
+    """Global Moran's I and Geary's C per region for every feature.
+
+    ``values``: DataArray ``[prompt, <feature-dim>]`` (``unit`` or ``feature``; its coordinate is
+    kept); ``lon``/``lat``: WGS84 degrees per prompt; ``region``: str per prompt; weights are KNN
+    in ``crs_by_region[region]``. Returns a Dataset with dims ``(region, <feature-dim>)``:
+    I, EI, VI_norm, z_norm, p_norm (two-tailed, esda default), z_rand, p_rand, z_sim, p_sim,
+    q_bh (BH over features within a region, from p_sim), q_bh_norm (from p_norm), geary_C,
+    geary_z_norm, geary_p_norm (one-tailed, as esda), geary_z_sim, geary_p_sim; and per region
+    ``n``, ``n_constant``, ``n_duplicates``.
+    """
+    pdim, fdim, lon, lat, region, regions, crs_used = _prepare(values, lon, lat, region, crs_by_region)
+    data = np.asarray(values.values, dtype=np.float64)
+    F = data.shape[1]
+    names = ["I", "EI", "VI_norm", "z_norm", "p_norm", "z_rand", "p_rand", "z_sim", "p_sim"]
+    gnames = {"geary_C": "C", "geary_z_norm": "z_norm", "geary_p_norm": "p_norm",
+              "geary_z_sim": "z_sim", "geary_p_sim": "p_sim"}
+    out = {v: np.full((len(regions), F), np.nan) for v in [*names, "q_bh", "q_bh_norm", *gnames]}
+    counts = {v: np.zeros(len(regions), dtype=np.int64) for v in ("n", "n_constant", "n_duplicates")}
+    for r, reg in enumerate(regions):
+        idx = np.flatnonzero(region == reg)
+        if idx.size <= k:
+            raise ValueError(f"region {reg!r} has {idx.size} prompts; KNN weights need more than k={k}")
+        w = knn_weights(lon[idx], lat[idx], k=k, crs=crs_used[reg], transform=transform)
+        res = global_autocorrelation(data[idx], w, permutations=permutations, seed=seed, device=device)
+        for v in names:
+            out[v][r] = res["moran"][v]
+        for v, g in gnames.items():
+            out[v][r] = res["geary"][g]
+        out["q_bh"][r] = fdr_bh(res["moran"]["p_sim"])
+        out["q_bh_norm"][r] = fdr_bh(res["moran"]["p_norm"])
+        counts["n"][r] = idx.size
+        counts["n_constant"][r] = res["n_constant"]
+        counts["n_duplicates"][r] = w.n_duplicates
+    coords = {"region": regions, fdim: values.coords[fdim].values if fdim in values.coords else np.arange(F)}
+    ds = xr.Dataset(
+        {**{v: (("region", fdim), a) for v, a in out.items()},
+         **{v: ("region", a) for v, a in counts.items()}},
+        coords=coords,
+    )
+    ds.attrs.update(_base_attrs(k, transform, crs_used, permutations, seed))
+    ds.attrs.update(p_norm="two-tailed (esda Moran default)", geary_p_norm="one-tailed (esda Geary)",
+                    p_sim="folded: (min(#sim>=obs, P-#sim>=obs)+1)/(P+1), as esda",
+                    q_bh="Benjamini-Hochberg over features within each region, from p_sim")
+    return ds
+
+
+def lisa_dataset(
+    values: xr.DataArray,
+    lon,
+    lat,
+    region,
+    crs_by_region: Mapping[str, str],
+    features: Mapping[str, Sequence] | Sequence | None = None,
+    top_n: int | None = None,
+    k: int = 8,
+    transform: str = "r",
+    permutations: int = 999,
+    seed: int = 0,
+    device=None,
+) -> xr.Dataset:
+    """Local Moran's I (LISA) per region for selected features.
+
+    Choose features with exactly one of ``features`` (feature ids, either one list for all
+    regions or ``{region: list}``) and ``top_n`` (the ``top_n`` features with the largest
+    global Moran's I in each region; constant features never chosen).
+
+    Layout: dims ``(region, prompt, <feature-dim>)``. ``prompt`` keeps the input's prompt
+    coordinate (all prompts), the feature dim is the union of the features chosen in any
+    region. ``Is``/``p_sim`` (float64) are NaN and ``q`` (int8) is 0 where a prompt is not in the
+    region or the feature was not chosen for it; ``selected`` ``[region, feature]`` (bool) and
+    ``rank`` ``[region, feature]`` (int, 0 = highest I, -1 = not chosen) say which were, and
+    ``prompt_region`` ``[prompt]`` gives each prompt's region. To read a map:
+    ``ds.sel(region=r, feature=f).dropna("prompt", subset=["Is"])``.
+    """
+    if (features is None) == (top_n is None):
+        raise ValueError("give exactly one of features=... or top_n=...")
+    pdim, fdim, lon, lat, region, regions, crs_used = _prepare(values, lon, lat, region, crs_by_region)
+    data = np.asarray(values.values, dtype=np.float64)
+    fids = values.coords[fdim].values if fdim in values.coords else np.arange(data.shape[1])
+    pos = {f.item() if hasattr(f, "item") else f: i for i, f in enumerate(fids)}
+    chosen: dict[str, np.ndarray] = {}
+    weights = {}
+    for reg in regions:
+        idx = np.flatnonzero(region == reg)
+        if idx.size <= k:
+            raise ValueError(f"region {reg!r} has {idx.size} prompts; KNN weights need more than k={k}")
+        w = knn_weights(lon[idx], lat[idx], k=k, crs=crs_used[reg], transform=transform)
+        weights[reg] = (idx, w)
+        if top_n is not None:
+            if top_n < 1:
+                raise ValueError(f"top_n must be >= 1, got {top_n}")
+            I = global_autocorrelation(data[idx], w, permutations=0, geary=False)["moran"]["I"]
+            I = np.where(np.isnan(I), -np.inf, I)
+            valid = int(np.isfinite(I).sum())
+            chosen[reg] = np.argsort(-I, kind="stable")[: min(top_n, valid)]
+        else:
+            sel = features.get(reg, []) if isinstance(features, Mapping) else features
+            try:
+                chosen[reg] = np.array([pos[f] for f in sel], dtype=np.int64)
+            except KeyError as e:
+                raise ValueError(f"feature id {e.args[0]!r} not in the {fdim!r} coordinate") from None
+    union = np.unique(np.concatenate([c for c in chosen.values()] or [np.zeros(0, np.int64)]))
+    col = {int(c): j for j, c in enumerate(union)}
+    R, N, U = len(regions), data.shape[0], union.size
+    Is = np.full((R, N, U), np.nan)
+    ps = np.full((R, N, U), np.nan)
+    q = np.zeros((R, N, U), dtype=np.int8)
+    selected = np.zeros((R, U), dtype=bool)
+    rank = np.full((R, U), -1, dtype=np.int64)
+    for r, reg in enumerate(regions):
+        idx, w = weights[reg]
+        cols = chosen[reg]
+        if cols.size == 0:
+            continue
+        res = local_moran(data[idx][:, cols], w, permutations=permutations, seed=seed, device=device)
+        js = np.array([col[int(c)] for c in cols])
+        Is[r, idx[:, None], js[None, :]] = res["Is"]
+        ps[r, idx[:, None], js[None, :]] = res["p_sim"]
+        q[r, idx[:, None], js[None, :]] = res["q"]
+        selected[r, js] = True
+        rank[r, js] = np.arange(cols.size)
+    prompt_coord = values.coords[pdim].values if pdim in values.coords else np.arange(N)
+    ds = xr.Dataset(
+        {
+            "Is": (("region", pdim, fdim), Is),
+            "q": (("region", pdim, fdim), q),
+            "p_sim": (("region", pdim, fdim), ps),
+            "selected": (("region", fdim), selected),
+            "rank": (("region", fdim), rank),
+            "prompt_region": (pdim, region),
+        },
+        coords={"region": regions, pdim: prompt_coord, fdim: fids[union]},
+    )
+    ds.attrs.update(_base_attrs(k, transform, crs_used, permutations, seed))
+    ds.attrs.update(q="1 HH, 2 LH, 3 LL, 4 HL (esda); 0 = not computed",
+                    selection=f"top_n={top_n} by global Moran's I" if top_n is not None else "given")
+    return ds

@@ -1,0 +1,342 @@
+"""Spatial statistics: conformance with esda on the same weights, and the Dataset contracts."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from scipy import stats
+
+esda = pytest.importorskip("esda")
+from libpysal.weights import KNN  # noqa: E402
+
+from mechflow.spatial import (  # noqa: E402
+    DEFAULT_CRS,
+    fdr_bh,
+    global_autocorrelation,
+    global_geary,
+    global_moran,
+    knn_weights,
+    lisa_dataset,
+    local_moran,
+    moran_dataset,
+)
+from mechflow.spatial.local_stats import _conditional_counts, _row_structure  # noqa: E402
+
+P = 199
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=RuntimeWarning)
+
+
+def _points(n, seed=0, region="GB"):
+    rng = np.random.default_rng(seed)
+    box = {"GB": ((-4.0, 0.5), (51.0, 55.0)), "IT": ((8.0, 15.0), (38.0, 46.0))}[region]
+    return rng.uniform(*box[0], n), rng.uniform(*box[1], n)
+
+
+def _field(xy, n_cols, seed, scale=40_000.0):
+    """Correlated random fields: random Fourier features of the coordinates (smooth in space)."""
+    rng = np.random.default_rng(seed)
+    freq = rng.standard_normal((2, n_cols)) / scale
+    phase = rng.uniform(0, 2 * np.pi, n_cols)
+    return np.cos(xy @ freq + phase) + 0.3 * rng.standard_normal((xy.shape[0], n_cols))
+
+
+@pytest.fixture(scope="module")
+def w300():
+    lon, lat = _points(300)
+    lon[5], lat[5] = lon[6], lat[6]  # one duplicate location
+    return knn_weights(lon, lat, k=8, crs=DEFAULT_CRS["GB"])
+
+
+@pytest.fixture(scope="module")
+def data300(w300):
+    rng = np.random.default_rng(1)
+    n = w300.n
+    random_cols = rng.standard_normal((n, 3))
+    ties = rng.integers(0, 3, (n, 3)).astype(float)  # heavy ties, like sparse features
+    ties[:, 2] = np.where(rng.random(n) < 0.9, 0.0, rng.exponential(size=n))  # mostly zeros
+    realistic = _field(w300.xy, 4, seed=2)
+    return np.column_stack([random_cols, ties, realistic])
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def test_default_crs_and_knn_matches_libpysal():
+    assert DEFAULT_CRS == {"GB": "EPSG:27700", "IT": "EPSG:25832", "NYMETRO": "EPSG:32618"}
+    lon, lat = _points(200, seed=3, region="IT")
+    w = knn_weights(lon, lat, k=6, crs=DEFAULT_CRS["IT"])
+    ref = KNN.from_array(w.xy, k=6)
+    for i in range(w.n):
+        assert set(w.neighbors[i]) == set(ref.neighbors[i])
+    assert w.n_duplicates == 0 and w.transform == "R"
+    assert np.allclose(w.sparse.sum(1), 1.0)
+
+
+def test_duplicates_are_deterministic_and_counted():
+    lon, lat = _points(50, seed=4)
+    lon[10:14], lat[10:14] = lon[3], lat[3]  # 5 points at one location
+    w = knn_weights(lon, lat, k=3, transform="b")
+    assert w.n_duplicates == 4 and w.transform == "B"
+    group = {3, 10, 11, 12, 13}
+    for i in group:
+        nb = w.neighbors[i]
+        assert i not in nb
+        assert nb == sorted(group - {i})[:3]  # ties broken by index
+    assert knn_weights(lon, lat, k=3).neighbors == knn_weights(lon, lat, k=3).neighbors
+
+
+def test_knn_rejects_bad_input():
+    lon, lat = _points(5)
+    with pytest.raises(ValueError, match="k must satisfy"):
+        knn_weights(lon, lat, k=5)
+    with pytest.raises(ValueError, match="transform"):
+        knn_weights(lon, lat, k=2, transform="x")
+    with pytest.raises(ValueError, match="NaN"):
+        knn_weights(np.r_[lon[:-1], np.nan], lat, k=2)
+
+
+# ----------------------------------------------------------------------------- global
+
+
+@pytest.mark.parametrize("transform", ["r", "b"])
+def test_global_analytic_equals_esda(w300, data300, transform):
+    w300.transform = transform
+    try:
+        res = global_autocorrelation(data300, w300, permutations=0)
+        m, g = res["moran"], res["geary"]
+        for j in range(data300.shape[1]):
+            em = esda.Moran(data300[:, j], w300, transformation=transform, permutations=0)
+            eg = esda.Geary(data300[:, j], w300, transformation=transform, permutations=0)
+            for key in ("I", "EI", "VI_norm", "z_norm", "p_norm", "VI_rand", "z_rand", "p_rand"):
+                np.testing.assert_allclose(m[key][j], getattr(em, key), rtol=1e-9, atol=0, err_msg=key)
+            for key in ("C", "EC", "VC_norm", "z_norm", "p_norm", "VC_rand", "z_rand", "p_rand"):
+                np.testing.assert_allclose(g[key][j], getattr(eg, key), rtol=1e-9, atol=0, err_msg=key)
+        one = esda.Moran(data300[:, 0], w300, transformation=transform, permutations=0, two_tailed=False)
+        one_ours = global_moran(data300[:, :1], w300, permutations=0, two_tailed=False)
+        np.testing.assert_allclose(one_ours["p_norm"][0], one.p_norm, rtol=1e-9)
+    finally:
+        w300.transform = "r"
+
+
+def test_global_permutation_agrees_with_esda(w300, data300):
+    res = global_autocorrelation(data300, w300, permutations=P, seed=3)
+    m, g = res["moran"], res["geary"]
+    np.random.seed(0)
+    floor = 1.0 / (P + 1)
+    for j in range(data300.shape[1]):
+        em = esda.Moran(data300[:, j], w300, permutations=P)
+        eg = esda.Geary(data300[:, j], w300, permutations=P)
+        for ours, ref in ((m, em), (g, eg)):
+            # two independent Monte Carlo estimates of the same p: within binomial noise
+            sd = np.sqrt(max(ref.p_sim, floor) * (1 - ref.p_sim) / P)
+            assert abs(ours["p_sim"][j] - ref.p_sim) <= 5 * sd + 2 * floor
+        np.testing.assert_allclose(m["EI_sim"][j], em.EI_sim, atol=5 * em.seI_sim / np.sqrt(P) + 1e-12)
+        np.testing.assert_allclose(m["seI_sim"][j], em.seI_sim, rtol=0.25)
+        np.testing.assert_allclose(g["seC_sim"][j], eg.seC_sim, rtol=0.25)
+    strong = slice(6, 10)  # smooth fields: every replicate below I
+    assert np.all(m["p_sim"][strong] == floor) and np.all(g["p_sim"][strong] == floor)
+    assert np.all(m["z_sim"][strong] > 5)
+
+
+def test_global_null_p_sim_distribution_matches_esda(w300):
+    rng = np.random.default_rng(7)
+    Y = rng.standard_normal((w300.n, 40))
+    ours = global_moran(Y, w300, permutations=99, seed=1)["p_sim"]
+    np.random.seed(1)
+    ref = np.array([esda.Moran(Y[:, j], w300, permutations=99).p_sim for j in range(Y.shape[1])])
+    assert stats.ks_2samp(ours, ref).pvalue > 0.01
+
+
+def test_constant_columns_give_nan_not_inf(w300, data300):
+    Y = np.column_stack([data300[:, :2], np.full(w300.n, 0.1), np.zeros(w300.n)])
+    res = global_autocorrelation(Y, w300, permutations=19)
+    assert res["n_constant"] == 2
+    for d in (res["moran"], res["geary"]):
+        for key in ("z_norm", "p_norm", "p_sim", "z_sim"):
+            assert np.all(np.isnan(d[key][2:])) and np.all(np.isfinite(d[key][:2])), key
+    assert np.all(np.isnan(res["moran"]["I"][2:])) and np.all(np.isnan(res["geary"]["C"][2:]))
+    loc = local_moran(Y, w300, permutations=19)
+    assert loc["n_constant"] == 2 and np.all(np.isnan(loc["Is"][:, 2:])) and np.all(loc["q"][:, 2:] == 0)
+    assert np.all(np.isfinite(loc["Is"][:, :2]))
+
+
+def test_global_geary_and_moran_wrappers(w300, data300):
+    g = global_geary(data300[:, :2], w300, permutations=9)
+    m = global_moran(data300[:, :2], w300, permutations=9)
+    assert g["C"].shape == (2,) and m["I"].shape == (2,) and m["n"] == w300.n
+    with pytest.raises(ValueError, match="rows"):
+        global_moran(data300[:10], w300)
+    with pytest.raises(ValueError, match="NaN"):
+        global_moran(np.full((w300.n, 1), np.nan), w300)
+
+
+# ----------------------------------------------------------------------------- local
+
+
+def test_local_is_and_quadrants_equal_esda(w300, data300):
+    loc = local_moran(data300, w300, permutations=0)
+    for j in range(data300.shape[1]):
+        ref = esda.Moran_Local(data300[:, j], w300, permutations=0)
+        np.testing.assert_allclose(loc["Is"][:, j], ref.Is, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(loc["q"][:, j], ref.q)
+    assert np.all(np.isnan(loc["p_sim"]))
+
+
+def test_local_p_sim_agrees_with_esda(w300, data300):
+    cols = [0, 1, 2, 6, 7]  # three null columns, two smooth fields
+    loc = local_moran(data300[:, cols], w300, permutations=P, seed=5)
+    refs = [esda.Moran_Local(data300[:, j], w300, permutations=P, seed=11 + j) for j in cols]
+    ref = np.column_stack([r.p_sim for r in refs])
+    floor = 1.0 / (P + 1)
+    assert stats.ks_2samp(loc["p_sim"][:, :3].ravel(), ref[:, :3].ravel()).pvalue > 0.01
+    # strong signal: both reach the floor 1/(P+1)
+    for c in (3, 4):
+        strong = refs[c].z_sim > 3.3  # beyond every replicate in expectation
+        assert strong.sum() >= 5
+        assert np.mean(ref[strong, c] == floor) > 0.8 and np.mean(loc["p_sim"][strong, c] == floor) > 0.8
+        at_floor_ours, at_floor_ref = np.mean(loc["p_sim"][:, c] == floor), np.mean(ref[:, c] == floor)
+        assert at_floor_ref > 0.05 and abs(at_floor_ours - at_floor_ref) < 0.05
+    # per observation the two estimates agree within Monte Carlo noise
+    sd = np.sqrt(np.maximum(ref, floor) * (1 - ref) / P)
+    assert np.mean(np.abs(loc["p_sim"] - ref) <= 4 * sd + 2 * floor) > 0.97
+
+
+def test_local_sorted_counts_equal_brute_force(w300, data300):
+    """The sort + correction count equals a direct evaluation of every replicate."""
+    A = w300.sparse.tocsr()
+    self_w, card, w_row, Bbin = _row_structure(A)
+    y = data300[:, [0, 3, 5, 7]]
+    z = (y - y.mean(0)) / y.std(0)
+    S = Bbin @ z
+    n_perm, seed = 60, 9
+    G = 3
+    counts = _conditional_counts(z, S, self_w, card, w_row, n_perm, seed, torch.device("cpu"), 3, G)
+    gen = torch.Generator().manual_seed(seed)
+    Js = [torch.rand((n_perm, w300.n), generator=gen).topk(card.max() + 1, dim=1).indices.numpy()
+          for _ in range(G)]
+    sign = np.sign(z * w_row[:, None])
+    brute = np.zeros_like(counts)
+    for i in range(w300.n):
+        c, J = card[i], Js[i % G]
+        ids = J[:, :c].copy()
+        own = ids == i
+        ids[own] = np.broadcast_to(J[:, [c]], ids.shape)[own]
+        T = z[ids].sum(1)  # [P, F] random neighbour sums of the other n-1 observations
+        hit = np.where(sign[i] > 0, T >= S[i] - 1e-9, np.where(sign[i] < 0, T <= S[i] + 1e-9, True))
+        brute[i] = hit.sum(0)
+    np.testing.assert_array_equal(counts, brute)
+
+
+def test_local_rejects_unequal_row_weights(w300, data300):
+    w300.transform = "o"
+    try:
+        from libpysal.weights import W
+
+        nb = {i: w300.neighbors[i] for i in range(w300.n)}
+        wt = {i: list(np.arange(1.0, len(nb[i]) + 1)) for i in range(w300.n)}
+        with pytest.raises(ValueError, match="equal weights"):
+            local_moran(data300[:, :1], W(nb, wt, silence_warnings=True), permutations=9)
+    finally:
+        w300.transform = "r"
+
+
+# ----------------------------------------------------------------------------- FDR
+
+
+def test_fdr_bh_matches_scipy_and_handles_nan():
+    rng = np.random.default_rng(0)
+    p = rng.random((3, 50)) ** 3
+    np.testing.assert_allclose(fdr_bh(p), stats.false_discovery_control(p, axis=-1, method="bh"))
+    pn = p.copy()
+    pn[1, [3, 7, 9]] = np.nan
+    q = fdr_bh(pn)
+    keep = ~np.isnan(pn[1])
+    assert np.all(np.isnan(q[1, ~keep]))
+    np.testing.assert_allclose(q[1, keep], stats.false_discovery_control(pn[1, keep], method="bh"))
+    with pytest.raises(ValueError):
+        fdr_bh([0.5, 1.5])
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+@pytest.fixture(scope="module")
+def two_regions():
+    lon_gb, lat_gb = _points(150, seed=10, region="GB")
+    lon_it, lat_it = _points(120, seed=11, region="IT")
+    lon, lat = np.r_[lon_gb, lon_it], np.r_[lat_gb, lat_it]
+    region = np.array(["GB"] * 150 + ["IT"] * 120)
+    rng = np.random.default_rng(12)
+    vals = rng.standard_normal((270, 6))
+    vals[:150, 0] = 3 * (lon_gb - lon_gb.mean()) + 0.3 * vals[:150, 0]  # east-west gradient
+    vals[:, 5] = 0.0  # dead unit
+    da = xr.DataArray(vals.astype(np.float32), dims=("prompt", "unit"),
+                      coords={"prompt": np.arange(270), "unit": np.arange(10, 16)})
+    return da, lon, lat, region
+
+
+def test_moran_dataset_contract(two_regions, tmp_path):
+    da, lon, lat, region = two_regions
+    crs = {"GB": DEFAULT_CRS["GB"], "IT": DEFAULT_CRS["IT"], "NYMETRO": DEFAULT_CRS["NYMETRO"]}
+    ds = moran_dataset(da, lon, lat, region, crs, k=8, permutations=49, seed=0)
+    assert ds["I"].dims == ("region", "unit") and list(ds.region.values) == ["GB", "IT"]
+    np.testing.assert_array_equal(ds.unit.values, np.arange(10, 16))
+    for v in ("I", "EI", "VI_norm", "z_norm", "p_norm", "z_sim", "p_sim", "q_bh", "geary_C",
+              "geary_z_norm", "geary_p_norm", "geary_p_sim"):
+        assert v in ds
+    assert ds.n.values.tolist() == [150, 120] and ds.n_constant.values.tolist() == [1, 1]
+    assert json.loads(ds.attrs["crs"]) == {"GB": "EPSG:27700", "IT": "EPSG:25832"}
+    assert ds.attrs["weights"] == "knn" and ds.attrs["k"] == 8 and ds.attrs["permutations"] == 49
+    gb = region == "GB"
+    w = knn_weights(lon[gb], lat[gb], k=8, crs="EPSG:27700")
+    ref = esda.Moran(da.values[gb, 1].astype(np.float64), w, permutations=0)
+    np.testing.assert_allclose(ds.I.sel(region="GB", unit=11), ref.I, rtol=1e-9)
+    assert ds.p_sim.sel(region="GB", unit=10) == 1 / 50 and np.isnan(ds.I.sel(unit=15)).all()
+    ds.to_netcdf(tmp_path / "moran.nc", engine="h5netcdf")
+    back = xr.load_dataset(tmp_path / "moran.nc", engine="h5netcdf")
+    xr.testing.assert_allclose(back.I, ds.I)
+    with pytest.raises(ValueError, match="no CRS"):
+        moran_dataset(da, lon, lat, region, {"GB": "EPSG:27700"})
+
+
+def test_lisa_dataset_layout(two_regions, tmp_path):
+    da, lon, lat, region = two_regions
+    crs = {"GB": "EPSG:27700", "IT": "EPSG:25832"}
+    ds = lisa_dataset(da, lon, lat, region, crs, top_n=2, permutations=19, seed=0)
+    assert ds["Is"].dims == ("region", "prompt", "unit")
+    assert ds.selected.sum("unit").values.tolist() == [2, 2]
+    assert bool(ds.selected.sel(region="GB", unit=10)) and int(ds["rank"].sel(region="GB", unit=10)) == 0
+    gb = region == "GB"
+    # prompts outside the region are NaN / q=0
+    assert np.isnan(ds.Is.sel(region="GB").values[~gb]).all() and (ds.q.sel(region="GB").values[~gb] == 0).all()
+    w = knn_weights(lon[gb], lat[gb], k=8, crs="EPSG:27700")
+    ref = esda.Moran_Local(da.values[gb, 0].astype(np.float64), w, permutations=0)
+    np.testing.assert_allclose(ds.Is.sel(region="GB", unit=10).values[gb], ref.Is, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(ds.q.sel(region="GB", unit=10).values[gb], ref.q)
+    assert list(ds.prompt_region.values[:2]) == ["GB", "GB"]
+    ds2 = lisa_dataset(da, lon, lat, region, crs, features={"GB": [12], "IT": [13, 14]}, permutations=9)
+    assert ds2.unit.values.tolist() == [12, 13, 14] and not bool(ds2.selected.sel(region="GB", unit=13))
+    ds2.to_netcdf(tmp_path / "lisa.nc", engine="h5netcdf")
+    with pytest.raises(ValueError, match="exactly one"):
+        lisa_dataset(da, lon, lat, region, crs)
+    with pytest.raises(ValueError, match="not in"):
+        lisa_dataset(da, lon, lat, region, crs, features=[99])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(w300, data300):
+    cpu = global_autocorrelation(data300, w300, permutations=P, seed=0, device="cpu")
+    gpu = global_autocorrelation(data300, w300, permutations=P, seed=0, device="cuda")
+    np.testing.assert_allclose(gpu["moran"]["I"], cpu["moran"]["I"], rtol=1e-9)
+    assert np.all(np.abs(gpu["moran"]["p_sim"] - cpu["moran"]["p_sim"]) < 0.15)
+    lc = local_moran(data300, w300, permutations=P, seed=0, device="cpu")
+    lg = local_moran(data300, w300, permutations=P, seed=0, device="cuda")
+    np.testing.assert_allclose(lg["Is"], lc["Is"])
+    assert stats.ks_2samp(lg["p_sim"][:, 0], lc["p_sim"][:, 0]).pvalue > 0.01
