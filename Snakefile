@@ -19,6 +19,9 @@ from mechflow.config import ConfigError, check_config
 configfile: "config.yaml"
 
 
+report: "docs/workflow.rst"
+
+
 try:
     _checked = check_config(config, base_dir=Path.cwd(), schema_path=Path(workflow.basedir) / "config.schema.yaml")
 except ConfigError as _err:

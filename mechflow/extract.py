@@ -125,39 +125,44 @@ def iter_pooled(
     batch_size: int = 32,
     max_length: int = 64,
     progress: bool = True,
+    window: int = 1024,
 ):
     """Yield (prompt indices [b], pooled activations [b, n_layers_selected, units] float32 numpy).
 
-    Batches are formed from prompts sorted by token length; indices refer to ``texts``.
+    Prompts are taken in windows of ``window`` consecutive prompts; within a window, batches are
+    formed from prompts sorted by token length (less padding), and no batch spans two windows, so
+    a consumer can buffer one window and write it as one contiguous block. Indices refer to ``texts``.
     """
     if pooling not in POOLINGS:
         raise ExtractionError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
-    if batch_size < 1:
-        raise ExtractionError("batch_size must be >= 1")
+    if batch_size < 1 or window < 1:
+        raise ExtractionError("batch_size and window must be >= 1")
     layer_ids = resolve_layers(layers, n_layers(model))
     device = next(model.parameters()).device
-    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
+    lengths = np.array([len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]])
     base = _base_model(model)
     recorder = _Recorder(layer_ids, stop_early=True)
     recorder.attach(base, hook)
     try:
         bar = tqdm(total=len(texts), desc=f"extract {hook}", unit="prompt", disable=not progress, mininterval=2.0)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_length).to(device)
-            recorder.store.clear()
-            try:
-                base(**enc, use_cache=False) if _accepts_use_cache(base) else base(**enc)
-            except _StopForward:
-                pass
-            missing = [layer for layer in layer_ids if layer not in recorder.store]
-            if missing:
-                raise ExtractionError(f"hook {hook!r} captured nothing at layers {missing}")
-            pooled = torch.stack([pool(recorder.store[layer], enc["attention_mask"], pooling) for layer in layer_ids], 1)
-            yield idx, pooled.float().cpu().numpy()
-            bar.update(len(idx))
+        for w0 in range(0, len(texts), window):
+            order = w0 + np.argsort(lengths[w0 : w0 + window], kind="stable")
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
+                                max_length=max_length).to(device)
+                recorder.store.clear()
+                try:
+                    base(**enc, use_cache=False) if _accepts_use_cache(base) else base(**enc)
+                except _StopForward:
+                    pass
+                missing = [layer for layer in layer_ids if layer not in recorder.store]
+                if missing:
+                    raise ExtractionError(f"hook {hook!r} captured nothing at layers {missing}")
+                mask = enc["attention_mask"]
+                pooled = torch.stack([pool(recorder.store[layer], mask, pooling) for layer in layer_ids], 1)
+                yield idx, pooled.float().cpu().numpy()
+                bar.update(len(idx))
         bar.close()
     finally:
         recorder.detach()
@@ -206,13 +211,12 @@ class ActivationWriter:
         for k, v in self.attrs.items():
             self._var.attrs[k] = v
 
-    def write(self, indices: np.ndarray, block: np.ndarray) -> None:
-        """indices [b] prompt positions; block [b, n_layers, units]."""
+    def write_rows(self, start: int, block: np.ndarray) -> None:
+        """Write prompts ``start .. start + len(block)`` (positions in the prompt set); block [b, n_layers, units]."""
         if self._file is None:
             self._create(block.shape[-1])
-        order = np.argsort(indices)
-        self._var[np.asarray(indices)[order].tolist(), :, :] = block[order]
-        self._written[indices] = True
+        self._var[start : start + len(block), :, :] = block
+        self._written[start : start + len(block)] = True
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._file is not None:
@@ -236,16 +240,30 @@ def extract_to_file(
     max_length: int,
     attrs: dict[str, Any],
     progress: bool = True,
+    window: int = 1024,
 ) -> Path:
-    """Extract pooled activations for every prompt and write ``activations`` [prompt, layer, unit]."""
+    """Extract pooled activations for every prompt and write ``activations`` [prompt, layer, unit].
+
+    Memory holds one window of ``window`` prompts [window, layers, units]; each window is written
+    as one contiguous block.
+    """
     texts = [str(t) for t in prompts["text"].values]
     if not texts:
         raise ExtractionError("the prompt set is empty")
     layer_ids = resolve_layers(layers, n_layers(model))
     attrs = {**attrs, "hook": hook, "pooling": pooling}
+    buf: np.ndarray | None = None
+    w0, filled = 0, 0
     with ActivationWriter(path, prompts, layer_ids, attrs) as writer:
-        for idx, block in iter_pooled(model, tokenizer, texts, hook, layer_ids, pooling, batch_size, max_length, progress):
-            writer.write(idx, block)
+        for idx, block in iter_pooled(model, tokenizer, texts, hook, layer_ids, pooling, batch_size, max_length,
+                                      progress, window=window):
+            if buf is None:
+                buf = np.empty((min(window, len(texts)), *block.shape[1:]), dtype=np.float32)
+            buf[idx - w0] = block
+            filled += len(idx)
+            if filled == min(window, len(texts) - w0):  # window complete: one contiguous write
+                writer.write_rows(w0, buf[:filled])
+                w0, filled = w0 + window, 0
     log.info("wrote %s: %d prompts x %d layers", path, len(texts), len(layer_ids))
     return Path(path)
 
@@ -264,7 +282,10 @@ def gather_shards(shard_paths: Sequence[str | Path], path: str | Path, prompts: 
                     writer.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("created", "shard")}, **attrs}
                 elif da["layer"].values.tolist() != layers:
                     raise ExtractionError(f"shard {shard} has layers {da['layer'].values.tolist()}, expected {layers}")
-                writer.write(da["prompt"].values, da.values)
+                positions = np.searchsorted(prompts["prompt"].values, da["prompt"].values)
+                if not np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
+                    raise ExtractionError(f"shard {shard} is not a contiguous slice of the prompts")
+                writer.write_rows(int(positions[0]), da.values)
     return Path(path)
 
 

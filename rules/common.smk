@@ -123,7 +123,7 @@ def manifest():
         "prompts": [dict(dataset=d, path=PROMPTS.format(dataset=d)) for d in DATASETS],
         "activations": [
             dict(dataset=d, model=m, hook=h, path=ACTIVATIONS.format(dataset=d, model=m, hook=h))
-            for d in DATASETS for m in MODELS for h in HOOKS
+            for d in DATASETS for m in MODELS for h in EXTRACT["hooks"]
         ],
         "spatial": [
             dict(j, run=j["source"].partition("-")[2] or None, kind=j["source"].partition("-")[0],
@@ -145,7 +145,8 @@ def report_inputs():
 
 
 def all_targets():
-    targets = expand(ACTIVATIONS, dataset=DATASETS, model=MODELS, hook=HOOKS)
+    """Activations of extract.hooks for every model, and every analysis (which pull in what they need)."""
+    targets = expand(ACTIVATIONS, dataset=DATASETS, model=MODELS, hook=EXTRACT["hooks"])
     targets += [f for j in sae_jobs() for f in sae_outputs(j)]
     targets += [SNMF_FILE.format(**j) for j in snmf_jobs()]
     targets += [MORAN.format(**j) for j in spatial_jobs()]

@@ -3,7 +3,13 @@ rule report:
     input:
         report_inputs(),
     output:
-        html=REPORT_HTML,
+        html=report(REPORT_HTML, caption="../docs/report_caption.rst", category="Report"),
+        figures=report(
+            directory("results/report/figures"),
+            patterns=["{name}.png"],
+            caption="../docs/figure_caption.rst",
+            category="Figures",
+        ),
     params:
         manifest=manifest(),
         title=REPORT["title"],

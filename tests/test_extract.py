@@ -103,6 +103,16 @@ def test_extract_to_file_contract_and_shards_gather_to_the_same(tiny_llama, tmp_
     assert gathered["text"].values.tolist() == TEXTS
 
 
+def test_windowed_writes_equal_one_window(tiny_llama, tmp_path):
+    model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    texts = [" ".join(TEXTS[i % 5].split()[: 1 + i % 4]) for i in range(23)]
+    prompts = _prompts(texts)
+    one = extract_to_file(tmp_path / "one.nc", model, tok, prompts, "resid", "all", "max", 4, 32, {}, False, window=1024)
+    many = extract_to_file(tmp_path / "many.nc", model, tok, prompts, "resid", "all", "max", 3, 32, {}, False, window=5)
+    np.testing.assert_allclose(load_dataarray(many).values, load_dataarray(one).values, rtol=1e-5, atol=1e-6)
+    assert load_dataarray(many)["text"].values.tolist() == texts
+
+
 def test_failed_extraction_leaves_no_file(tiny_llama, tmp_path):
     model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
     with pytest.raises(ExtractionError):
