@@ -1,0 +1,639 @@
+"""Semi-nonnegative matrix factorisation of MLP activations (Shafran, Geiger & Geva 2025).
+
+``A [units, samples] ~ F G^T`` with ``F [units, factors]`` mixed-sign and sparse per column
+(winner-take-all: each factor keeps exactly ``n_keep = ceil(sparsity * units)`` units) and
+``G [samples, factors] >= 0``, the factor activations per sample (prompt).
+
+One iteration
+-------------
+1. **G step**: the multiplicative semi-NMF update of Ding, Li & Jordan (2010),
+   ``G <- G * sqrt(((A^T F)+ + G (F^T F)-) / ((A^T F)- + G (F^T F)+))``, through
+   :func:`mechflow.kernels.snmf_update_g` (the fused Triton kernel on CUDA, the PyTorch reference
+   on CPU; ``backend=`` picks one). For fixed F it never increases ``||A - F G^T||^2`` (Ding et al., Theorem 1).
+2. **Rescale** G's columns to unit norm; F's columns absorb the scale (the product is unchanged).
+3. **F step**: ridge least squares ``F_ls = A G (G^T G + ridge I)^-1``; winner-take-all keeps the
+   ``n_keep`` largest ``|F_ls|`` per column; the kept entries are then refit by ``refit_iter``
+   conjugate-gradient steps on the unregularised least-squares problem restricted to that support
+   (one batched CG per unit row, exact line search, so every step lowers the loss).
+
+Monotone objective
+------------------
+The recorded objective is the *relative squared reconstruction error of the sparse model*,
+``loss = ||A - F G^T||_F^2 / ||A||_F^2``, at the end of every iteration (``loss[0]`` is the
+initialisation). Sparsifying the ridge solution can raise it, so the F step is guarded: the new
+support's refit is accepted only if its loss is not above that of the current F (rescaled, with the
+new G); otherwise F takes one iterative-hard-thresholding step from the current F (gradient step
+of length 1 / lambda_max(G^T G), then winner-take-all; a majorisation argument shows it cannot raise
+the loss, yet lets supports move) followed by the CG refit on that support, and if rounding still
+made that worse, F stays as it is. With the G step's non-increase (a theorem) the objective is therefore
+non-increasing; a final check on the whole iteration makes this hold at working precision too (an
+iteration whose loss would rise, which only floating-point rounding can cause, is discarded and the
+fit stops with ``stop_reason='precision'``). Alternating sparse fits have local minima: use
+``n_init`` restarts ('kmeans' or 'random') and keep the lowest loss. Losses come from Gram identities
+(``||A||^2 - 2<F, A G> + <F G^T G, F>``), so no ``[units, samples]`` residual is ever formed.
+
+Scale: A is divided by ``||A||_F`` internally (so ``eps`` and ``ridge`` are scale-free) and F is
+multiplied back at the end. G's columns have unit Euclidean norm.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import xarray as xr
+
+from mechflow.io import digest, provenance_attrs
+
+Init = Literal["svd", "kmeans", "random"]
+INITS: tuple[str, ...] = ("svd", "kmeans", "random")
+LOSS_DEFINITION = "||A - F G^T||_F^2 / ||A||_F^2 (relative squared reconstruction error of the sparse model)"
+UNIT_DIM, SAMPLE_DIM = "unit", "prompt"
+
+
+class SNMFError(ValueError):
+    """Invalid input or settings for a semi-NMF fit."""
+
+
+# --------------------------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SNMFResult:
+    """A fitted semi-NMF ``A ~ F G^T``.
+
+    F [units, factors] (original scale of A, exactly ``n_keep`` units per column on the support);
+    G [samples, factors] >= 0 with unit-norm columns; loss [n_iter + 1] relative squared error,
+    ``loss[0]`` at the initialisation, non-increasing.
+    """
+
+    F: np.ndarray
+    G: np.ndarray
+    loss: np.ndarray
+    n_iter: int
+    converged: bool
+    stop_reason: str
+    n_keep: int
+    params: dict[str, Any]
+    f_fallbacks: int = 0
+    seconds: float = 0.0
+    unit_coord: np.ndarray | None = None
+    prompt_coords: dict[str, np.ndarray] = field(default_factory=dict)
+    best_restart: int = 0
+    restart_losses: np.ndarray | None = None
+
+    @property
+    def n_factors(self) -> int:
+        return int(self.F.shape[1])
+
+    def to_dataset(
+        self,
+        unit_coord: Sequence | np.ndarray | None = None,
+        prompt_coords: Mapping[str, Any] | xr.Dataset | xr.DataArray | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> xr.Dataset:
+        """The data contract: ``F`` [unit, factor], ``G`` [prompt, factor] (>= 0), ``loss`` [iteration].
+
+        unit_coord: labels of the units (default: those of the input DataArray, else 0..units-1).
+        prompt_coords: 1-D coordinates along prompts, as a mapping ``name -> [samples]`` or an xarray
+            object whose coords on ``prompt`` are taken (default: those of the input DataArray).
+        attrs: upstream provenance (model, hook, layer, ...); a ``config_digest`` key there
+            replaces the digest of this fit's parameters.
+        """
+        n_units, n_samples = self.F.shape[0], self.G.shape[0]
+        units = self.unit_coord if unit_coord is None else np.asarray(unit_coord)
+        if units is None:
+            units = np.arange(n_units)
+        if units.shape != (n_units,):
+            raise SNMFError(f"unit_coord has shape {units.shape}; expected ({n_units},)")
+        coords: dict[str, Any] = {
+            UNIT_DIM: units,
+            "factor": np.arange(self.n_factors),
+            "iteration": np.arange(self.loss.shape[0]),
+        }
+        pc = self.prompt_coords if prompt_coords is None else _prompt_coords_from(prompt_coords)
+        for name, values in pc.items():
+            values = np.asarray(values)
+            if values.shape != (n_samples,):
+                raise SNMFError(f"prompt coordinate {name!r} has shape {values.shape}; expected ({n_samples},)")
+            coords[name] = (SAMPLE_DIM, values)
+        if SAMPLE_DIM not in pc:
+            coords[SAMPLE_DIM] = np.arange(n_samples)
+        extra = dict(attrs or {})
+        config_digest = str(extra.pop("config_digest", digest(self.params)))
+        ds = xr.Dataset(
+            {
+                "F": ((UNIT_DIM, "factor"), self.F),
+                "G": ((SAMPLE_DIM, "factor"), self.G),
+                "loss": (("iteration",), self.loss),
+            },
+            coords=coords,
+        )
+        ds["F"].attrs["description"] = "factor directions in unit space (sparse, mixed sign)"
+        ds["G"].attrs["description"] = "factor activations per prompt (>= 0, unit-norm columns)"
+        ds["loss"].attrs["description"] = LOSS_DEFINITION
+        ds.attrs = provenance_attrs(
+            config_digest,
+            method="snmf",
+            **self.params,
+            n_keep=self.n_keep,
+            n_iter=self.n_iter,
+            converged=self.converged,
+            stop_reason=self.stop_reason,
+            f_fallbacks=self.f_fallbacks,
+            fit_seconds=float(self.seconds),
+            **extra,
+        )
+        return ds
+
+
+def _prompt_coords_from(obj: Mapping[str, Any] | xr.Dataset | xr.DataArray) -> dict[str, np.ndarray]:
+    if isinstance(obj, (xr.Dataset, xr.DataArray)):
+        return {str(k): np.asarray(v.values) for k, v in obj.coords.items() if v.dims == (SAMPLE_DIM,)}
+    return {str(k): np.asarray(v) for k, v in obj.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------
+
+
+def n_keep_for(sparsity: float, n_units: int) -> int:
+    """Units kept per factor: ``ceil(sparsity * n_units)`` (product rounded to 9 decimals first, so
+    e.g. 0.07 * 100 keeps 7, not 8); always between 1 and ``n_units``."""
+    check_sparsity(sparsity)
+    return min(n_units, max(1, math.ceil(round(sparsity * n_units, 9))))
+
+
+def check_sparsity(sparsity: float) -> None:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.integer, np.floating)):
+        raise SNMFError(f"sparsity must be a number in (0, 1], got {sparsity!r}")
+    if not (0.0 < float(sparsity) <= 1.0):
+        raise SNMFError(f"sparsity must be in (0, 1] (the fraction of units kept per factor), got {sparsity}")
+
+
+def _as_matrix(
+    A: Any, dtype: torch.dtype | None, device: str | torch.device | None
+) -> tuple[torch.Tensor, np.ndarray | None, dict[str, np.ndarray]]:
+    """A (numpy, torch or xarray) -> float tensor [units, samples], unit labels, prompt coords."""
+    unit_coord: np.ndarray | None = None
+    prompt_coords: dict[str, np.ndarray] = {}
+    if isinstance(A, xr.DataArray):
+        if A.ndim != 2:
+            raise SNMFError(
+                f"A must be 2-D [unit, prompt]; got dims {A.dims} (select one layer first, e.g. A.sel(layer=5))"
+            )
+        if UNIT_DIM in A.dims:
+            (sample_dim,) = [d for d in A.dims if d != UNIT_DIM]
+            A = A.transpose(UNIT_DIM, sample_dim)
+        unit_dim, sample_dim = A.dims
+        if unit_dim in A.coords:
+            unit_coord = np.asarray(A[unit_dim].values)
+        prompt_coords = {
+            (SAMPLE_DIM if k == sample_dim else str(k)): np.asarray(v.values)
+            for k, v in A.coords.items()
+            if v.dims == (sample_dim,)
+        }
+        A = A.values
+    if isinstance(A, torch.Tensor):
+        t = A.detach()
+    else:
+        try:
+            arr = np.asarray(A)
+        except (TypeError, ValueError) as err:
+            raise SNMFError(f"A must be a numpy array, torch tensor or xarray DataArray, got {type(A).__name__}") from err
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise SNMFError(
+                f"A must be a numpy array, torch tensor or xarray DataArray of real numbers, got {type(A).__name__} "
+                f"with dtype {arr.dtype}"
+            )
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.ndim != 2:
+        raise SNMFError(f"A must be 2-D [units, samples], got shape {tuple(t.shape)}")
+    if t.shape[0] < 1 or t.shape[1] < 1:
+        raise SNMFError(f"A must be non-empty, got shape {tuple(t.shape)}")
+    if t.is_complex():
+        raise SNMFError("A must be real, got a complex tensor")
+    if device is None:
+        device = t.device
+    if dtype is None:
+        dtype = torch.float32 if torch.device(device).type == "cuda" else torch.float64
+    if dtype not in (torch.float32, torch.float64):
+        raise SNMFError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    t = t.to(device=device, dtype=dtype)
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise SNMFError(f"A holds {bad} non-finite values (NaN or inf); clean or drop them before fitting")
+    return t, unit_coord, prompt_coords
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks (all vectorised over factors)
+# --------------------------------------------------------------------------------------------
+
+
+def _rel_loss(F: torch.Tensor, B: torch.Tensor, H: torch.Tensor) -> float:
+    """``||A - F G^T||^2`` for ``||A||_F = 1`` from ``B = A G`` [units, K] and ``H = G^T G`` [K, K]."""
+    return max(0.0, float(1.0 - 2.0 * (F * B).sum() + ((F @ H) * F).sum()))
+
+
+def _top_mask(F: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Winner-take-all support [units, K] (bool): the ``n_keep`` largest ``|F|`` per column."""
+    if n_keep >= F.shape[0]:
+        return torch.ones_like(F, dtype=torch.bool)
+    idx = F.abs().topk(n_keep, dim=0, sorted=False).indices
+    return torch.zeros_like(F, dtype=torch.bool).scatter_(0, idx, True)
+
+
+def _refit(F: torch.Tensor, mask: torch.Tensor, B: torch.Tensor, H: torch.Tensor, n_iter: int) -> torch.Tensor:
+    """Conjugate-gradient steps on ``min ||A - F G^T||^2`` over F supported on ``mask``.
+
+    The problem splits by unit row (``min_f f^T H f - 2 b^T f`` on that row's support); all rows run
+    together, each with its own step length. Exact line search (``alpha = r.d / d^T H d``) makes every
+    step non-increasing whatever the rounding in the CG recurrences.
+    """
+    if n_iter <= 0:
+        return F
+    m = mask.to(F.dtype)
+    R = (B - F @ H) * m
+    D = R
+    rr = (R * R).sum(1)
+    for _ in range(n_iter):
+        HD = (D @ H) * m
+        dHd = (D * HD).sum(1)
+        rd = (R * D).sum(1)
+        alpha = torch.where(dHd > 0, rd / torch.where(dHd > 0, dHd, 1), 0).unsqueeze(1)
+        F = F + alpha * D
+        R = R - alpha * HD
+        rr_new = (R * R).sum(1)
+        beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, 1), 0).unsqueeze(1)
+        D = R + beta * D
+        rr = rr_new
+    return F
+
+
+def _ridge_wta(B: torch.Tensor, H: torch.Tensor, ridge: float, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge least squares ``F = B (H + ridge I)^-1`` and its winner-take-all support."""
+    K = H.shape[0]
+    Hr = H + ridge * torch.eye(K, dtype=H.dtype, device=H.device)
+    L, info = torch.linalg.cholesky_ex(Hr)
+    if int(info) == 0:
+        F = torch.cholesky_solve(B.T, L).T
+    else:  # singular G^T G with ridge = 0: least-norm solution
+        F = torch.linalg.lstsq(Hr, B.T).solution.T if B.device.type == "cpu" else (torch.linalg.pinv(Hr) @ B.T).T
+    mask = _top_mask(F, n_keep)
+    return F * mask, mask
+
+
+def _f_step(
+    B: torch.Tensor,
+    H: torch.Tensor,
+    F_cur: torch.Tensor,
+    mask_cur: torch.Tensor,
+    loss_cur: float,
+    n_keep: int,
+    ridge: float,
+    refit_iter: int,
+) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
+    """Guarded F update; returns (F, mask, loss, fell_back) with loss <= loss_cur."""
+    F_new, mask_new = _ridge_wta(B, H, ridge, n_keep)
+    F_new = _refit(F_new, mask_new, B, H, refit_iter)
+    loss_new = _rel_loss(F_new, B, H)
+    if loss_new <= loss_cur:
+        return F_new, mask_new, loss_new, False
+    # fallback: one iterative-hard-thresholding step from the current F (gradient step of length
+    # 1 / lambda_max(G^T G), then winner-take-all), which cannot raise the loss (majorisation), so
+    # supports can still move; then the CG refit on the new support
+    lam = float(torch.linalg.eigvalsh(H)[-1])
+    if lam > 0:
+        F_iht = F_cur + (B - F_cur @ H) / lam
+        mask_iht = _top_mask(F_iht, n_keep)
+        F_iht = _refit(F_iht * mask_iht, mask_iht, B, H, refit_iter)
+        loss_iht = _rel_loss(F_iht, B, H)
+        if loss_iht <= loss_cur:
+            return F_iht, mask_iht, loss_iht, True
+    return F_cur, mask_cur, loss_cur, True
+
+
+def _unit_columns(G: torch.Tensor) -> torch.Tensor:
+    """Column norms of G [K], with 1 for all-zero (dead) columns."""
+    norms = G.norm(dim=0)
+    return torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def _kmeans_labels(X: torch.Tensor, K: int, gen: torch.Generator, n_iter: int = 25) -> torch.Tensor:
+    """k-means++ seeding then Lloyd iterations on the rows of X [n, d]; labels [n] (int64)."""
+    n = X.shape[0]
+    x2 = (X * X).sum(1)
+    centres = torch.empty(K, X.shape[1], dtype=X.dtype, device=X.device)
+    first = int(torch.randint(n, (1,), generator=gen))
+    centres[0] = X[first]
+    d2 = (x2 - 2 * X @ centres[0] + x2[first]).clamp(min=0)
+    for j in range(1, K):
+        w = d2.double().cpu()
+        pick = int(torch.multinomial(w, 1, generator=gen)) if float(w.sum()) > 0 else int(torch.randint(n, (1,), generator=gen))
+        centres[j] = X[pick]
+        d2 = torch.minimum(d2, (x2 - 2 * X @ centres[j] + x2[pick]).clamp(min=0))
+    labels = torch.full((n,), -1, dtype=torch.long, device=X.device)
+    for _ in range(n_iter):
+        dist = x2[:, None] - 2 * X @ centres.T + (centres * centres).sum(1)[None, :]
+        new = dist.argmin(1)
+        if torch.equal(new, labels):
+            break
+        labels = new
+        counts = torch.bincount(labels, minlength=K).to(X.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, labels, X)
+        keep = counts > 0
+        centres[keep] = sums[keep] / counts[keep, None]
+    return labels
+
+
+def _init_G(A: torch.Tensor, K: int, init: str, seed: int) -> torch.Tensor:
+    """Strictly positive initial G [samples, K] (zeros would stay zero under multiplicative updates)."""
+    n = A.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    if init == "random":
+        return torch.rand(n, K, generator=gen, dtype=torch.float64).to(A) + 1e-2
+    if init == "kmeans":
+        # spherical k-means: cluster the samples' directions, not their magnitudes (a sample that
+        # is mostly one factor points along it, however strongly it activates)
+        X = A.T / A.norm(dim=0).clamp(min=torch.finfo(A.dtype).tiny)[:, None]
+        labels = _kmeans_labels(X, K, gen)
+        G = torch.nn.functional.one_hot(labels, K).to(A.dtype)
+        return G + 0.2  # Ding, Li & Jordan (2010): cluster indicators + 0.2
+    if init == "svd":
+        # top-K right singular directions scaled by the singular values, from the smaller Gram
+        m = A.shape[0]
+        A64 = A.double()
+        if m <= n:
+            evals, U = torch.linalg.eigh(A64 @ A64.T)
+            U = U[:, -K:].flip(1)
+            VS = A64.T @ U  # [n, K] = V S
+        else:
+            evals, V = torch.linalg.eigh(A64.T @ A64)
+            VS = V[:, -K:].flip(1) * evals[-K:].flip(0).clamp(min=0).sqrt()
+        # G >= 0 fixes each direction's sign: take the sign with the larger positive part
+        pos, neg = VS.clamp(min=0).norm(dim=0), (-VS).clamp(min=0).norm(dim=0)
+        VS = VS * torch.where(pos >= neg, 1.0, -1.0).to(VS)
+        G = VS.clamp(min=0)
+        # lift every entry (as NNDSVDa fills zeros) so no entry is frozen at zero
+        floor = 0.2 * G.mean(0, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny) + 1e-12
+        return (G + floor).to(A.dtype)
+    raise SNMFError(f"init must be one of {INITS}, got {init!r}")
+
+
+def _user_G0(G0: Any, n_samples: int, K: int, like: torch.Tensor) -> torch.Tensor:
+    """Check a caller's initial G [samples, K]: finite, >= 0, no all-zero column."""
+    G = torch.as_tensor(np.asarray(G0) if not isinstance(G0, torch.Tensor) else G0.detach())
+    if G.shape != (n_samples, K):
+        raise SNMFError(f"init array G0 has shape {tuple(G.shape)}; expected [samples, factors] = ({n_samples}, {K})")
+    G = G.to(like)
+    if not bool(torch.isfinite(G).all()) or bool((G < 0).any()):
+        raise SNMFError("init array G0 must be finite and >= 0")
+    if bool((G.sum(0) == 0).any()):
+        raise SNMFError("init array G0 has an all-zero column; every factor needs some positive entries")
+    return G
+
+
+def _g_update_fn(backend: str | None) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]:
+    """The G update of :mod:`mechflow.kernels`: its process-wide backend (None) or the named one."""
+    import mechflow.kernels as kernels
+
+    backends = tuple(getattr(kernels, "BACKENDS", ("auto", "reference")))
+    if backend is None:
+        return kernels.snmf_update_g
+    if backend not in backends:
+        raise SNMFError(f"backend must be None (the process-wide kernel setting) or one of {backends}, got {backend!r}")
+    if backend == "reference":
+        return kernels.snmf_update_g_ref
+    use_backend = getattr(kernels, "use_backend", None)
+    if use_backend is None:
+        return kernels.snmf_update_g
+
+    def update(P: torch.Tensor, Q: torch.Tensor, G: torch.Tensor, eps: float) -> torch.Tensor:
+        with use_backend(backend):
+            return kernels.snmf_update_g(P, Q, G, eps)
+
+    return update
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------------
+
+
+def fit(
+    A: Any,
+    n_factors: int,
+    sparsity: float = 0.1,
+    init: Init | np.ndarray | torch.Tensor = "svd",
+    max_iter: int = 500,
+    tol: float = 1e-6,
+    seed: int = 0,
+    *,
+    n_init: int = 1,
+    ridge: float = 1e-6,
+    refit_iter: int = 5,
+    eps: float = 1e-12,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    backend: str | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> SNMFResult:
+    """Fit ``A [units, samples] ~ F G^T`` (see the module docstring for the algorithm).
+
+    A: numpy array, torch tensor or xarray DataArray [units, samples]; a DataArray with a ``unit``
+        dim is transposed to (unit, other) and its coords are kept for :meth:`SNMFResult.to_dataset`.
+    n_factors: K, between 1 and min(units, samples).
+    sparsity: fraction of units kept per factor, in (0, 1]; ``n_keep = ceil(sparsity * units)``.
+    init: 'svd' (top singular directions, sign chosen so their positive part dominates),
+        'kmeans' (spherical k-means++ / Lloyd on samples; cluster indicators + 0.2), 'random'
+        (uniform), or an array G0 [samples, factors] >= 0 (entries at 0 stay 0 under the G update).
+    max_iter: iterations after the initialisation (0 returns the initialisation).
+    tol: stop when the relative loss decrease of an iteration falls below ``tol`` (0: run max_iter).
+    seed: seeds every random choice; the fit is deterministic for a fixed seed on a given device.
+    n_init: restarts from seeds seed, seed+1, ...; the run with the lowest final loss is returned
+        (alternating sparse fits have local minima; a few restarts of 'kmeans'/'random' avoid most).
+    ridge: lambda of the ridge step, relative to G's unit-norm columns.
+    refit_iter: CG steps refitting F on its support per iteration.
+    eps: added to the denominator of the multiplicative update.
+    dtype: float64 by default on CPU, float32 on CUDA.
+    backend: kernel backend of the G update: None follows mechflow.kernels' process-wide setting
+        (default 'auto': Triton on CUDA, PyTorch reference on CPU); or 'auto', 'reference', 'triton'.
+    callback: called as ``callback(iteration, loss)`` after every iteration.
+    """
+    t0 = time.perf_counter()
+    if isinstance(init, str) and init not in INITS:
+        raise SNMFError(f"init must be one of {INITS} or an array G0 [samples, factors] >= 0, got {init!r}")
+    for name, value, lo in (("max_iter", max_iter, 0), ("refit_iter", refit_iter, 0), ("n_factors", n_factors, 1), ("n_init", n_init, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+            raise SNMFError(f"{name} must be an integer >= {lo}, got {value!r}")
+    for name, value in (("tol", tol), ("ridge", ridge), ("eps", eps)):
+        if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and value >= 0):
+            raise SNMFError(f"{name} must be a finite number >= 0, got {value!r}")
+    check_sparsity(sparsity)
+    update_g = _g_update_fn(backend)
+    X, unit_coord, prompt_coords = _as_matrix(A, dtype, device)
+    n_units, n_samples = X.shape
+    if n_factors > min(n_units, n_samples):
+        raise SNMFError(
+            f"n_factors={n_factors} exceeds min(units, samples) = min({n_units}, {n_samples}); "
+            "use fewer factors or more samples"
+        )
+    scale = float(torch.linalg.norm(X))
+    if scale == 0.0:
+        raise SNMFError("A is all zeros; there is nothing to factorise")
+    X = X / scale
+    K, n_keep = int(n_factors), n_keep_for(sparsity, n_units)
+    ridge, eps = float(ridge), float(eps)
+
+    if n_init > 1 and not (isinstance(init, str) and init in ("kmeans", "random")):
+        raise SNMFError("restarts (n_init > 1) need a seeded init, 'kmeans' or 'random'; 'svd' and arrays are deterministic")
+    best_run, best, restart_losses = None, 0, []
+    for r in range(int(n_init)):  # keep only the best run in memory
+        run = _fit_once(X, K, init, int(seed) + r, n_keep, int(max_iter), float(tol), ridge, int(refit_iter), eps, update_g, callback)
+        restart_losses.append(run[2][-1])
+        if best_run is None or run[2][-1] < best_run[2][-1]:
+            best_run, best = run, r
+    F, G, losses, it, converged, stop_reason, fallbacks = best_run
+    return SNMFResult(
+        F=(F * scale).cpu().numpy(),
+        G=G.cpu().numpy(),
+        loss=np.asarray(losses, dtype=np.float64),
+        n_iter=it,
+        converged=converged,
+        stop_reason=stop_reason,
+        n_keep=n_keep,
+        params={
+            "n_factors": K,
+            "sparsity": float(sparsity),
+            "init": init if isinstance(init, str) else "array",
+            "max_iter": int(max_iter),
+            "tol": float(tol),
+            "seed": int(seed),
+            "n_init": int(n_init),
+            "ridge": ridge,
+            "refit_iter": int(refit_iter),
+            "eps": eps,
+            "dtype": str(X.dtype).removeprefix("torch."),
+        },
+        f_fallbacks=fallbacks,
+        seconds=time.perf_counter() - t0,
+        unit_coord=unit_coord,
+        prompt_coords=prompt_coords,
+        best_restart=best,
+        restart_losses=np.asarray(restart_losses, dtype=np.float64),
+    )
+
+
+def _fit_once(
+    X: torch.Tensor,
+    K: int,
+    init: Any,
+    seed: int,
+    n_keep: int,
+    max_iter: int,
+    tol: float,
+    ridge: float,
+    refit_iter: int,
+    eps: float,
+    update_g: Callable[..., torch.Tensor],
+    callback: Callable[[int, float], None] | None,
+) -> tuple[torch.Tensor, torch.Tensor, list[float], int, bool, str, int]:
+    """One run from one initialisation on X [units, samples] with ||X||_F = 1.
+
+    Returns (F masked, G, losses, n_iter, converged, stop_reason, F-step fallbacks).
+    """
+    n_samples = X.shape[1]
+    if isinstance(init, str):
+        G = _init_G(X, K, init, seed)
+    else:
+        G = _user_G0(init, n_samples, K, X)
+    G = G / _unit_columns(G)
+    B, H = X @ G, G.T @ G
+    F, mask = _ridge_wta(B, H, ridge, n_keep)
+    F = _refit(F, mask, B, H, refit_iter)
+    losses = [_rel_loss(F, B, H)]
+
+    converged, stop_reason, fallbacks, it = False, "max_iter", 0, 0
+    for it in range(1, max_iter + 1):
+        G_new = update_g(X.T @ F, F.T @ F, G, eps)
+        norms = _unit_columns(G_new)
+        G_new, F_scaled = G_new / norms, F * norms
+        B, H = X @ G_new, G_new.T @ G_new
+        loss_g = _rel_loss(F_scaled, B, H)
+        F_new, mask_new, loss, fell = _f_step(B, H, F_scaled, mask, loss_g, n_keep, ridge, refit_iter)
+        prev = losses[-1]
+        if loss > prev:  # only rounding can get here (the G step is non-increasing in exact arithmetic)
+            it -= 1
+            converged, stop_reason = True, "precision"
+            break
+        F, G, mask = F_new, G_new, mask_new
+        fallbacks += int(fell)
+        losses.append(loss)
+        if callback is not None:
+            callback(it, loss)
+        if prev == 0.0 or (prev - loss) / prev < tol:
+            converged, stop_reason = True, "tol"
+            break
+
+    return F * mask, G, losses, it, converged, stop_reason, fallbacks
+
+
+# --------------------------------------------------------------------------------------------
+# interpretation
+# --------------------------------------------------------------------------------------------
+
+
+def top_prompts(
+    result: SNMFResult | xr.Dataset,
+    k: int = 10,
+    texts: Sequence[str] | np.ndarray | None = None,
+) -> xr.Dataset:
+    """Each factor's ``k`` top-activating samples (largest G), as a Dataset [factor, rank].
+
+    Variables: ``prompt`` (int64 position of the sample in A's sample axis), ``value`` (G there),
+    and every 1-D prompt coordinate known to the result (``text``, ``latitude``, ...) gathered the
+    same way; ``texts`` [samples] overrides/adds ``text``. Rank 0 is the strongest.
+    """
+    if isinstance(result, SNMFResult):
+        G = result.G
+        coords = dict(result.prompt_coords)
+    elif isinstance(result, xr.Dataset):
+        if "G" not in result or result["G"].dims != (SAMPLE_DIM, "factor"):
+            raise SNMFError("top_prompts needs a Dataset with G [prompt, factor] (from SNMFResult.to_dataset)")
+        G = np.asarray(result["G"].values)
+        coords = _prompt_coords_from(result)
+    else:
+        raise SNMFError(f"top_prompts takes an SNMFResult or its Dataset, got {type(result).__name__}")
+    n_samples, K = G.shape
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_samples:
+        raise SNMFError(f"k must be an integer in [1, {n_samples}] (the number of samples), got {k!r}")
+    if texts is not None:
+        texts = np.asarray(texts)
+        if texts.shape != (n_samples,):
+            raise SNMFError(f"texts has shape {texts.shape}; expected ({n_samples},)")
+        coords["text"] = texts
+    values, idx = torch.from_numpy(np.ascontiguousarray(G)).topk(k, dim=0, sorted=True)
+    idx_np = idx.numpy().T  # [factor, rank]
+    data: dict[Hashable, Any] = {
+        "prompt": (("factor", "rank"), idx_np.astype(np.int64)),
+        "value": (("factor", "rank"), values.numpy().T),
+    }
+    for name, vals in coords.items():
+        if name == SAMPLE_DIM:
+            if not np.array_equal(np.asarray(vals), np.arange(n_samples)):
+                data["prompt_label"] = (("factor", "rank"), np.asarray(vals)[idx_np])
+            continue
+        data[name] = (("factor", "rank"), np.asarray(vals)[idx_np])
+    return xr.Dataset(data, coords={"factor": np.arange(K), "rank": np.arange(k)})
+
+
+__all__ = ["SNMFError", "SNMFResult", "fit", "top_prompts", "n_keep_for", "INITS", "LOSS_DEFINITION"]

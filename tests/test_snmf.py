@@ -1,0 +1,283 @@
+"""Semi-NMF (mechflow.snmf): recovery, monotone objective, exact sparsity, agreement with a
+straightforward dense implementation of the same rules, data contract and input errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from scipy.optimize import linear_sum_assignment
+
+from mechflow import snmf
+from mechflow.io import load_dataset, write_dataset
+
+
+def synthetic(units: int = 200, samples: int = 1000, K: int = 8, frac: float = 0.1, noise: float = 0.01, seed: int = 0):
+    """A = F* G*^T + noise: F* with ceil(frac*units) random units per column (mixed sign, away from 0),
+    G* >= 0 exponential with 20% of entries active; noise at ``noise`` x the signal's RMS."""
+    rng = np.random.default_rng(seed)
+    s = math.ceil(frac * units)
+    F = np.zeros((units, K))
+    for k in range(K):
+        idx = rng.choice(units, s, replace=False)
+        F[idx, k] = rng.normal(size=s) + np.sign(rng.normal(size=s))
+    G = rng.exponential(size=(samples, K)) * (rng.random((samples, K)) < 0.2)
+    A = F @ G.T
+    A += noise * np.linalg.norm(A) / np.sqrt(A.size) * rng.normal(size=A.shape)
+    return A, F, G
+
+
+def matched_cosine(F_true: np.ndarray, F_est: np.ndarray) -> float:
+    """Mean cosine of columns after Hungarian matching (signs count: G >= 0 fixes them)."""
+    a = F_true / np.linalg.norm(F_true, axis=0)
+    b = F_est / np.maximum(np.linalg.norm(F_est, axis=0), 1e-300)
+    C = a.T @ b
+    rows, cols = linear_sum_assignment(-C)
+    return float(C[rows, cols].mean())
+
+
+# ------------------------------------------------------------------------------------------------
+# a straightforward dense PyTorch implementation of the same update rules (also the benchmark's
+# baseline): explicit residuals for every loss, the G update written out, a dense solve, sort-based
+# winner-take-all and a plain masked CG refit.
+# ------------------------------------------------------------------------------------------------
+
+
+def dense_reference_fit(A: torch.Tensor, G0: torch.Tensor, n_keep: int, n_iter: int, ridge: float = 1e-6,
+                        refit_iter: int = 5, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Same rules as mechflow.snmf.fit (init from G0, tol=0); returns F, G, relative losses."""
+    A2 = (A * A).sum()
+    K = G0.shape[1]
+
+    def loss(F, G):
+        return float(((A - F @ G.T) ** 2).sum() / A2)
+
+    def wta(F):
+        order = F.abs().argsort(dim=0, descending=True)
+        return torch.zeros_like(F, dtype=torch.bool).scatter_(0, order[:n_keep], True)
+
+    def refit(F, mask, G):
+        H, B, m = G.T @ G, A @ G, mask.to(F.dtype)
+        R = (B - F @ H) * m
+        D = R.clone()
+        for _ in range(refit_iter):
+            HD = (D @ H) * m
+            dHd, rd = (D * HD).sum(1), (R * D).sum(1)
+            alpha = torch.where(dHd > 0, rd / torch.where(dHd > 0, dHd, 1.0), 0.0)[:, None]
+            F, R_new = F + alpha * D, R - alpha * HD
+            rr, rr_new = (R * R).sum(1), (R_new * R_new).sum(1)
+            beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, 1.0), 0.0)[:, None]
+            R, D = R_new, R_new + beta * D
+        return F
+
+    def ls_step(G):
+        F = torch.linalg.solve(G.T @ G + ridge * torch.eye(K, dtype=G.dtype, device=G.device), (A @ G).T).T
+        mask = wta(F) if n_keep < A.shape[0] else torch.ones_like(F, dtype=torch.bool)
+        return refit(F * mask, mask, G), mask
+
+    G = G0 / G0.norm(dim=0)
+    F, mask = ls_step(G)
+    losses = [loss(F, G)]
+    for _ in range(n_iter):
+        P, Q = A.T @ F, F.T @ F
+        G_new = G * torch.sqrt((P.clamp(min=0) + G @ (-Q).clamp(min=0)) / ((-P).clamp(min=0) + G @ Q.clamp(min=0) + eps))
+        norms = G_new.norm(dim=0)
+        G_new, F_s = G_new / norms, F * norms
+        loss_g = loss(F_s, G_new)
+        F_new, mask_new = ls_step(G_new)
+        if loss(F_new, G_new) > loss_g:  # guarded: fall back to one IHT step from the current F
+            H = G_new.T @ G_new
+            F_iht = F_s + (A @ G_new - F_s @ H) / torch.linalg.eigvalsh(H)[-1]
+            mask_new = wta(F_iht)
+            F_new = refit(F_iht * mask_new, mask_new, G_new)
+            if loss(F_new, G_new) > loss_g:
+                F_new, mask_new = F_s, mask
+        F, G, mask = F_new, G_new, mask_new
+        losses.append(loss(F, G))
+    return F * mask, G, losses
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These problems are tiny: one thread is faster, and immune to oversubscribed CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return synthetic(seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(problem):
+    A, _, _ = problem
+    return snmf.fit(A, 8, sparsity=0.1, init="kmeans", max_iter=200, tol=1e-7, seed=0, n_init=4)
+
+
+def test_recovers_planted_factors(problem, fitted):
+    _, F_true, _ = problem
+    assert matched_cosine(F_true, fitted.F) >= 0.95
+    # the noise floor: relative noise energy is 1e-4, so a recovered model sits right at it
+    assert fitted.loss[-1] < 2e-4
+
+
+def test_objective_is_monotone(problem, fitted):
+    assert fitted.loss.shape == (fitted.n_iter + 1,)
+    assert np.all(np.diff(fitted.loss) <= 0), np.diff(fitted.loss).max()
+    assert fitted.loss[-1] < 0.2 * fitted.loss[0]
+    # also along a single run from every init (restarts only pick one run)
+    A, _, _ = problem
+    for init in snmf.INITS:
+        r = snmf.fit(A, 8, sparsity=0.1, init=init, max_iter=60, tol=0, seed=3)
+        assert r.n_iter == 60 or r.stop_reason == "precision"
+        assert np.all(np.diff(r.loss) <= 0), (init, np.diff(r.loss).max())
+
+
+def test_loss_is_the_sparse_models_error(problem, fitted):
+    A, _, _ = problem
+    direct = np.linalg.norm(A - fitted.F @ fitted.G.T) ** 2 / np.linalg.norm(A) ** 2
+    assert fitted.loss[-1] == pytest.approx(direct, rel=1e-8, abs=1e-12)
+
+
+def test_g_nonnegative_unit_columns_and_exact_sparsity(fitted):
+    assert fitted.G.min() >= 0
+    np.testing.assert_allclose(np.linalg.norm(fitted.G, axis=0), 1.0, rtol=1e-10)
+    assert fitted.n_keep == 20  # ceil(0.1 * 200)
+    np.testing.assert_array_equal((fitted.F != 0).sum(0), 20)
+
+
+@pytest.mark.parametrize(("sparsity", "units", "expected"), [(0.07, 100, 7), (0.1, 200, 20), (0.013, 100, 2), (1e-6, 50, 1), (1.0, 30, 30)])
+def test_n_keep_rule(sparsity, units, expected):
+    assert snmf.n_keep_for(sparsity, units) == expected
+
+
+def test_sparsity_count_on_odd_fraction():
+    A, _, _ = synthetic(units=90, samples=300, K=5, seed=4)
+    r = snmf.fit(A, 5, sparsity=0.07, max_iter=20, seed=0)
+    assert r.n_keep == math.ceil(0.07 * 90) == 7
+    np.testing.assert_array_equal((r.F != 0).sum(0), 7)
+    assert r.G.min() >= 0
+
+
+def test_matches_straightforward_dense_implementation(problem):
+    A, _, _ = problem
+    K, n_iter = 8, 40
+    G0 = np.random.default_rng(5).random((A.shape[1], K)) + 0.01
+    ours = snmf.fit(A, K, sparsity=0.1, init=G0, max_iter=n_iter, tol=0, backend="reference")
+    F_ref, G_ref, loss_ref = dense_reference_fit(torch.from_numpy(A), torch.from_numpy(G0), ours.n_keep, n_iter)
+    assert ours.n_iter == n_iter and len(loss_ref) == n_iter + 1
+    assert ours.loss[-1] == pytest.approx(loss_ref[-1], rel=0.01)
+    np.testing.assert_allclose(ours.loss, loss_ref, rtol=0.01)
+    assert np.all(np.diff(loss_ref) <= 1e-15)
+
+
+def test_deterministic_for_a_seed(problem):
+    A, _, _ = problem
+    a = snmf.fit(A, 8, init="kmeans", max_iter=15, seed=7)
+    b = snmf.fit(A, 8, init="kmeans", max_iter=15, seed=7)
+    c = snmf.fit(A, 8, init="kmeans", max_iter=15, seed=8)
+    np.testing.assert_array_equal(a.F, b.F)
+    np.testing.assert_array_equal(a.G, b.G)
+    np.testing.assert_array_equal(a.loss, b.loss)
+    assert not np.array_equal(a.G, c.G)
+
+
+def test_float32_torch_and_xarray_inputs(problem):
+    A, _, _ = problem
+    r32 = snmf.fit(torch.from_numpy(A).float(), 8, init="svd", max_iter=30, dtype=torch.float32)
+    r64 = snmf.fit(A, 8, init="svd", max_iter=30)
+    assert r32.F.dtype == np.float32 and r64.F.dtype == np.float64
+    assert np.all(np.diff(r32.loss) <= 0)
+    assert r32.loss[-1] == pytest.approx(r64.loss[-1], rel=0.05)
+    # a DataArray [prompt, unit] is transposed by its dim names and keeps its coords
+    da = xr.DataArray(A.T, dims=("prompt", "unit"), coords={"unit": np.arange(200) + 1000, "text": ("prompt", [f"p{i}" for i in range(1000)])})
+    rx = snmf.fit(da, 8, init="svd", max_iter=30)
+    np.testing.assert_array_equal(rx.F, r64.F)
+    np.testing.assert_array_equal(rx.unit_coord, np.arange(200) + 1000)
+    assert rx.prompt_coords["text"][3] == "p3"
+
+
+def test_dataset_contract_and_top_prompts(tmp_path, problem, fitted):
+    _, _, G_true = problem
+    texts = np.array([f"prompt {i}" for i in range(fitted.G.shape[0])])
+    ds = fitted.to_dataset(unit_coord=np.arange(200), prompt_coords={"text": texts}, attrs={"model": "toy", "layer": 5})
+    assert ds["F"].dims == ("unit", "factor") and ds["G"].dims == ("prompt", "factor")
+    assert ds["loss"].dims == ("iteration",) and ds.sizes["iteration"] == fitted.n_iter + 1
+    assert float(ds["G"].min()) >= 0
+    for key in ("mechflow_version", "created", "config_digest", "model", "layer", "sparsity", "n_keep", "init", "seed"):
+        assert key in ds.attrs, key
+    assert ds.attrs["n_keep"] == 20
+    write_dataset(ds, tmp_path / "run.nc")
+    back = load_dataset(tmp_path / "run.nc")
+    np.testing.assert_array_equal(back["F"].values, fitted.F)
+    assert back["text"].values[2] == "prompt 2"
+
+    top = snmf.top_prompts(fitted, k=5, texts=texts)
+    assert top["prompt"].dims == ("factor", "rank") and top["prompt"].shape == (8, 5)
+    G = fitted.G
+    for f in (0, 7):
+        order = np.argsort(-G[:, f], kind="stable")[:5]
+        np.testing.assert_array_equal(np.sort(top["prompt"].values[f]), np.sort(order))
+        assert np.all(np.diff(top["value"].values[f]) <= 0)
+        assert top["text"].values[f, 0] == texts[top["prompt"].values[f, 0]]
+    # traced to the planted factor: top prompts of each recovered factor load on its true match
+    a = fitted.F / np.linalg.norm(fitted.F, axis=0)
+    top_ds = snmf.top_prompts(back, k=5)
+    np.testing.assert_array_equal(top_ds["prompt"].values, top["prompt"].values)
+    assert top_ds["text"].values[0, 0] == texts[top["prompt"].values[0, 0]]
+    true_match = linear_sum_assignment(-(a.T @ (problem[1] / np.linalg.norm(problem[1], axis=0))))[1]
+    strongest = G_true[top["prompt"].values[np.arange(8), 0], true_match]
+    assert np.all(strongest > 0)
+
+
+@pytest.mark.parametrize(
+    ("A", "kwargs", "message"),
+    [
+        (np.zeros((3, 4, 5)), {}, "2-D"),
+        (np.ones((10, 20)) * np.nan, {}, "non-finite"),
+        (np.array([[1.0, np.inf], [0.0, 1.0]]), {"n_factors": 1}, "non-finite"),
+        (np.zeros((10, 20)), {}, "all zeros"),
+        (np.ones((10, 20)), {"n_factors": 11}, "exceeds min"),
+        (np.ones((10, 20)), {"n_factors": 0}, "n_factors"),
+        (np.ones((10, 20)), {"sparsity": 0.0}, "sparsity"),
+        (np.ones((10, 20)), {"sparsity": 1.5}, "sparsity"),
+        (np.ones((10, 20)), {"sparsity": -0.1}, "sparsity"),
+        (np.ones((10, 20)), {"init": "nndsvd"}, "init"),
+        (np.ones((10, 20)), {"init": np.ones((20, 3))}, "shape"),
+        (np.ones((10, 20)), {"init": -np.ones((20, 2))}, ">= 0"),
+        (np.ones((10, 20)), {"n_init": 3, "init": "svd"}, "n_init"),
+        (np.ones((10, 20)), {"tol": -1.0}, "tol"),
+        (np.ones((10, 20)), {"backend": "cuda-magic"}, "backend"),
+        ("not an array", {}, "numpy array"),
+    ],
+)
+def test_clear_errors(A, kwargs, message):
+    kwargs = {"n_factors": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        snmf.fit(A, **kwargs)
+
+
+def test_top_prompts_errors(fitted):
+    with pytest.raises(ValueError, match="k must be"):
+        snmf.top_prompts(fitted, k=0)
+    with pytest.raises(ValueError, match="k must be"):
+        snmf.top_prompts(fitted, k=fitted.G.shape[0] + 1)
+    with pytest.raises(ValueError, match="texts"):
+        snmf.top_prompts(fitted, k=2, texts=["a", "b"])
+
+
+def test_kernel_backends_agree(problem):
+    """The G update goes through mechflow.kernels; the reference backend and the default agree on CPU."""
+    A, _, _ = problem
+    a = snmf.fit(A, 8, init="svd", max_iter=10, backend="reference")
+    b = snmf.fit(A, 8, init="svd", max_iter=10)
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-12)
