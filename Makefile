@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml Makefile
 run: setup
 	$(BIN)/snakemake -c $(CORES) --configfile $(CONFIG) --rerun-incomplete
 	@echo "results: $$(pwd)/results"
+	@test -f results/report/index.html && echo "report: $$(pwd)/results/report/index.html" || true
 
 test: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

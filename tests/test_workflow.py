@@ -42,19 +42,30 @@ def planned_jobs(workdir: Path, *args: str) -> collections.Counter:
     return jobs
 
 
-def tiny_config(n: int = 30, **extract) -> dict:
+def tiny_config(n: int = 30, analyses: bool = False, **extract) -> dict:
+    """configs/tiny.yaml with n places per region; without analyses it stops at the activations."""
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     cfg["datasets"]["tiny"]["max_per_region"] = n
     cfg["extract"].update(extract)
+    if not analyses:
+        cfg["spatial"] = {"enabled": False}
+        cfg["probes"] = {"enabled": False}
+        cfg["sae"]["runs"] = {}
+        cfg["snmf"]["runs"] = {}
+        cfg["report"] = {"enabled": False}
     return cfg
 
 
 def test_end_to_end_tiny_study_and_rerun_plans(workdir):
-    cfg = tiny_config()
+    cfg = tiny_config(analyses=True)
     write_config(workdir, cfg)
     run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
     act = load_dataarray(workdir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
-    assert act.dims == ("prompt", "layer", "unit") and act.shape == (30, 6, 384)
+    assert act.dims == ("prompt", "layer", "unit") and act.shape == (60, 6, 384)
+    for rel in ("results/spatial/tiny/minilm/resid/layer4/units/moran.nc", "results/spatial/tiny/minilm/resid/layer4/sae-topk/lisa.nc",
+                "results/spatial/tiny/minilm/mlp_hidden/layer3/snmf-k6/moran.nc", "results/sae/tiny/minilm/resid/layer4/topk/sae.safetensors",
+                "results/snmf/tiny/minilm/mlp_hidden/layer3/k6.nc", "results/probes/tiny/minilm/resid.nc", "results/report/index.html"):
+        assert (workdir / rel).exists(), rel
     for key in ("mechflow_version", "created", "config_digest", "model", "model_digest", "hook", "pooling"):
         assert key in act.attrs, key
     assert np.isfinite(act.values).all()
@@ -62,17 +73,29 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     assert (workdir / "results/benchmarks/extract/tiny/minilm/resid.tsv").exists()
 
     assert planned_jobs(workdir) == {}  # right after a run: nothing to do
-    # a changed extraction parameter reruns extraction (and everything downstream), not the prompts
+    run_snakemake(workdir, "--report", "snakemake_report.html", "--configfile", "study.yaml")
+    assert (workdir / "snakemake_report.html").stat().st_size > 10_000
+    # a changed downstream parameter reruns only its step and what depends on it, never extraction
+    cfg["spatial"]["permutations"] = 199
+    write_config(workdir, cfg)
+    assert planned_jobs(workdir) == {"spatial": 4, "report": 1, "all": 1}
+    cfg["spatial"]["permutations"] = 99
+    cfg["sae"]["runs"]["topk"]["k"] = 4
+    write_config(workdir, cfg)
+    assert planned_jobs(workdir) == {"sae": 1, "spatial": 1, "report": 1, "all": 1}
+    # a changed extraction parameter reruns extraction and everything downstream, not the prompts
+    cfg["sae"]["runs"]["topk"]["k"] = 8
     cfg["extract"]["pooling"] = "last"
     write_config(workdir, cfg)
     plan = planned_jobs(workdir)
-    assert plan["extract"] == 1 and "prompts" not in plan
-    # a changed prompt-set parameter reruns both
+    assert plan["extract"] == 2 and plan["sae"] == 1 and plan["snmf"] == 1 and plan["spatial"] == 4
+    assert plan["probes"] == 1 and "prompts" not in plan
+    # a changed prompt-set parameter reruns everything
     cfg["extract"]["pooling"] = "mean"
     cfg["datasets"]["tiny"]["template"] = "{name} in {admin1_name}"
     write_config(workdir, cfg)
     plan = planned_jobs(workdir)
-    assert plan["prompts"] == 1 and plan["extract"] == 1
+    assert plan["prompts"] == 1 and plan["extract"] == 2 and plan["report"] == 1
 
 
 def test_sharded_extraction_gathers_to_the_unsharded_result(workdir):
