@@ -193,7 +193,10 @@ class ActivationWriter:
         self._tmp = self._atomic.__enter__()
         return self
 
-    def _create(self, n_units: int) -> None:
+    def create(self, n_units: int) -> None:
+        """Create the temporary file with all coordinates and an unfilled ``activations`` variable."""
+        if self._file is not None:
+            return
         coords = {
             "prompt": self.prompts["prompt"].values,
             "layer": np.asarray(self.layers, dtype=np.int64),
@@ -213,8 +216,7 @@ class ActivationWriter:
 
     def write_rows(self, start: int, block: np.ndarray) -> None:
         """Write prompts ``start .. start + len(block)`` (positions in the prompt set); block [b, n_layers, units]."""
-        if self._file is None:
-            self._create(block.shape[-1])
+        self.create(block.shape[-1])
         self._var[start : start + len(block), :, :] = block
         self._written[start : start + len(block)] = True
 
@@ -259,6 +261,7 @@ def extract_to_file(
                                       progress, window=window):
             if buf is None:
                 buf = np.empty((min(window, len(texts)), *block.shape[1:]), dtype=np.float32)
+                writer.create(block.shape[-1])  # the (hidden) temporary exists from the first batch on
             buf[idx - w0] = block
             filled += len(idx)
             if filled == min(window, len(texts) - w0):  # window complete: one contiguous write

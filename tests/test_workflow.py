@@ -114,7 +114,7 @@ def test_sharded_extraction_gathers_to_the_unsharded_result(workdir):
 
 
 def test_sigkill_during_extraction_leaves_no_half_file_and_rerun_completes(workdir):
-    write_config(workdir, tiny_config(n=800, batch_size=2, threads=1))
+    write_config(workdir, tiny_config(n=400, batch_size=2, threads=1))
     run_snakemake(workdir, "results/prompts/tiny.nc", "-c", "1", "--configfile", "study.yaml")
     out_dir = workdir / "results/activations/tiny/minilm"
     cmd = [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-c", "1", "--configfile", "study.yaml"]
