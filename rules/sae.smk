@@ -7,6 +7,7 @@ rule sae:
     params:
         run=lambda wc: SAE["runs"][wc.run],
         checkpoints=lambda wc: "results/checkpoints/sae/{dataset}/{model}/{hook}/layer{layer}/{run}".format(**wc),
+        kernels=config["kernels"],
         code=lambda wc: code("sae"),
     log:
         "results/logs/sae/{dataset}/{model}/{hook}/layer{layer}/{run}.log",

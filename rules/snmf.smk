@@ -7,6 +7,7 @@ rule snmf:
     params:
         run=lambda wc: SNMF["runs"][wc.run],
         top_prompts=SNMF["top_prompts"],
+        kernels=config["kernels"],
         code=lambda wc: code("snmf"),
     log:
         "results/logs/snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.log",

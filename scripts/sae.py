@@ -3,11 +3,13 @@
 from pathlib import Path
 
 from mechflow.io import digest
+from mechflow.kernels import set_backend
 from mechflow.sae import train_from_file
 from mechflow.workflow import run_rule
 
 
 def main(sm) -> None:
+    set_backend(sm.params.kernels)
     run = dict(sm.params.run)
     train_from_file(sm.input[0], int(sm.wildcards.layer), run, Path(sm.output[0]).parent,
                     checkpoint_dir=sm.params.checkpoints, config_digest=digest({"run": run, "code": sm.params.code}))

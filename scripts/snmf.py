@@ -3,12 +3,14 @@
 from mechflow import snmf
 from mechflow.analysis import load_feature_set
 from mechflow.io import digest, write_dataset
+from mechflow.kernels import set_backend
 from mechflow.workflow import run_rule
 
 UPSTREAM = ("dataset", "model", "model_digest", "hook", "pooling")
 
 
 def main(sm) -> None:
+    set_backend(sm.params.kernels)
     run = dict(sm.params.run)
     layer = int(sm.wildcards.layer)
     units = load_feature_set(sm.input[0], "units", layer)  # [prompt, unit]

@@ -151,3 +151,21 @@ def test_random_init_control_has_same_architecture_other_weights(tiny_llama):
     assert wa.shape == wt.shape and not torch.equal(wa, wt)
     assert torch.equal(wa, b.model.layers[0].mlp.up_proj.weight)
     assert not torch.equal(wa, c.model.layers[0].mlp.up_proj.weight)
+
+
+def test_unsupported_architecture_names_the_model_class():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ff = torch.nn.Linear(4, 4)
+
+    class Exotic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([Block(), Block()])
+
+    assert len(capture_sites(Exotic(), "resid")) == 2
+    with pytest.raises(HookPointError, match="hook 'mlp_hidden' is not supported for Exotic"):
+        capture_sites(Exotic(), "mlp_hidden")
+    with pytest.raises(HookPointError, match="not supported for Exotic"):
+        capture_sites(Exotic(), "attn_out")
