@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 from pyproj import Transformer
 
+from mechflow.spatial.datasets import check_locations
 from mechflow.spatial.weights import project
 
 __all__ = ["DEFAULT_ALPHAS", "haversine_km", "random_folds", "spatial_folds", "ridge_loo",
@@ -151,17 +152,7 @@ def probe_dataset(
     if not isinstance(activations, xr.DataArray) or activations.ndim != 3:
         raise ValueError("activations must be a 3-D xarray.DataArray [prompt, layer, unit]")
     pdim, ldim, _ = activations.dims
-    n = activations.shape[0]
-    lon = np.asarray(lon, dtype=np.float64).ravel()
-    lat = np.asarray(lat, dtype=np.float64).ravel()
-    region = np.asarray(region).astype(str).ravel()
-    for name, arr in (("lon", lon), ("lat", lat), ("region", region)):
-        if arr.shape[0] != n:
-            raise ValueError(f"{name} has {arr.shape[0]} entries, expected one per prompt ({n})")
-    regions = [str(r) for r in np.unique(region)]
-    missing = [r for r in regions if r not in crs_by_region]
-    if missing:
-        raise ValueError(f"no CRS for region(s) {missing}; crs_by_region has {sorted(crs_by_region)}")
+    lon, lat, region, regions, _ = check_locations(activations.shape[0], lon, lat, region, crs_by_region)
     layers = activations.coords[ldim].values if ldim in activations.coords else np.arange(activations.shape[1])
     schemes = ["random", "spatial"]
     names = ["r2_xy", "r2_x", "r2_y", "r2_latlon", "median_km", "median_km_latlon", "mean_km", "alpha_xy"]

@@ -13,14 +13,15 @@ from mechflow.spatial.global_stats import global_autocorrelation
 from mechflow.spatial.local_stats import local_moran
 from mechflow.spatial.weights import knn_weights
 
-__all__ = ["moran_dataset", "lisa_dataset"]
+__all__ = ["moran_dataset", "lisa_dataset", "check_locations"]
 
 
-def _prepare(values: xr.DataArray, lon, lat, region, crs_by_region: Mapping[str, str]):
-    if not isinstance(values, xr.DataArray) or values.ndim != 2:
-        raise ValueError("values must be a 2-D xarray.DataArray [prompt, <feature-dim>]")
-    pdim, fdim = values.dims
-    n = values.shape[0]
+def check_locations(n: int, lon, lat, region, crs_by_region: Mapping[str, str]):
+    """Validate per-prompt lon/lat (degrees) and region against ``n`` prompts and the CRS mapping.
+
+    Returns (lon, lat, region, regions, crs_used): float64/str arrays [n], the sorted region names
+    and the CRS of each region present.
+    """
     lon = np.asarray(lon, dtype=np.float64).ravel()
     lat = np.asarray(lat, dtype=np.float64).ravel()
     region = np.asarray(region).astype(str).ravel()
@@ -31,7 +32,14 @@ def _prepare(values: xr.DataArray, lon, lat, region, crs_by_region: Mapping[str,
     missing = [r for r in regions if r not in crs_by_region]
     if missing:
         raise ValueError(f"no CRS for region(s) {missing}; crs_by_region has {sorted(crs_by_region)}")
-    crs_used = {r: str(crs_by_region[r]) for r in regions}
+    return lon, lat, region, regions, {r: str(crs_by_region[r]) for r in regions}
+
+
+def _prepare(values: xr.DataArray, lon, lat, region, crs_by_region: Mapping[str, str]):
+    if not isinstance(values, xr.DataArray) or values.ndim != 2:
+        raise ValueError("values must be a 2-D xarray.DataArray [prompt, <feature-dim>]")
+    pdim, fdim = values.dims
+    lon, lat, region, regions, crs_used = check_locations(values.shape[0], lon, lat, region, crs_by_region)
     return pdim, fdim, lon, lat, region, regions, crs_used
 
 
