@@ -1,0 +1,187 @@
+"""Row sources and the shuffled minibatch stream.
+
+The minibatch of step ``s`` is a pure function of ``(seed, s)``: each epoch ``e`` has an order
+drawn from ``(seed, e)`` (a permutation of contiguous blocks, grouped into windows, rows shuffled
+within each window), and step ``s`` takes positions ``[s * batch, (s + 1) * batch)`` of the
+concatenated epoch orders. A resumed run therefore sees exactly the batches an uninterrupted run
+sees, with no RNG state to save. Only the windows in use are held in memory (at most two), so a
+file larger than RAM streams with bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Protocol
+
+import numpy as np
+import torch
+import xarray as xr
+
+
+class RowSource(Protocol):
+    """Rows of a [n_rows, d] matrix, read by contiguous range."""
+
+    n_rows: int
+    d: int
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` as float32 [stop - start, d]."""
+
+
+class TensorSource:
+    """An in-memory [n, d] tensor or array."""
+
+    def __init__(self, x: torch.Tensor | np.ndarray):
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        if arr.ndim != 2:
+            raise ValueError(f"SAE input must be 2-D [n_samples, d_in], got shape {tuple(arr.shape)}")
+        if arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise ValueError(f"SAE input must have at least one sample and one unit, got shape {tuple(arr.shape)}")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"SAE input must be floating point, got dtype {arr.dtype}")
+        self._x = np.ascontiguousarray(arr, dtype=np.float32)
+        bad = ~np.isfinite(self._x).all(1)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise ValueError(f"SAE input has NaN/inf values in {rows.size} rows (first: {rows[:5].tolist()}); clean or drop them first")
+        self.n_rows, self.d = self._x.shape
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self._x[start:stop]
+
+
+class DataArraySource:
+    """A lazily opened 2-D DataArray [sample, unit]; rows are read on demand and checked for NaN."""
+
+    def __init__(self, da: xr.DataArray):
+        if da.ndim != 2:
+            raise ValueError(f"SAE input DataArray must be 2-D [sample, unit], got dims {da.dims} with shape {da.shape}")
+        self.da = da
+        self.n_rows, self.d = (int(s) for s in da.shape)
+        if self.n_rows < 1 or self.d < 1:
+            raise ValueError(f"SAE input must have at least one sample and one unit, got shape {da.shape}")
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        block = np.asarray(self.da[start:stop].values, dtype=np.float32)
+        bad = ~np.isfinite(block).all(1)
+        if bad.any():
+            rows = (np.flatnonzero(bad) + start)[:5].tolist()
+            raise ValueError(f"SAE input has NaN/inf values (rows {rows}, dim {self.da.dims[0]!r}); clean or drop them first")
+        return block
+
+
+def as_source(x: torch.Tensor | np.ndarray | xr.DataArray | RowSource) -> RowSource:
+    """Wrap a tensor, array or 2-D DataArray as a :class:`RowSource`."""
+    if isinstance(x, xr.DataArray):
+        return DataArraySource(x)
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return TensorSource(x)
+    if hasattr(x, "read") and hasattr(x, "n_rows"):
+        return x
+    raise ValueError(f"SAE input must be a torch.Tensor, numpy array or xarray.DataArray [n, d], got {type(x).__name__}")
+
+
+class _EpochOrder:
+    """Order of the rows in one epoch, and its windows (position ranges read together)."""
+
+    def __init__(self, n: int, seed: int, epoch: int, block: int, window: int):
+        rng = np.random.Generator(np.random.PCG64([seed, epoch, 0x5AE]))
+        n_blocks = -(-n // block)
+        blocks = rng.permutation(n_blocks)
+        per_window = max(1, window // block)
+        order, bounds = [], [0]
+        for w in range(0, n_blocks, per_window):
+            chosen = blocks[w : w + per_window]
+            rows = np.concatenate([np.arange(b * block, min((b + 1) * block, n)) for b in chosen])
+            order.append(rows[rng.permutation(rows.size)])
+            bounds.append(bounds[-1] + rows.size)
+        self.order = np.concatenate(order)
+        self.bounds = np.asarray(bounds)
+
+
+class BatchStream:
+    """Minibatch ``s`` [batch_size, d] float32 as a pure function of ``(seed, s)``."""
+
+    def __init__(self, source: RowSource, batch_size: int, seed: int, block: int = 256, window: int = 65536):
+        self.source, self.batch_size, self.seed = source, int(batch_size), int(seed)
+        self.block, self.window = int(block), max(int(window), int(block))
+        self._orders: OrderedDict[int, _EpochOrder] = OrderedDict()
+        self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    def _order(self, epoch: int) -> _EpochOrder:
+        if epoch not in self._orders:
+            self._orders[epoch] = _EpochOrder(self.source.n_rows, self.seed, epoch, self.block, self.window)
+            while len(self._orders) > 2:
+                self._orders.popitem(last=False)
+        return self._orders[epoch]
+
+    def _window(self, epoch: int, w: int) -> np.ndarray:
+        key = (epoch, w)
+        if key not in self._windows:
+            eo = self._order(epoch)
+            rows = eo.order[eo.bounds[w] : eo.bounds[w + 1]]
+            self._windows[key] = read_rows(self.source, rows, self.block)
+            while len(self._windows) > 2:
+                self._windows.popitem(last=False)
+        return self._windows[key]
+
+    def batch(self, step: int) -> torch.Tensor:
+        n = self.source.n_rows
+        pos = step * self.batch_size
+        parts, need = [], self.batch_size
+        while need:
+            epoch, q = divmod(pos, n)
+            eo = self._order(epoch)
+            w = int(np.searchsorted(eo.bounds, q, side="right") - 1)
+            take = min(need, int(eo.bounds[w + 1]) - q)
+            start = q - int(eo.bounds[w])
+            parts.append(self._window(epoch, w)[start : start + take])
+            pos, need = pos + take, need - take
+        return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0].copy())
+
+    def sample(self, max_rows: int = 8192) -> torch.Tensor:
+        """A fixed data sample (the start of epoch 0) for statistics: up to ``max_rows`` rows."""
+        eo = self._order(0)
+        rows = eo.order[: min(max_rows, eo.bounds[1])]
+        return torch.from_numpy(read_rows(self.source, rows, self.block))
+
+
+def read_rows(source: RowSource, rows: np.ndarray, block: int) -> np.ndarray:
+    """Rows ``rows`` (any order) of ``source`` [len(rows), d], reading merged contiguous ranges."""
+    blocks = np.unique(rows // block)
+    # merge consecutive blocks into ranges
+    breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
+    starts, parts = [], []
+    pos = 0
+    for run in np.split(blocks, breaks):
+        a, b = int(run[0]) * block, min((int(run[-1]) + 1) * block, source.n_rows)
+        parts.append(source.read(a, b))
+        starts.append((a, pos))
+        pos += b - a
+    data = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    range_starts = np.asarray([s for s, _ in starts])
+    range_pos = np.asarray([p for _, p in starts])
+    r = np.searchsorted(range_starts, rows, side="right") - 1
+    return np.ascontiguousarray(data[range_pos[r] + rows - range_starts[r]])
+
+
+def norm_scaling_factor(sample: torch.Tensor) -> float:
+    """Factor s with E||s x||^2 = d_in (SAELens ``expected_average_only_in``)."""
+    msq = float(sample.double().pow(2).sum(1).mean())
+    if msq <= 0:
+        raise ValueError("cannot normalise activations: the data sample is all zeros")
+    return float((sample.shape[1] / msq) ** 0.5)
+
+
+def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-7) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the summed Euclidean distance to the rows of x [n, d]."""
+    x = x.double()
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(1e-12)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - m).norm() <= tol * (1 + m.norm()):
+            m = new
+            break
+        m = new
+    return m.float()

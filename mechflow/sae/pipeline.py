@@ -1,0 +1,92 @@
+"""Entry point of the ``sae`` Snakemake rule: activations file -> SAE directory of the data contract."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from mechflow.io import open_dataarray, provenance_attrs, write_dataarray, write_dataset
+from mechflow.sae.architectures import SparseAutoencoder
+from mechflow.sae.config import validate_run
+from mechflow.sae.data import DataArraySource
+from mechflow.sae.export import save_sae, sae_cfg
+from mechflow.sae.train import Trainer
+
+log = logging.getLogger(__name__)
+
+PROMPT_COORDS = ("text", "latitude", "longitude", "region", "place_id")
+UPSTREAM_ATTRS = ("model", "model_digest", "hook", "pooling", "dataset")
+
+
+def select_layer(da: xr.DataArray, layer: int) -> xr.DataArray:
+    """``activations`` [prompt, layer, unit] -> the lazy [prompt, unit] slice of ``layer``."""
+    if set(da.dims) != {"prompt", "layer", "unit"}:
+        raise ValueError(f"activations must have dims (prompt, layer, unit), got {da.dims}")
+    layers = [int(v) for v in da["layer"].values] if "layer" in da.coords else list(range(da.sizes["layer"]))
+    if int(layer) not in layers:
+        raise ValueError(f"layer {layer} is not in the activations file; it holds layers {layers}")
+    out = da.sel(layer=int(layer)) if "layer" in da.coords else da.isel(layer=int(layer))
+    return out.transpose("prompt", "unit")
+
+
+@torch.no_grad()
+def encode_source(model: SparseAutoencoder, source: DataArraySource, batch: int = 2048) -> np.ndarray:
+    """Feature activations of every row [n_rows, n_features] float32 (read in chunks)."""
+    device = next(model.parameters()).device
+    out = np.empty((source.n_rows, model.n_features), dtype=np.float32)
+    for i in range(0, source.n_rows, batch):
+        x = torch.from_numpy(source.read(i, min(i + batch, source.n_rows))).to(device)
+        out[i : i + x.shape[0]] = model.encode(x).float().cpu().numpy()
+    return out
+
+
+def features_dataarray(acts: np.ndarray, layer_da: xr.DataArray, attrs: dict[str, Any]) -> xr.DataArray:
+    """``features`` [prompt, feature] with the input's prompt coordinates carried over."""
+    coords: dict[str, Any] = {"prompt": layer_da["prompt"].values, "feature": np.arange(acts.shape[1], dtype=np.int64)}
+    for name in PROMPT_COORDS:
+        if name in layer_da.coords and layer_da[name].dims == ("prompt",):
+            coords[name] = ("prompt", layer_da[name].values)
+    return xr.DataArray(acts, dims=("prompt", "feature"), coords=coords, name="features", attrs=attrs)
+
+
+def train_from_file(
+    activations_path: str | Path,
+    layer: int,
+    run: dict[str, Any],
+    out_dir: str | Path,
+    checkpoint_dir: str | Path | None = None,
+    config_digest: str = "",
+    progress: bool = True,
+) -> None:
+    """Train the SAE ``run`` on one layer of an activations file; write the SAE directory.
+
+    Reads ``activations`` [prompt, layer, unit] lazily, selects ``layer``, trains (resuming from
+    ``checkpoint_dir`` when it holds a checkpoint of the same run and data) and writes atomically
+    into ``out_dir``: ``sae.safetensors``, ``cfg.json``, ``features.nc`` (``features``
+    [prompt, feature] float32 with text/latitude/longitude/region/place_id carried over) and
+    ``training.nc`` (dim ``step``: loss, fvu, l0, dead_fraction, lr), each with provenance attrs.
+    """
+    run = validate_run(run)
+    out = Path(out_dir)
+    da = open_dataarray(activations_path)
+    try:
+        layer_da = select_layer(da, layer)
+        source = DataArraySource(layer_da)
+        upstream = {k: da.attrs[k] for k in UPSTREAM_ATTRS if k in da.attrs}
+        hook = str(upstream.get("hook", ""))
+        model = Trainer(source, run, checkpoint_dir=checkpoint_dir, progress=progress).fit()
+        prov = provenance_attrs(config_digest, **upstream, layer=int(layer), sae_arch=run["arch"], sae_run=run)
+        write_dataset(model.history.assign_attrs(prov), out / "training.nc")
+        write_dataarray(features_dataarray(encode_source(model, source), layer_da, prov), out / "features.nc")
+        cfg = sae_cfg(model, model_name=str(upstream.get("model", "")), hook_name=hook, hook_layer=int(layer),
+                      config_digest=config_digest,
+                      extra={"provenance": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in prov.items()}})
+        save_sae(model, out, cfg)
+        log.info("wrote SAE %s (%s, %d features) to %s", run["arch"], hook, run["n_features"], out)
+    finally:
+        da.close()

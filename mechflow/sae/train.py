@@ -1,0 +1,200 @@
+"""The training loop shared by every architecture, and the ``train`` API.
+
+Adam with linear warm-up and linear decay, global gradient clipping, decoder-parallel gradient
+removal for unit-norm decoders, dead-latent tracking, metrics every ``log_every`` steps,
+checkpoints every ``checkpoint_every`` steps. Minibatch ``s`` is a pure function of ``(seed, s)``
+(:mod:`mechflow.sae.data`), so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from mechflow.io import digest
+from mechflow.sae.architectures import SparseAutoencoder, build_sae
+from mechflow.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mechflow.sae.config import arch_options, validate_run
+from mechflow.sae.data import BatchStream, RowSource, as_source, geometric_median, norm_scaling_factor
+
+log = logging.getLogger(__name__)
+
+METRICS = ("loss", "fvu", "l0", "dead_fraction", "lr")
+
+
+class TrainingStopped(RuntimeError):
+    """Raised when ``stop_after`` ends a run early (a simulated kill, for tests)."""
+
+
+def lr_factor(step: int, steps: int, warmup: float, decay: float) -> float:
+    """Learning-rate multiplier of ``step`` (0-based): linear warm-up, constant, linear decay to 0."""
+    n_warm, n_decay = int(warmup * steps), int(decay * steps)
+    if n_warm and step < n_warm:
+        return (step + 1) / n_warm
+    if n_decay and step >= steps - n_decay:
+        return (steps - step) / n_decay
+    return 1.0
+
+
+def _init_seed(seed: int) -> int:
+    """Seed of the weight initialisation, a stream distinct from a plain ``manual_seed(seed)``."""
+    return int(digest({"sae_init": seed}), 16) % (2**63)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"sae run asks for device {device!r} but CUDA is not available")
+    return torch.device(device)
+
+
+class Trainer:
+    """Train one SAE on a :class:`~mechflow.sae.data.RowSource` according to a run dict."""
+
+    def __init__(self, source: RowSource, run: dict[str, Any], checkpoint_dir: str | Path | None = None, progress: bool = False):
+        self.run = validate_run(run)
+        self.source = source
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.progress = progress
+        self.device = resolve_device(self.run["device"])
+        r = self.run
+        if r["arch"] in ("topk", "batchtopk", "matryoshka", "mp") and r["k"] > r["n_features"]:
+            raise ValueError(f"k={r['k']} is larger than n_features={r['n_features']}")
+        self.stream = BatchStream(source, r["batch_size"], r["seed"], r["shuffle_block"], r["shuffle_window"])
+        # identity of the run + data shape: a checkpoint of anything else is not resumed
+        self.run_digest = digest({"run": {k: v for k, v in r.items() if k not in ("checkpoint_every", "device")},
+                                  "n": source.n_rows, "d": source.d})
+
+    def _init_model(self) -> tuple[SparseAutoencoder, float]:
+        r = self.run
+        sample = self.stream.sample()
+        scale = norm_scaling_factor(sample) if r["normalize_activations"] == "expected_average_only_in" else 1.0
+        sample = sample * scale
+        b_dec = {"geometric_median": geometric_median, "mean": lambda s: s.mean(0), "zeros": lambda s: torch.zeros(s.shape[1])}[r["b_dec_init"]](sample)
+        model = build_sae(r["arch"], self.source.d, r["n_features"], r["k"], **arch_options(r))
+        gen = torch.Generator().manual_seed(_init_seed(r["seed"]))
+        model.init_weights(gen, b_dec)
+        return model.to(self.device), scale
+
+    def fit(self, stop_after: int | None = None) -> SparseAutoencoder:
+        """Train (resuming from the newest matching checkpoint); returns the model in eval mode.
+
+        The returned model reads raw activations: the normalisation factor is folded into its
+        weights (``model.scaling_factor`` records it). ``model.history`` holds the metrics
+        (``training.nc`` contents) as an xarray Dataset with dim ``step``.
+        """
+        r = self.run
+        steps = r["steps"]
+        model, scale = self._init_model()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=r["lr"], betas=tuple(r["adam_betas"]))
+        start = 0
+        history: dict[str, list[float]] = {m: [] for m in ("step", *METRICS)}
+        acc = {"loss": 0.0, "fvu": 0.0, "l0": 0.0, "n": 0}
+        ckpt = latest_checkpoint(self.checkpoint_dir)
+        if ckpt is not None:
+            import json
+
+            saved = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["state"]
+            if saved.get("run_digest") == self.run_digest:
+                start, state = load_checkpoint(ckpt, model, opt)
+                history, acc, scale = state["history"], state["acc"], state["scale"]
+                log.info("resumed SAE training from %s (step %d)", ckpt, start)
+            else:
+                log.warning("ignoring checkpoint %s: it belongs to another run or data set", ckpt)
+        dead_after = r["dead_after"]
+        bar = tqdm(total=steps, initial=start, desc=f"sae {r['arch']}", unit="step", disable=not self.progress, mininterval=1.0)
+        model.train()
+        for step in range(start, steps):
+            x = self.stream.batch(step).to(self.device, non_blocking=True)
+            if scale != 1.0:
+                x = x * scale
+            lr = r["lr"] * lr_factor(step, steps, r["warmup"], r["decay"])
+            for g in opt.param_groups:
+                g["lr"] = lr
+            dead = model.since_fired >= dead_after
+            out = model.training_loss(x, step, steps, dead)
+            loss_value = float(out.loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"SAE loss became {loss_value} at step {step}; lower lr or check the inputs")
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            model.after_backward()
+            if r["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(params, r["grad_clip"])
+            opt.step()
+            model.after_step(step)
+            with torch.no_grad():
+                model.since_fired += x.shape[0]
+                model.since_fired[out.fired] = 0
+            acc["loss"] += loss_value
+            acc["fvu"] += out.fvu
+            acc["l0"] += out.l0
+            acc["n"] += 1
+            done = step + 1
+            if done % r["log_every"] == 0 or done == steps:
+                n = acc["n"]
+                row = {"step": done, "loss": acc["loss"] / n, "fvu": acc["fvu"] / n, "l0": acc["l0"] / n,
+                       "dead_fraction": float((model.since_fired >= dead_after).float().mean()), "lr": lr}
+                for key, val in row.items():
+                    history[key].append(val)
+                acc = {"loss": 0.0, "fvu": 0.0, "l0": 0.0, "n": 0}
+                bar.set_postfix(fvu=f"{row['fvu']:.4f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_fraction']:.2f}", refresh=False)
+            bar.update(1)
+            if self.checkpoint_dir is not None and r["checkpoint_every"] and done % r["checkpoint_every"] == 0 and done < steps:
+                save_checkpoint(self.checkpoint_dir, done, model, opt,
+                                {"run_digest": self.run_digest, "history": history, "acc": acc, "scale": scale})
+            if stop_after is not None and done >= stop_after and done < steps:
+                bar.close()
+                raise TrainingStopped(f"stopped after step {done} of {steps}")
+        bar.close()
+        model.eval()
+        model.fold_scaling(scale)
+        model.scaling_factor = scale
+        model.run = dict(r)
+        model.history = history_dataset(history)
+        return model
+
+
+def history_dataset(history: dict[str, list[float]]) -> xr.Dataset:
+    """Metrics as a Dataset with dim ``step`` (the contents of ``training.nc``)."""
+    step = np.asarray(history["step"], dtype=np.int64)
+    return xr.Dataset(
+        {m: ("step", np.asarray(history[m], dtype=np.float64)) for m in METRICS},
+        coords={"step": step},
+    )
+
+
+def train(
+    x: torch.Tensor | np.ndarray | xr.DataArray,
+    arch: str = "topk",
+    n_features: int = 4096,
+    k: int | None = 32,
+    steps: int = 2000,
+    seed: int = 0,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = False,
+    stop_after: int | None = None,
+    **run: Any,
+) -> SparseAutoencoder:
+    """Train an SAE on ``x`` [n_samples, d_in] (tensor, array or 2-D DataArray, read lazily).
+
+    Other run keys (batch_size, lr, normalize_activations, architecture options...) are passed as
+    keyword arguments; see :data:`mechflow.sae.config.DEFAULT_RUN`. Returns the model in eval mode
+    with ``W_dec`` [n_features, d_in]; ``model.history`` holds the training metrics.
+    ``stop_after`` ends the run early with :class:`TrainingStopped` (to test resuming).
+    """
+    spec = {"arch": arch, "n_features": n_features, "steps": steps, "seed": seed, **run}
+    if k is not None:
+        spec["k"] = k
+    trainer = Trainer(as_source(x), spec, checkpoint_dir=checkpoint_dir, progress=progress)
+    return trainer.fit(stop_after=stop_after)

@@ -1,0 +1,353 @@
+"""Tests of mechflow.sae: architectures, training loop, resume, validation, export, file entry point."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from safetensors.torch import load_file
+
+from mechflow.io import load_dataarray, load_dataset, write_dataarray
+from mechflow.sae import (
+    ARCHITECTURES,
+    DEFAULT_RUN,
+    TrainingStopped,
+    evaluate,
+    load_sae,
+    mmcs,
+    run_defaults,
+    save_sae,
+    train,
+    train_from_file,
+    validate_run,
+)
+from mechflow.sae.data import BatchStream, TensorSource
+from mechflow.sae.synthetic import make_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synth():
+    x, true = make_synthetic(20_000, seed=0)
+    return x, true
+
+
+def small_x(n=512, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) * 3 + 1
+
+
+# ---- architectures ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_arch_trains_and_lowers_fvu(arch):
+    x = small_x()
+    model = train(x, arch=arch, n_features=64, k=4, steps=60, seed=0, batch_size=64, lr=5e-3, log_every=5)
+    assert model.W_dec.shape == (64, 16) and model.W_enc.shape == (16, 64)
+    h = model.history
+    assert set(h.data_vars) == {"loss", "fvu", "l0", "dead_fraction", "lr"} and h.sizes["step"] == 12
+    assert np.isfinite(h.fvu.values).all()
+    assert h.fvu.values[-1] < h.fvu.values[0]
+    ev = evaluate(model, x)
+    assert np.isfinite(ev["fvu"]) and ev["fvu"] < 1.0
+    if arch in ("topk", "mp"):
+        assert ev["l0"] <= 4
+
+
+def test_topk_uses_kernel_dispatch_semantics():
+    from mechflow.kernels import sparse_decode, topk_encode
+
+    model = train(small_x(), arch="topk", n_features=32, k=3, steps=5, seed=1, batch_size=32, normalize_activations="none")
+    x = small_x(8)
+    vals, idx = topk_encode(x - model.b_dec, model.W_enc, model.b_enc, 3)
+    want = sparse_decode(vals, idx, model.W_dec, model.b_dec)
+    torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_unit_norm_decoder_rows_during_training():
+    model = train(small_x(), arch="topk", n_features=32, k=3, steps=20, seed=0, batch_size=32, normalize_activations="none")
+    torch.testing.assert_close(model.W_dec.norm(dim=1), torch.ones(32), rtol=1e-5, atol=1e-5)
+
+
+def test_batchtopk_keeps_k_per_sample_on_average():
+    model = train(small_x(), arch="batchtopk", n_features=64, k=5, steps=40, seed=0, batch_size=64)
+    assert float(model.history.l0[-1]) == pytest.approx(5.0, abs=1e-6)
+    assert float(model.threshold.min()) > 0
+
+
+def test_gba_frequencies_track_group_targets(synth):
+    x, _ = synth
+    model = train(x, arch="gba", n_features=128, steps=200, seed=0, batch_size=256, lr=2e-3, gba_groups=4,
+                  gba_freq_max=0.2, gba_freq_min=0.02)
+    freq = (model.encode(x[:5000]) > 0).float().mean(0)
+    target = model.target_freq
+    for t in target.unique():
+        got = float(freq[target == t].mean())
+        assert got == pytest.approx(float(t), rel=0.5), (float(t), got)
+
+
+def test_matryoshka_prefixes_are_nested():
+    model = train(small_x(), arch="matryoshka", n_features=64, k=4, steps=10, seed=0, batch_size=64,
+                  matryoshka_prefixes=[0.25, 0.5])
+    assert model.prefixes == [16, 32, 64]
+
+
+def test_mp_pursuit_never_exceeds_its_steps():
+    model = train(small_x(), arch="mp", n_features=64, k=3, steps=10, seed=0, batch_size=64)
+    acts = model.encode(small_x(100, seed=3))
+    assert int((acts > 0).sum(1).max()) <= 3 and float(acts.min()) >= 0
+
+
+# ---- feature recovery ---------------------------------------------------------------------------
+
+def test_topk_recovers_synthetic_features(synth):
+    """CI-sized recovery check: a real threshold, with fewer steps than the slow table."""
+    x, true = synth
+    model = train(x, arch="topk", n_features=512, k=8, steps=800, seed=0, batch_size=256, lr=1e-2, b_dec_init="zeros")
+    random_baseline = mmcs(torch.nn.functional.normalize(torch.randn(512, 64), dim=1), true)
+    got = mmcs(model.W_dec.detach(), true)
+    assert random_baseline < 0.5
+    assert got >= 0.8, got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [
+    "topk",
+    pytest.param("batchtopk", marks=pytest.mark.xfail(strict=True, reason="measured MMCS 0.707 at 4000 steps (docs/sae_results.md)")),
+    pytest.param("gba", marks=pytest.mark.xfail(strict=True, reason="measured MMCS 0.092, training unstable (docs/sae_results.md)")),
+    "mp",
+])
+def test_recovery_reaches_0_9(arch):
+    from mechflow.sae.synthetic import recovery_table
+
+    (row,) = recovery_table([arch], steps=4000, n=200_000)
+    assert row["mmcs"] >= 0.9, row
+
+
+# ---- determinism and resume ---------------------------------------------------------------------
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.export_tensors().items()}
+
+
+def test_deterministic_for_fixed_seed():
+    a = _weights(train(small_x(), arch="topk", n_features=32, k=3, steps=15, seed=7, batch_size=40))
+    b = _weights(train(small_x(), arch="topk", n_features=32, k=3, steps=15, seed=7, batch_size=40))
+    c = _weights(train(small_x(), arch="topk", n_features=32, k=3, steps=15, seed=8, batch_size=40))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["W_dec"], c["W_dec"])
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "gba"])
+def test_resume_after_stop_equals_uninterrupted(tmp_path, arch):
+    kw = dict(arch=arch, n_features=48, k=4, steps=30, seed=3, batch_size=50, checkpoint_every=10, log_every=4,
+              dead_after=200, shuffle_window=128, shuffle_block=32)
+    x = small_x(300)
+    full = train(x, **kw)
+    with pytest.raises(TrainingStopped):
+        train(x, checkpoint_dir=tmp_path, stop_after=17, **kw)
+    assert json.loads((tmp_path / "latest.json").read_text())["step"] == 10
+    resumed = train(x, checkpoint_dir=tmp_path, **kw)
+    a, b = _weights(full), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert full.history.identical(resumed.history)
+
+
+def test_checkpoint_of_another_run_is_ignored(tmp_path):
+    x = small_x(300)
+    with pytest.raises(TrainingStopped):
+        train(x, arch="topk", n_features=32, k=3, steps=20, seed=0, checkpoint_dir=tmp_path, checkpoint_every=5, stop_after=5)
+    fresh = train(x, arch="topk", n_features=32, k=3, steps=20, seed=1)
+    other = train(x, arch="topk", n_features=32, k=3, steps=20, seed=1, checkpoint_dir=tmp_path, checkpoint_every=5)
+    assert torch.equal(fresh.W_dec, other.W_dec)
+
+
+KILL_KW = dict(arch="topk", n_features=64, k=4, steps=300, seed=5, batch_size=32, checkpoint_every=5, log_every=50)
+KILL_SCRIPT = f"""
+import sys, torch
+from mechflow.sae import train
+x = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
+train(x, checkpoint_dir=sys.argv[1], **{KILL_KW!r})
+"""
+
+
+def test_resume_after_real_sigkill(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path)], cwd=REPO)
+    pointer = tmp_path / "latest.json"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None:
+            if pointer.exists() and json.loads(pointer.read_text())["step"] >= 10:
+                break
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    step = json.loads(pointer.read_text())["step"]
+    assert 10 <= step < KILL_KW["steps"], step
+    x = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
+    rest = {**KILL_KW, "checkpoint_every": 0}  # not part of the run's identity: the checkpoint still matches
+    resumed = train(x, checkpoint_dir=tmp_path, **rest)
+    full = train(x, **rest)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(resumed).values()))
+    assert full.history.identical(resumed.history)
+
+
+def test_stream_is_a_function_of_seed_and_step():
+    src = TensorSource(small_x(1000))
+    a = BatchStream(src, 64, seed=1, block=32, window=128)
+    b = BatchStream(src, 64, seed=1, block=32, window=128)
+    seq = [a.batch(s) for s in range(40)]
+    assert torch.equal(b.batch(33), seq[33]) and torch.equal(b.batch(2), seq[2])
+    # one epoch covers every row exactly once
+    rows = torch.cat(seq)[: 1000]
+    assert torch.equal(rows.sort(0).values, small_x(1000).sort(0).values)
+
+
+def test_lazy_dataarray_input_matches_tensor(tmp_path):
+    x = small_x(600)
+    da = xr.DataArray(x.numpy(), dims=("prompt", "unit"), name="acts")
+    write_dataarray(da, tmp_path / "a.nc")
+    from mechflow.io import open_dataarray
+
+    with open_dataarray(tmp_path / "a.nc") as lazy:
+        m1 = train(lazy, arch="topk", n_features=32, k=3, steps=12, seed=0, batch_size=50, shuffle_window=128, shuffle_block=64)
+    m2 = train(x, arch="topk", n_features=32, k=3, steps=12, seed=0, batch_size=50, shuffle_window=128, shuffle_block=64)
+    assert torch.equal(m1.W_dec, m2.W_dec)
+
+
+# ---- validation ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "x, kw, match",
+    [
+        (torch.randn(10, 4, 2), {}, "2-D"),
+        (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), {}, "NaN"),
+        (torch.randn(20, 4), {"k": 9, "n_features": 8}, "k=9 is larger than n_features=8"),
+        (torch.randn(20, 4), {"arch": "nope"}, "unknown SAE arch"),
+        (torch.randn(20, 4), {"l1_coef": 1.0}, "belongs to arch"),
+        (torch.randn(20, 4), {"lr": -1.0}, "'lr'"),
+        (torch.randn(20, 4), {"normalize_activations": "layer_norm"}, "normalize_activations"),
+        (torch.zeros(20, 4, dtype=torch.int64), {}, "floating"),
+    ],
+)
+def test_clear_errors(x, kw, match):
+    args = {"arch": "topk", "n_features": 8, "k": 2, "steps": 2, **kw}
+    with pytest.raises(ValueError, match=match):
+        train(x, **args)
+
+
+def test_nan_in_lazy_file_is_reported(tmp_path):
+    x = small_x(200).numpy()
+    x[150, 3] = np.nan
+    write_dataarray(xr.DataArray(x, dims=("prompt", "unit"), name="a"), tmp_path / "a.nc")
+    from mechflow.io import open_dataarray
+
+    with open_dataarray(tmp_path / "a.nc") as lazy, pytest.raises(ValueError, match="NaN"):
+        train(lazy, arch="topk", n_features=8, k=2, steps=50, batch_size=50)
+
+
+def test_defaults_and_validation():
+    assert DEFAULT_RUN["arch"] == "topk" and "gba_freq_max" in run_defaults("gba")
+    full = validate_run({"arch": "relu", "l1_coef": 2.0})
+    assert full["l1_coef"] == 2.0 and full["steps"] == DEFAULT_RUN["steps"]
+    with pytest.raises(ValueError, match="warmup"):
+        validate_run({"warmup": 0.9, "decay": 0.5})
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_safetensors_roundtrip_is_bit_exact(tmp_path, arch):
+    x = small_x()
+    model = train(x, arch=arch, n_features=24, k=3, steps=8, seed=0, batch_size=32)
+    save_sae(model, tmp_path)
+    tensors = load_file(str(tmp_path / "sae.safetensors"))
+    expected = {"W_enc": (16, 24), "b_enc": (24,), "W_dec": (24, 16), "b_dec": (16,)}
+    if arch in ("jumprelu", "batchtopk", "matryoshka"):
+        expected["threshold"] = (24,)
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == expected
+    assert all(v.dtype == torch.float32 for v in tensors.values())
+    loaded = load_sae(tmp_path)
+    for name, value in model.export_tensors().items():
+        assert torch.equal(loaded.export_tensors()[name], value) and torch.equal(tensors[name], value)
+    assert torch.equal(loaded.encode(x), model.encode(x)) and torch.equal(loaded(x), model(x))
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    for key in ("d_in", "d_sae", "architecture", "activation_fn_str", "dtype", "device", "hook_name", "hook_layer",
+                "model_name", "normalize_activations", "apply_b_dec_to_input"):
+        assert key in cfg, key
+    assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (16, 24, "float32")
+    if arch == "topk":
+        assert cfg["architecture"] == "topk" and cfg["activation_fn_kwargs"] == {"k": 3} and cfg["k"] == 3
+    if arch == "relu":
+        assert cfg["architecture"] == "standard"
+    if arch in ("jumprelu", "batchtopk"):
+        assert cfg["architecture"] == "jumprelu"
+
+
+def test_normalisation_is_folded_into_saved_weights():
+    x = small_x() * 50
+    model = train(x, arch="topk", n_features=32, k=4, steps=30, seed=0, batch_size=64,
+                  normalize_activations="expected_average_only_in")
+    ref = train(x, arch="topk", n_features=32, k=4, steps=30, seed=0, batch_size=64, normalize_activations="none")
+    assert model.scaling_factor == pytest.approx((16 / float(x.pow(2).sum(1).mean())) ** 0.5, rel=0.05)
+    ev = evaluate(model, x)  # raw inputs: the factor is folded in
+    assert ev["fvu"] < 1.0 and ref.scaling_factor == 1.0
+
+
+# ---- file entry point ---------------------------------------------------------------------------
+
+def _activations_file(path: Path, n=300, d=16):
+    g = np.random.default_rng(0)
+    acts = g.standard_normal((n, 2, d)).astype(np.float32) * 2
+    da = xr.DataArray(
+        acts, dims=("prompt", "layer", "unit"), name="activations",
+        coords={"prompt": np.arange(n), "layer": [3, 5], "unit": np.arange(d),
+                "text": ("prompt", [f"place {i}, region" for i in range(n)]),
+                "latitude": ("prompt", g.uniform(50, 58, n)), "longitude": ("prompt", g.uniform(-5, 1, n)),
+                "region": ("prompt", ["GB"] * n), "place_id": ("prompt", np.arange(n, dtype=np.int64) + 1000)},
+        attrs={"model": "tiny-model", "model_digest": "abc123", "hook": "resid_post", "pooling": "mean"},
+    )
+    write_dataarray(da, path)
+    return acts
+
+
+def test_train_from_file_writes_the_data_contract(tmp_path):
+    acts = _activations_file(tmp_path / "acts.nc")
+    run = {"arch": "topk", "n_features": 32, "k": 4, "steps": 20, "batch_size": 64, "lr": 1e-3, "seed": 0,
+           "checkpoint_every": 10}
+    out = tmp_path / "sae"
+    train_from_file(tmp_path / "acts.nc", 5, run, out, checkpoint_dir=tmp_path / "ckpt", config_digest="d1g")
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "features.nc", "sae.safetensors", "training.nc"]
+    feats = load_dataarray(out / "features.nc")
+    assert feats.dims == ("prompt", "feature") and feats.shape == (300, 32) and feats.dtype == np.float32
+    for c in ("text", "latitude", "longitude", "region", "place_id"):
+        assert c in feats.coords
+    assert feats.attrs["config_digest"] == "d1g" and feats.attrs["model"] == "tiny-model"
+    assert feats.attrs["hook"] == "resid_post" and int(feats.attrs["layer"]) == 5
+    tr = load_dataset(out / "training.nc")
+    assert set(tr.data_vars) == {"loss", "fvu", "l0", "dead_fraction", "lr"} and tr.attrs["model_digest"] == "abc123"
+    model = load_sae(out)
+    x = torch.from_numpy(acts[:, 1])
+    torch.testing.assert_close(torch.from_numpy(feats.values), model.encode(x), rtol=0, atol=0)
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert (cfg["model_name"], cfg["hook_name"], cfg["hook_layer"]) == ("tiny-model", "resid_post", 5)
+    assert cfg["normalize_activations"] == "expected_average_only_in"
+
+
+def test_train_from_file_errors(tmp_path):
+    _activations_file(tmp_path / "acts.nc")
+    with pytest.raises(ValueError, match="holds layers"):
+        train_from_file(tmp_path / "acts.nc", 7, {"steps": 2}, tmp_path / "o")
+    with pytest.raises(ValueError, match="unexpected keys"):
+        train_from_file(tmp_path / "acts.nc", 3, {"stepz": 2}, tmp_path / "o")
+    assert not (tmp_path / "o" / "sae.safetensors").exists()
