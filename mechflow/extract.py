@@ -115,31 +115,16 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def iter_pooled(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    texts: Sequence[str],
-    hook: str = "resid",
-    layers: str | Sequence[int] = "all",
-    pooling: Pooling = "mean",
-    batch_size: int = 32,
-    max_length: int = 64,
-    progress: bool = True,
-    window: int = 1024,
-):
-    """Yield (prompt indices [b], pooled activations [b, n_layers_selected, units] float32 numpy).
+def _iter_captures(model, tokenizer, texts: Sequence[str], hook: str, layer_ids: list[int], batch_size: int,
+                   max_length: int, progress: bool, window: int, lengths: np.ndarray):
+    """Yield (prompt indices [b], attention mask [b, tokens], {layer: activations [b, tokens, units]}).
 
     Prompts are taken in windows of ``window`` consecutive prompts; within a window, batches are
-    formed from prompts sorted by token length (less padding), and no batch spans two windows, so
-    a consumer can buffer one window and write it as one contiguous block. Indices refer to ``texts``.
+    formed from prompts sorted by token length (less padding), and no batch spans two windows.
     """
-    if pooling not in POOLINGS:
-        raise ExtractionError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
     if batch_size < 1 or window < 1:
         raise ExtractionError("batch_size and window must be >= 1")
-    layer_ids = resolve_layers(layers, n_layers(model))
     device = next(model.parameters()).device
-    lengths = np.array([len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]])
     base = _base_model(model)
     recorder = _Recorder(layer_ids, stop_early=True)
     recorder.attach(base, hook)
@@ -159,13 +144,67 @@ def iter_pooled(
                 missing = [layer for layer in layer_ids if layer not in recorder.store]
                 if missing:
                     raise ExtractionError(f"hook {hook!r} captured nothing at layers {missing}")
-                mask = enc["attention_mask"]
-                pooled = torch.stack([pool(recorder.store[layer], mask, pooling) for layer in layer_ids], 1)
-                yield idx, pooled.float().cpu().numpy()
+                yield idx, enc["attention_mask"], recorder.store
                 bar.update(len(idx))
         bar.close()
     finally:
         recorder.detach()
+
+
+def _token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, list[list[int]]]:
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return np.array([len(i) for i in ids], dtype=np.int64), ids
+
+
+def iter_pooled(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    hook: str = "resid",
+    layers: str | Sequence[int] = "all",
+    pooling: Pooling = "mean",
+    batch_size: int = 32,
+    max_length: int = 64,
+    progress: bool = True,
+    window: int = 1024,
+):
+    """Yield (prompt indices [b], pooled activations [b, n_layers_selected, units] float32 numpy).
+
+    Batches never span two windows of ``window`` consecutive prompts, so a consumer can buffer one
+    window and write it as one contiguous block. Indices refer to ``texts``.
+    """
+    if pooling not in POOLINGS:
+        raise ExtractionError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+    layer_ids = resolve_layers(layers, n_layers(model))
+    lengths, _ = _token_lengths(tokenizer, texts, max_length)
+    for idx, mask, store in _iter_captures(model, tokenizer, texts, hook, layer_ids, batch_size, max_length, progress,
+                                           window, lengths):
+        pooled = torch.stack([pool(store[layer], mask, pooling) for layer in layer_ids], 1)
+        yield idx, pooled.float().cpu().numpy()
+
+
+def iter_tokens(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    hook: str = "resid",
+    layers: str | Sequence[int] = "all",
+    batch_size: int = 32,
+    max_length: int = 64,
+    progress: bool = True,
+    window: int = 1024,
+):
+    """Yield (prompt indices [b], per-prompt token activations: list of [tokens_i, n_layers, units] float32).
+
+    Only real tokens (attention mask 1) are kept, in their order, whatever the padding side.
+    """
+    layer_ids = resolve_layers(layers, n_layers(model))
+    lengths, _ = _token_lengths(tokenizer, texts, max_length)
+    for idx, mask, store in _iter_captures(model, tokenizer, texts, hook, layer_ids, batch_size, max_length, progress,
+                                           window, lengths):
+        stacked = torch.stack([store[layer] for layer in layer_ids], 2).float().cpu().numpy()  # [b, T, L, U]
+        keep = mask.bool().cpu().numpy()
+        yield idx, [stacked[i][keep[i]] for i in range(len(idx))]
 
 
 def _accepts_use_cache(model: torch.nn.Module) -> bool:
@@ -179,14 +218,16 @@ class ActivationWriter:
     block by block, and renamed onto ``path`` only on a clean exit.
     """
 
-    def __init__(self, path: str | Path, prompts: xr.Dataset, layers: Sequence[int], attrs: dict[str, Any]):
+    def __init__(self, path: str | Path, prompts: xr.Dataset, layers: Sequence[int], attrs: dict[str, Any],
+                 dim: str = "prompt"):
         self.path = Path(path)
-        self.prompts = prompts
+        self.prompts = prompts  # the coordinates along ``dim`` (prompts, or tokens for token-level files)
+        self.dim = dim
         self.layers = list(layers)
         self.attrs = attrs
         self._file: h5netcdf.File | None = None
         self._var: Any = None
-        self._written = np.zeros(prompts.sizes["prompt"], dtype=bool)
+        self._written = np.zeros(prompts.sizes[dim], dtype=bool)
 
     def __enter__(self) -> ActivationWriter:
         self._atomic = atomic_path(self.path)
@@ -197,20 +238,21 @@ class ActivationWriter:
         """Create the temporary file with all coordinates and an unfilled ``activations`` variable."""
         if self._file is not None:
             return
+        dim = self.dim
         coords = {
-            "prompt": self.prompts["prompt"].values,
+            dim: self.prompts[dim].values,
             "layer": np.asarray(self.layers, dtype=np.int64),
             "unit": np.arange(n_units, dtype=np.int64),
         }
-        for name in PROMPT_COORDS:
-            if name in self.prompts.variables:
-                coords[name] = ("prompt", self.prompts[name].values)
+        for name, var in self.prompts.coords.items():
+            if name != dim and var.dims == (dim,):
+                coords[name] = (dim, var.values)
         skeleton = xr.Dataset(coords=coords, attrs=self.attrs)
         skeleton.to_netcdf(self._tmp, engine="h5netcdf")
         self._file = h5netcdf.File(self._tmp, "a")
-        n = self.prompts.sizes["prompt"]
+        n = self.prompts.sizes[dim]
         chunks = (min(n, 256), 1, n_units)
-        self._var = self._file.create_variable("activations", ("prompt", "layer", "unit"), dtype="f4", chunks=chunks)
+        self._var = self._file.create_variable("activations", (dim, "layer", "unit"), dtype="f4", chunks=chunks)
         for k, v in self.attrs.items():
             self._var.attrs[k] = v
 
@@ -224,7 +266,7 @@ class ActivationWriter:
         if self._file is not None:
             self._file.close()
         if exc_type is None and not self._written.all():
-            exc = ExtractionError(f"{int((~self._written).sum())} prompts were never written")
+            exc = ExtractionError(f"{int((~self._written).sum())} {self.dim}s were never written")
             self._atomic.__exit__(type(exc), exc, None)
             raise exc
         return bool(self._atomic.__exit__(exc_type, exc, tb))
@@ -268,6 +310,68 @@ def extract_to_file(
                 writer.write_rows(w0, buf[:filled])
                 w0, filled = w0 + window, 0
     log.info("wrote %s: %d prompts x %d layers", path, len(texts), len(layer_ids))
+    return Path(path)
+
+
+def token_coords(prompts: xr.Dataset, tokenizer: Any, max_length: int) -> xr.Dataset:
+    """Coordinates of a token-level file: dim ``token``; ``prompt_index``, ``position``, ``token_str``
+    and each prompt coordinate (text, latitude, ...) repeated for the prompt's tokens."""
+    texts = [str(t) for t in prompts["text"].values]
+    lengths, ids = _token_lengths(tokenizer, texts, max_length)
+    owner = np.repeat(np.arange(len(texts)), lengths)
+    coords: dict[str, Any] = {
+        "token": np.arange(int(lengths.sum()), dtype=np.int64),
+        "prompt_index": ("token", owner),
+        "position": ("token", np.concatenate([np.arange(n) for n in lengths]).astype(np.int64)),
+        "token_str": ("token", np.array([t for row in ids for t in tokenizer.convert_ids_to_tokens(row)], dtype=str)),
+    }
+    for name in PROMPT_COORDS:
+        if name in prompts.variables:
+            coords[name] = ("token", prompts[name].values[owner])
+    return xr.Dataset(coords=coords)
+
+
+def extract_tokens_to_file(
+    path: str | Path,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: xr.Dataset,
+    hook: str,
+    layers: str | Sequence[int],
+    batch_size: int,
+    max_length: int,
+    attrs: dict[str, Any],
+    progress: bool = True,
+    window: int = 1024,
+) -> Path:
+    """Token-level activations ``activations`` [token, layer, unit] of every real token of every prompt.
+
+    Tokens of prompt i are contiguous and in order (``prompt_index``, ``position``); memory holds
+    one window of prompts' tokens.
+    """
+    texts = [str(t) for t in prompts["text"].values]
+    if not texts:
+        raise ExtractionError("the prompt set is empty")
+    layer_ids = resolve_layers(layers, n_layers(model))
+    tcoords = token_coords(prompts, tokenizer, max_length)
+    lengths = np.bincount(tcoords["prompt_index"].values, minlength=len(texts))
+    offsets = np.r_[0, np.cumsum(lengths)]
+    attrs = {**attrs, "hook": hook, "pooling": "none (token level)"}
+    with ActivationWriter(path, tcoords, layer_ids, attrs, dim="token") as writer:
+        buf, w0, filled = None, 0, 0
+        for idx, per_prompt in iter_tokens(model, tokenizer, texts, hook, layer_ids, batch_size, max_length, progress, window):
+            w1 = min(w0 + window, len(texts))
+            if buf is None:
+                writer.create(per_prompt[0].shape[-1])
+                buf = np.empty((int(offsets[w1] - offsets[w0]), *per_prompt[0].shape[1:]), dtype=np.float32)
+            for i, acts in zip(idx, per_prompt):
+                if len(acts) != lengths[i]:
+                    raise ExtractionError(f"prompt {i}: {len(acts)} tokens in the batch, {lengths[i]} alone")
+                buf[offsets[i] - offsets[w0] : offsets[i + 1] - offsets[w0]] = acts
+            filled += len(idx)
+            if filled == w1 - w0:
+                writer.write_rows(int(offsets[w0]), buf)
+                w0, filled, buf = w1, 0, None
     return Path(path)
 
 

@@ -22,6 +22,7 @@ HOOKS = sorted(
 
 PROMPTS = "results/prompts/{dataset}.nc"
 ACTIVATIONS = "results/activations/{dataset}/{model}/{hook}.nc"
+TOKENS = "results/activations/{dataset}/{model}/{hook}.tokens.nc"
 SAE_DIR = "results/sae/{dataset}/{model}/{hook}/layer{layer}/{run}"
 SAE_FILES = ("sae.safetensors", "cfg.json", "features.nc", "training.nc")
 SNMF_FILE = "results/snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.nc"
@@ -100,6 +101,10 @@ def probe_jobs():
     if not PROBES["enabled"]:
         return []
     return [dict(dataset=d, model=m, hook=h) for d in DATASETS for m in models_of(PROBES) for h in PROBES["hooks"]]
+
+
+def snmf_input(wildcards):
+    return (TOKENS if SNMF["level"] == "tokens" else ACTIVATIONS).format(**wildcards)
 
 
 def sae_outputs(job):

@@ -70,3 +70,29 @@ else:
             "../envs/mechflow.yaml"
         script:
             "../scripts/gather_activations.py"
+
+
+rule extract_tokens:
+    """Token-level activations at one hook point (every real token of every prompt)."""
+    input:
+        prompts=PROMPTS,
+        weights=model_weight_files,
+    output:
+        TOKENS,
+    params:
+        extract=extract_params,
+        shard=None,
+        tokens=True,
+        code=lambda wc: code("extract"),
+    log:
+        "results/logs/extract/{dataset}/{model}/{hook}.tokens.log",
+    benchmark:
+        "results/benchmarks/extract/{dataset}/{model}/{hook}.tokens.tsv"
+    threads: EXTRACT["threads"]
+    resources:
+        mem_mb=EXTRACT["mem_mb"],
+        gpu=EXTRACT["gpu"],
+    conda:
+        "../envs/mechflow.yaml"
+    script:
+        "../scripts/extract.py"

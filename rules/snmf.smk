@@ -1,12 +1,13 @@
 rule snmf:
     """Semi-NMF of one layer's activations: units ~ F G^T, G >= 0, F sparse per factor."""
     input:
-        ACTIVATIONS,
+        snmf_input,
     output:
         SNMF_FILE,
     params:
         run=lambda wc: SNMF["runs"][wc.run],
         top_prompts=SNMF["top_prompts"],
+        level=SNMF["level"],
         kernels=config["kernels"],
         code=lambda wc: code("snmf"),
     log:

@@ -1,6 +1,6 @@
 """Rule extract / extract_shard: pooled activations of one model at one hook point."""
 
-from mechflow.extract import extract_to_file, shard_slice
+from mechflow.extract import extract_tokens_to_file, extract_to_file, shard_slice
 from mechflow.io import digest, load_dataset, provenance_attrs
 from mechflow.models import load_model, model_digest, resolve_model
 from mechflow.workflow import run_rule
@@ -31,8 +31,12 @@ def main(sm) -> None:
     )
     if sm.params.shard is not None:
         attrs["shard"] = f"{sm.params.shard[0]}/{sm.params.shard[1]}"
-    extract_to_file(sm.output[0], model, tokenizer, prompts, p["hook"], p["layers"], p["pooling"],
-                    p["batch_size"], p["max_length"], attrs)
+    if getattr(sm.params, "tokens", False):
+        extract_tokens_to_file(sm.output[0], model, tokenizer, prompts, p["hook"], p["layers"], p["batch_size"],
+                               p["max_length"], attrs)
+    else:
+        extract_to_file(sm.output[0], model, tokenizer, prompts, p["hook"], p["layers"], p["pooling"],
+                        p["batch_size"], p["max_length"], attrs)
 
 
 run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

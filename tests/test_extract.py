@@ -169,3 +169,22 @@ def test_unsupported_architecture_names_the_model_class():
         capture_sites(Exotic(), "mlp_hidden")
     with pytest.raises(HookPointError, match="not supported for Exotic"):
         capture_sites(Exotic(), "attn_out")
+
+
+def test_token_level_file_holds_every_real_token(tiny_llama, tmp_path):
+    from mechflow.extract import extract_tokens_to_file
+
+    model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    prompts = _prompts()
+    path = extract_tokens_to_file(tmp_path / "t.nc", model, tok, prompts, "resid", [0, 1], 2, 32, {}, False, window=2)
+    da = load_dataarray(path)
+    lengths = [len(tok(t)["input_ids"]) for t in TEXTS]
+    assert da.dims == ("token", "layer", "unit") and da.sizes["token"] == sum(lengths)
+    assert da["prompt_index"].values.tolist() == [i for i, n in enumerate(lengths) for _ in range(n)]
+    assert da["text"].values[-1] == TEXTS[-1] and da["token_str"].values[0] == "london"
+    mean = np.concatenate([b for _, b in iter_pooled(model, tok, TEXTS[1:2], "resid", [0, 1], "mean", 1, progress=False)])
+    tokens_of_1 = da.values[da["prompt_index"].values == 1]
+    np.testing.assert_allclose(tokens_of_1.mean(0), mean[0], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        hs = model.model(**tok([TEXTS[3]], return_tensors="pt"), output_hidden_states=True).hidden_states
+    np.testing.assert_allclose(da.values[da["prompt_index"].values == 3][:, 1], hs[2][0].numpy(), rtol=1e-5, atol=1e-6)
