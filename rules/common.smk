@@ -58,6 +58,11 @@ def model_weight_files(wildcards):
     return [str(p) for p in resolve_model(config["models"][wildcards.model]["spec"]).weight_files]
 
 
+def token_extract_params(wildcards):
+    """Token-level extraction does not pool: pooling is not among its parameters."""
+    return {k: v for k, v in extract_params(wildcards).items() if k != "pooling"}
+
+
 def models_of(section):
     return sorted(section["models"]) if section.get("models") else MODELS
 

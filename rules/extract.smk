@@ -80,7 +80,7 @@ rule extract_tokens:
     output:
         TOKENS,
     params:
-        extract=extract_params,
+        extract=token_extract_params,
         shard=None,
         tokens=True,
         code=lambda wc: code("extract"),

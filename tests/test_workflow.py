@@ -88,14 +88,15 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     cfg["extract"]["pooling"] = "last"
     write_config(workdir, cfg)
     plan = planned_jobs(workdir)
-    assert plan["extract"] == 2 and plan["sae"] == 1 and plan["snmf"] == 1 and plan["spatial"] == 4
-    assert plan["probes"] == 1 and "prompts" not in plan
+    # pooled units, SAE, their spatial analyses, probes and report; token-level semi-NMF does not pool
+    assert plan == {"extract": 1, "sae": 1, "spatial": 3, "probes": 1, "report": 1, "all": 1}
     # a changed prompt-set parameter reruns everything
     cfg["extract"]["pooling"] = "mean"
     cfg["datasets"]["tiny"]["template"] = "{name} in {admin1_name}"
     write_config(workdir, cfg)
     plan = planned_jobs(workdir)
-    assert plan["prompts"] == 1 and plan["extract"] == 2 and plan["report"] == 1
+    assert plan["prompts"] == 1 and plan["extract"] == 1 and plan["extract_tokens"] == 1 and plan["snmf"] == 1
+    assert plan["spatial"] == 4 and plan["report"] == 1
 
 
 def test_sharded_extraction_gathers_to_the_unsharded_result(workdir):
@@ -163,7 +164,7 @@ def test_inspect_cli_prints_dims_coords_attrs(workdir):
     run_snakemake(workdir, "-c", "1", "--configfile", "study.yaml")
     out = subprocess.run([str(VENV_BIN / "mechflow"), "inspect", ACT.format(dataset="tiny", model="minilm", hook="resid")],
                          cwd=workdir, capture_output=True, text=True, check=True).stdout
-    assert "activations [prompt, layer, unit] float32 (8, 6, 384)" in out
+    assert "activations [prompt, layer, unit] float32 (16, 6, 384)" in out
     assert "model_digest:" in out and "pooling: mean" in out and "text [prompt]" in out
 
 
@@ -172,6 +173,10 @@ def test_default_model_extracts_through_the_workflow(workdir):
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["datasets"]["places"]["max_per_region"] = 6
     cfg["extract"]["layers"] = [0, 5, -1]
+    cfg["models"].pop("smollm2-random")
+    for section in ("spatial", "probes", "report"):
+        cfg[section] = {"enabled": False}
+    cfg["sae"]["runs"], cfg["snmf"]["runs"] = {}, {}
     write_config(workdir, cfg)
     run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
     act = load_dataarray(workdir / ACT.format(dataset="places", model="smollm2", hook="resid"))
