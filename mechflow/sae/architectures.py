@@ -38,6 +38,13 @@ def batch_fvu(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     return (recon - x).pow(2).sum() / total
 
 
+def reconstruction_only(x: torch.Tensor, acts: torch.Tensor, recon: torch.Tensor) -> LossOut:
+    """LossOut of an architecture trained on reconstruction alone (loss = FVU)."""
+    fvu = batch_fvu(x, recon)
+    active = acts > 0
+    return LossOut(fvu, float(fvu.detach()), float(active.sum(1).float().mean()), active.any(0))
+
+
 class SparseAutoencoder(nn.Module):
     """Base class. Subclasses implement :meth:`encode` (dense codes) and :meth:`training_loss`."""
 
@@ -384,10 +391,7 @@ class GBASAE(SparseAutoencoder):
         if step % int(self.opts["gba_interval"]) == 0:
             self._adapt(u.detach())
         acts = (u + self.b_enc).relu()
-        recon = self.decode(acts)
-        fvu = batch_fvu(x, recon)
-        active = acts > 0
-        return LossOut(fvu, float(fvu.detach()), float(active.sum(1).float().mean()), active.any(0))
+        return reconstruction_only(x, acts, self.decode(acts))
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
@@ -431,9 +435,7 @@ class MPSAE(SparseAutoencoder):
 
     def training_loss(self, x, step, total_steps, dead):
         acts, recon = self._pursuit(x)
-        fvu = batch_fvu(x, recon)
-        active = acts > 0
-        return LossOut(fvu, float(fvu.detach()), float(active.sum(1).float().mean()), active.any(0))
+        return reconstruction_only(x, acts, recon)
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
