@@ -95,7 +95,9 @@ def _check_downstream(config: dict[str, Any], n_layers: dict[str, int | None]) -
         for m in models:
             if m not in config["models"]:
                 raise ConfigError(f"config error at {section}.models: unknown model {m!r} (have {sorted(config['models'])})")
-        if section == "probes" or (section in ("sae", "snmf") and not config[section]["runs"]):
+        if (section == "probes" and config["probes"].get("layers") is None) or (
+            section in ("sae", "snmf") and not config[section]["runs"]
+        ):
             continue
         if section == "spatial" and not config["spatial"]["units"] and not config["sae"]["runs"] and not config["snmf"]["runs"]:
             continue

@@ -5,7 +5,7 @@ rule probes:
     output:
         PROBE_FILE,
     params:
-        probes={k: PROBES[k] for k in ("folds", "blocks", "alphas", "seed")},
+        probes={k: PROBES[k] for k in ("layers", "folds", "blocks", "alphas", "seed")},
         crs=SPATIAL["crs"],
         code=lambda wc: code("probes"),
     log:

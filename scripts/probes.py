@@ -11,6 +11,11 @@ UPSTREAM = ("dataset", "model", "model_digest", "hook", "pooling")
 def main(sm) -> None:
     p = dict(sm.params.probes)
     acts = load_dataarray(sm.input[0])
+    if p["layers"] is not None:
+        missing = sorted(set(p["layers"]) - set(acts["layer"].values.tolist()))
+        if missing:
+            raise ValueError(f"probes.layers {missing} were not extracted (have {acts['layer'].values.tolist()})")
+        acts = acts.sel(layer=p["layers"])
     region = acts["region"].values.astype(str)
     ds = probe_dataset(acts, acts["longitude"].values, acts["latitude"].values, region, crs_for(region, sm.params.crs),
                        n_folds=p["folds"], n_blocks=p["blocks"], alphas=p["alphas"], seed=p["seed"])
