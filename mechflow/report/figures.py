@@ -124,7 +124,7 @@ def probe_curves(layers: np.ndarray, series: dict[str, dict[str, np.ndarray]], r
     """R^2 and median error by layer, one line per fold scheme (and model)."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.3))
     for name, s in series.items():
-        ls = "-" if "random" in name else "--"
+        ls = "-" if name.endswith("random") else "--"
         a1.plot(s["layer"], s["r2"], ls, marker="o", ms=3, label=name)
         a2.plot(s["layer"], s["km"], ls, marker="o", ms=3, label=name)
     a1.set_ylabel("R² (x/y)")
