@@ -28,7 +28,7 @@ def main(sm) -> None:
     manifest["study"] = {"title": sm.params.title, "config": config, "config_digest": digest(config),
                          "versions": _versions(), "top_n": sm.params.top_n}
     manifest["benchmarks"] = [
-        {"rule": Path(p).relative_to("results/benchmarks").parts[0],
+        {"rule": Path(Path(p).relative_to("results/benchmarks").parts[0]).stem,
          "job": str(Path(p).relative_to("results/benchmarks").with_suffix("")), "path": p}
         for p in sorted(glob.glob("results/benchmarks/**/*.tsv", recursive=True))
     ]

@@ -1,0 +1,120 @@
+"""SAE runs: training curves, a summary per run, and a feature card per top feature (its top
+prompts, activation histogram and maps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mechflow.report.figures import draw_histogram, training_figure
+from mechflow.report.html import Markup, Page, Section, badge, fmt, join, note, pct, table, tag
+from mechflow.report.maps import feature_grid_figure
+from mechflow.report.sections.context import Context
+from mechflow.report.stats import significant_positive, top_features
+
+N_TOP_PROMPTS = 8
+
+
+def sae_cfg(ctx: Context, e) -> dict:
+    """The run's cfg.json (SAELens fields + a ``mechflow`` section), or {} when absent."""
+    p = Path(str(e["dir"])) / "cfg.json"
+    if not ctx.study.exists("sae", p):
+        return {}
+    try:
+        return json.loads(ctx.study.path(p).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def build(ctx: Context, page: Page, sec: Section) -> None:
+    study = ctx.study
+    if not study.entries["sae"]:
+        sec.add(note("No SAE runs in this study (add sae.runs to the config)."))
+        return
+    have = [e for e in study.entries["sae"] if study.exists("sae", Path(str(e["dir"])) / "training.nc")]
+    if not have:
+        sec.add(note("None of the listed SAE runs is available yet."))
+        return
+    runs = [(ctx.entry_title(e), study.dataset(Path(str(e["dir"])) / "training.nc")) for e in have]
+    sec.add(page.figure(training_figure(runs),
+                        "Training curves against step: loss (log scale), fraction of variance unexplained (FVU; 0 = "
+                        "perfect reconstruction), L0 (mean number of active features per input) and the fraction "
+                        "of dead features (never active in the recent window).", "sae-training", "SAE training curves"))
+    rows = []
+    for (title, hist), e in zip(runs, have):
+        c = sae_cfg(ctx, e)
+        run = (c.get("mechflow") or {}).get("run") or {}
+        last = {v: float(hist[v].values[-1]) if v in hist and hist.sizes.get("step", 0) else np.nan
+                for v in ("loss", "fvu", "l0", "dead_fraction")}
+        rows.append((title, c.get("architecture") or run.get("arch", "–"), fmt(c.get("d_in")), fmt(c.get("d_sae")),
+                     run.get("k", (c.get("activation_fn_kwargs") or {}).get("k", "–")),
+                     fmt(int(hist["step"].values[-1]) if hist.sizes.get("step", 0) else None),
+                     fmt(last["loss"]), fmt(last["fvu"]), fmt(last["l0"]), pct(last["dead_fraction"])))
+    sec.add(table(["run", "architecture", "d_in", "features", "k", "steps", "final loss", "final FVU", "final L0",
+                   "dead"], rows, numeric=[2, 3, 4, 5, 6, 7, 8, 9]))
+    for e in have:
+        _cards(ctx, page, e)
+
+
+def _cards(ctx: Context, page: Page, e) -> None:
+    study = ctx.study
+    title = ctx.entry_title(e)
+    sub = page.section(f"Feature cards: {title}", f"sae-cards-{title}", level=3)
+    feats_path = Path(str(e["dir"])) / "features.nc"
+    if not study.exists("sae", feats_path):
+        sub.add(note("features.nc is not available: no feature cards."))
+        return
+    feats = study.dataset(feats_path)["features"].transpose("prompt", "feature")
+    spatial = study.spatial_for("sae", e)
+    moran = study.moran(spatial) if spatial is not None else None
+    X = np.asarray(feats.values, dtype=np.float64)
+    if moran is not None:
+        ids = top_features(moran, ctx.top_n)
+        why = "largest mean Moran's I over the regions"
+    else:  # no spatial analysis: the most variable features
+        ids = [feats["feature"].values[i].item() for i in np.argsort(-X.var(0), kind="stable")[: ctx.top_n]]
+        why = "largest variance (no spatial analysis of this run)"
+    sub.add(tag("p", f"The {len(ids)} features with the {why}: each card lists the prompts that activate it most, "
+                     "the histogram of its activations and its map in every region."))
+    dataset = str(e["dataset"])
+    table_ = study.prompts(dataset)
+    texts = (table_["text"].values if table_ is not None else feats["text"].values).astype(str)
+    regions_col = (table_["region"].values if table_ is not None else feats["region"].values).astype(str)
+    rows = ctx.rows_of(dataset, feats["prompt"].values if "prompt" in feats.coords else None, X.shape[0])
+    geoms = [g for g in (ctx.geometry(dataset, r) for r in ctx.regions(dataset)) if g is not None]
+    sig = significant_positive(moran) if moran is not None else None
+    col_of = {f.item() if hasattr(f, "item") else f: i for i, f in enumerate(feats["feature"].values)}
+    for fid in ids:
+        v = X[rows, col_of[fid]]  # per prompt of the table
+        order = np.argsort(-v, kind="stable")[:N_TOP_PROMPTS]
+        badges = []
+        if moran is not None:
+            for r in moran["region"].values:
+                I = float(moran["I"].sel(region=r, feature=fid))
+                s = bool(sig.sel(region=r, feature=fid))
+                badges.append(badge(f"{r} I = {I:.3f}" if np.isfinite(I) else f"{r}: constant", "sig" if s else ""))
+        active = float((v != 0).mean())
+        badges.append(badge(f"active on {100 * active:.1f}% of prompts"))
+        body = [tag("h4", f"feature {fid}"), tag("div", join(badges))]
+        if geoms:
+            png = feature_grid_figure(
+                geoms, [[v[g.index] for g in geoms]], [[g.region for g in geoms]],
+                leads=[lambda ax, v=v: draw_histogram(ax, v)], lead_titles=["activations"], panel=2.35)
+            body.append(page.figure(png, f"Feature {fid}: histogram of its activations and its maps (z-score within "
+                                         "each region).", f"sae-card-{title}-{fid}", f"feature {fid} card"))
+        else:
+            body.append(note("No region geometry to map this feature."))
+        body.append(tag("div", f"Top {len(order)} prompts", cls="k"))
+        body.append(prompt_list([(texts[j], regions_col[j], float(v[j])) for j in order]))
+        sub.add(tag("div", *body, cls="card"))
+
+
+def prompt_list(items) -> Markup:
+    """An ordered list of (prompt text, region, value), in two columns."""
+    return tag("ol", *[tag("li", tag("span", t), tag("span", f" · {r} · {fmt(val)}", cls="ctrl"))
+                       for t, r, val in items], cls="prompts")
+
+
+__all__ = ["build", "sae_cfg", "prompt_list"]
