@@ -124,8 +124,9 @@ def test_global_analytic_equals_esda(w300, data300, transform):
         w300.transform = "r"
 
 
-def test_global_permutation_agrees_with_esda(w300, data300):
-    res = global_autocorrelation(data300, w300, permutations=P, seed=3)
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_global_permutation_agrees_with_esda(w300, data300, engine):
+    res = global_autocorrelation(data300, w300, permutations=P, seed=3, device="cpu", engine=engine)
     m, g = res["moran"], res["geary"]
     np.random.seed(0)
     floor = 1.0 / (P + 1)
@@ -142,6 +143,32 @@ def test_global_permutation_agrees_with_esda(w300, data300):
     strong = slice(6, 10)  # smooth fields: every replicate below I
     assert np.all(m["p_sim"][strong] == floor) and np.all(g["p_sim"][strong] == floor)
     assert np.all(m["z_sim"][strong] > 5)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_replicate_engines_equal_brute_force_for_given_permutations(w300, data300, engine):
+    """Both engines (the torch one is the CUDA path) compute z_p' W z_p and sum_i rc_i z_p[i]^2 exactly."""
+    from mechflow.spatial._sparse import weights_csr
+    from mechflow.spatial.global_stats import _NumpyReplicates, _TorchReplicates
+
+    A = weights_csr(w300)
+    z = data300 - data300.mean(0)
+    rc = np.asarray(A.sum(1)).ravel() + np.asarray(A.sum(0)).ravel()
+    chunks = [(0, 5), (5, data300.shape[1])]
+    args = (z, A, rc, chunks, torch.float64, 0)
+    eng = _NumpyReplicates(*args) if engine == "numpy" else _TorchReplicates(*args, torch.device("cpu"))
+    perms = np.random.default_rng(7).permuted(np.tile(np.arange(w300.n), (3, 1)), axis=1)
+    got = list(eng.replicates(perms, want_sq=True))
+    for (a, b), (cross, sq) in zip(chunks, got):
+        for p, perm in enumerate(perms):
+            zp = z[perm, a:b]
+            np.testing.assert_allclose(cross[p], (zp * (A @ zp)).sum(0), rtol=1e-10, atol=1e-9)
+            np.testing.assert_allclose(sq[p], rc @ zp**2, rtol=1e-10)
+    drawn = eng.draw(4)
+    drawn = drawn.numpy() if isinstance(drawn, torch.Tensor) else drawn
+    assert drawn.shape == (4, w300.n) and all(np.array_equal(np.sort(r), np.arange(w300.n)) for r in drawn)
+    with pytest.raises(ValueError, match="engine"):
+        global_autocorrelation(data300, w300, permutations=3, engine="numba")
 
 
 def test_global_null_p_sim_distribution_matches_esda(w300):

@@ -106,20 +106,77 @@ def _observed(y: np.ndarray, A: sp.csr_matrix, w: W, two_tailed: bool):
     return z, z2ss, rc, constant, moran, geary
 
 
-def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C):
+class _NumpyReplicates:
+    """CPU engine: numpy row gathers and single-threaded scipy CSR products (robust on shared cores)."""
+
+    def __init__(self, zs: np.ndarray, A: sp.csr_matrix, rc: np.ndarray, chunks, dtype: torch.dtype, seed: int):
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        self.n = zs.shape[0]
+        self.W = sp.csr_matrix(A, dtype=np_dtype)
+        self.parts = [np.ascontiguousarray(zs[:, a:b], dtype=np_dtype) for a, b in chunks]
+        self.rc = rc.astype(np_dtype)
+        self.rng = np.random.default_rng(int(seed))
+
+    def draw(self, nb: int) -> np.ndarray:
+        """``[nb, n]`` independent uniform permutations of ``range(n)``."""
+        return self.rng.permuted(np.tile(np.arange(self.n), (nb, 1)), axis=1)
+
+    def replicates(self, perms: np.ndarray, want_sq: bool):
+        """Per column chunk: ``cross [nb, Fc]`` (``z_p' W z_p``) and ``sq [nb, Fc]`` (``sum_i rc_i z_p[i]^2``),
+        where ``z_p[i] = z[perms[p, i]]``."""
+        nb, n = perms.shape
+        idx = np.ascontiguousarray(perms.T)  # [n, nb]: row i of replicate b is observation perms[b, i]
+        for part in self.parts:
+            Zp = part[idx].reshape(n, -1)
+            cross = np.einsum("ij,ij->j", Zp, self.W @ Zp).reshape(nb, -1).astype(np.float64)
+            sq = None
+            if want_sq:
+                sq = (self.rc @ np.square(Zp)).reshape(nb, -1).astype(np.float64)
+            yield cross, sq
+
+
+class _TorchReplicates:
+    """torch engine (CUDA by default; runs on CPU too): the same products with torch sparse CSR."""
+
+    def __init__(self, zs: np.ndarray, A: sp.csr_matrix, rc: np.ndarray, chunks, dtype: torch.dtype, seed: int,
+                 device: torch.device):
+        self.n, self.dev = zs.shape[0], device
+        self.W = torch_csr(A, dtype, device)
+        self.parts = [torch.from_numpy(zs[:, a:b]).to(device=device, dtype=dtype).contiguous() for a, b in chunks]
+        self.rc = torch.from_numpy(rc).to(device=device, dtype=dtype)
+        self.gen = torch.Generator(device=device).manual_seed(int(seed))
+
+    def draw(self, nb: int) -> torch.Tensor:
+        return torch.rand((nb, self.n), generator=self.gen, device=self.dev).argsort(dim=1)
+
+    def replicates(self, perms, want_sq: bool):
+        perms = torch.as_tensor(perms, device=self.dev)
+        nb, n = perms.shape
+        idx = perms.T.contiguous()
+        for part in self.parts:
+            Zp = part[idx].reshape(n, -1)
+            cross = (Zp * (self.W @ Zp)).sum(0).view(nb, -1).double().cpu().numpy()
+            sq = None
+            if want_sq:
+                sq = (self.rc @ Zp.square()).view(nb, -1).double().cpu().numpy()
+            yield cross, sq
+
+
+def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C, engine=None):
     """Shared-permutation replicates; returns per-column (count>=obs, sum, sumsq) for I and C.
 
     Columns go in chunks of ``Fc`` and replicates in batches of ``B`` with ``B * Fc ~ chunk_size``:
-    one row gather ``Zs[perm.T]`` gives the ``[n, B * Fc]`` block of permuted columns, one sparse
-    product its spatial lag, and a column sum of their product the cross term of every replicate.
-    CPU runs numpy/scipy (single-threaded sparse products are robust on shared cores); a CUDA
-    device runs the same loop in torch.
+    one row gather of the permuted columns ``[n, B * Fc]``, one sparse product for their spatial
+    lag, and a column sum of their product give the cross term ``z_p' W z_p`` of every replicate;
+    Geary's C also needs ``sum_i (r_i + c_i) z_p[i]^2`` (row + column sums of W). ``engine``:
+    ``"numpy"`` (default on CPU) or ``"torch"`` (default on CUDA; also runs on CPU).
     """
     n, F = z.shape
     dev = resolve_device(device)
+    engine = engine or ("numpy" if dev.type == "cpu" else "torch")
+    if engine not in ("numpy", "torch"):
+        raise ValueError(f"engine must be 'numpy' or 'torch', got {engine!r}")
     order = locality_order(A)
-    Ar = A[order][:, order]
-    s0 = float(A.sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         zs = np.where(z2ss > 0, z / np.sqrt(z2ss), 0.0)[order]
     if chunk_size is None:
@@ -127,71 +184,21 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     Fc = min(F, chunk_size)
     B = max(1, min(n_perm, chunk_size // Fc))
     chunks = [(s, min(F, s + Fc)) for s in range(0, F, Fc)]
+    args = (zs, A[order][:, order], rc[order], chunks, sim_dtype, seed)
+    eng = _NumpyReplicates(*args) if engine == "numpy" else _TorchReplicates(*args, dev)
+    s0 = float(A.sum())
     EI = -1.0 / (n - 1)
-    if dev.type == "cpu":
-        np_dtype = np.float32 if sim_dtype == torch.float32 else np.float64
-        Wm = sp.csr_matrix(Ar, dtype=np_dtype)
-        parts = [np.ascontiguousarray(zs[:, a:b], dtype=np_dtype) for a, b in chunks]
-        rcv = rc[order].astype(np_dtype)
-        rng = np.random.default_rng(int(seed))
-        base = np.tile(np.arange(n), (B, 1))
-
-        def draw(nb):
-            return rng.permuted(base[:nb], axis=1)
-
-        def inverse(perms):
-            inv = np.empty_like(perms)
-            np.put_along_axis(inv, perms, np.arange(n)[None, :], axis=1)
-            return inv
-
-        def cross_of(ci, idx, nb):
-            Zp = parts[ci][idx].reshape(n, -1)
-            return np.einsum("ij,ij->j", Zp, Wm @ Zp).reshape(nb, -1).astype(np.float64)
-
-        def geary_sq(ci, rc_inv):
-            return (rc_inv @ np.square(parts[ci])).astype(np.float64)
-
-        acc = {key: np.zeros(F) for key in ("nI", "sI", "qI", "nC", "sC", "qC")}
-        transpose = np.ascontiguousarray
-        take_rc = lambda inv: rcv[inv]  # noqa: E731
-    else:
-        Wt = torch_csr(Ar, sim_dtype, dev)
-        parts = [torch.from_numpy(zs[:, a:b]).to(device=dev, dtype=sim_dtype).contiguous() for a, b in chunks]
-        rc_t = torch.from_numpy(rc[order]).to(device=dev, dtype=sim_dtype)
-        gen = torch.Generator(device=dev).manual_seed(int(seed))
-        ar = torch.arange(n, device=dev)
-
-        def draw(nb):
-            return torch.stack([torch.randperm(n, generator=gen, device=dev) for _ in range(nb)])
-
-        def inverse(perms):
-            inv = torch.empty_like(perms)
-            return inv.scatter_(1, perms, ar.expand(perms.shape[0], n))
-
-        def cross_of(ci, idx, nb):
-            Zp = parts[ci][idx].reshape(n, -1)
-            return (Zp * (Wt @ Zp)).sum(0).view(nb, -1).double().cpu().numpy()
-
-        def geary_sq(ci, rc_inv):
-            return (rc_inv @ parts[ci].square()).double().cpu().numpy()
-
-        acc = {key: np.zeros(F) for key in ("nI", "sI", "qI", "nC", "sC", "qC")}
-        transpose = lambda t: t.contiguous()  # noqa: E731
-        take_rc = lambda inv: rc_t[inv]  # noqa: E731
+    acc = {key: np.zeros(F) for key in ("nI", "sI", "qI", "nC", "sC", "qC")}
     for p0 in range(0, n_perm, B):
-        nb = min(B, n_perm - p0)
-        perms = draw(nb)
-        idx = transpose(perms.T)  # [n, nb]: row i of replicate b is observation perms[b, i]
-        rc_inv = take_rc(inverse(perms)) if want_geary else None
-        for ci, (a, b) in enumerate(chunks):
-            cross = cross_of(ci, idx, nb)  # [nb, Fc]
+        perms = eng.draw(min(B, n_perm - p0))
+        for (a, b), (cross, sq) in zip(chunks, eng.replicates(perms, want_geary)):
             sim_I = (n / s0) * cross
             d = sim_I - EI
             acc["nI"][a:b] += (sim_I >= obs_I[a:b]).sum(0)
             acc["sI"][a:b] += d.sum(0)
             acc["qI"][a:b] += (d * d).sum(0)
             if want_geary:
-                sim_C = (n - 1) * (geary_sq(ci, rc_inv) - 2.0 * cross) / (2.0 * s0)
+                sim_C = (n - 1) * (sq - 2.0 * cross) / (2.0 * s0)
                 d = sim_C - 1.0
                 acc["nC"][a:b] += (sim_C >= obs_C[a:b]).sum(0)
                 acc["sC"][a:b] += d.sum(0)
@@ -226,6 +233,7 @@ def global_autocorrelation(
     device=None,
     chunk_size: int | None = None,
     sim_dtype: torch.dtype = torch.float32,
+    engine: str | None = None,
 ) -> dict:
     """Moran's I and (optionally) Geary's C for every column of ``values`` ``[n, F]``.
 
@@ -233,7 +241,8 @@ def global_autocorrelation(
     ``transformation`` argument does the same). ``device``: torch device for the permutation
     test (``None``: CUDA when available, else CPU); ``sim_dtype`` of the replicates (float32 is
     ample for counting; the observed statistics are always float64). ``chunk_size``: columns per
-    sparse product (memory ``~ n * chunk_size`` per replicate).
+    sparse product (memory ``~ n * chunk_size`` per replicate). ``engine``: ``"numpy"`` (CPU default)
+    or ``"torch"`` (CUDA default; also runs on CPU) for the permutation replicates.
 
     Returns ``{"moran": {...}, "geary": {...} or None, "n_constant": int, "n": int}``; each inner
     dict maps statistic names (esda's attribute names) to float64 arrays ``[F]``.
@@ -249,7 +258,7 @@ def global_autocorrelation(
     if permutations:
         acc, EI = _permute(
             z, z2ss, rc, A, permutations, seed, device, chunk_size, sim_dtype, geary,
-            np.nan_to_num(moran["I"], nan=np.inf), np.nan_to_num(gear["C"], nan=np.inf),
+            np.nan_to_num(moran["I"], nan=np.inf), np.nan_to_num(gear["C"], nan=np.inf), engine,
         )
         sm = _sim_summary(moran["I"], acc["nI"], acc["sI"], acc["qI"], EI, permutations, constant)
         moran.update(p_sim=sm["p_sim"], EI_sim=sm["E_sim"], seI_sim=sm["se_sim"],
