@@ -184,6 +184,14 @@ class TopKSAE(SparseAutoencoder):
 class BatchTopKSAE(SparseAutoencoder):
     """BatchTopK (Bussmann et al. 2024): the ``k * batch`` largest activations of the batch are kept.
 
+    Trained like TopK (same learning rate) with the AuxK loss of Gao et al. (2024) on dead latents.
+    With one threshold for the whole batch, a latent whose activations stay below it gets no
+    gradient at all (TopK instead fills every sample's k slots, so every latent keeps some): such
+    dormant latents fire too seldom to learn yet are not dead until ``dead_after`` samples pass
+    without a firing, so AuxK only revives them when that window is short, as in the reference
+    implementation (5 batches). Raise ``auxk_coef`` (1/8 in the synthetic recovery table) when
+    many latents are dormant.
+
     Inference uses a single threshold, an exponential moving average of the smallest kept
     activation per training batch, so it is a JumpReLU with one shared threshold.
     """
@@ -333,26 +341,36 @@ class JumpReLUSAE(SparseAutoencoder):
 
 
 class GBASAE(SparseAutoencoder):
-    """Group Bias Adaptation (Chen et al. 2025, "Taming Polysemanticity in LLMs").
+    """Group Bias Adaptation (Chen et al. 2025, "Taming Polysemanticity in LLMs", arXiv:2506.14002).
 
-    A ReLU SAE trained on reconstruction only. Latents are split into ``gba_groups`` groups with
-    target firing frequencies spaced geometrically from ``gba_freq_max`` down to
-    ``gba_freq_min``. The encoder biases are not trained by gradient: every ``gba_interval``
-    steps each latent's bias moves (rate ``gba_rate``) towards the value at which it would fire
-    on exactly its target fraction of the current batch, i.e. minus the (1 - target) quantile of
-    its bias-free pre-activations, so each latent's firing frequency tracks its group's target.
-    With ``gba_tied`` the encoder is the decoder transpose (unit-norm rows), as in the paper's
-    analysis.
+    A tied SAE ``x_hat = sum_m a_m w_m JumpReLU(w_m . (x - b_dec); -b_m) + b_dec`` trained on the
+    reconstruction loss alone: ``W_dec`` rows ``w_m`` are unit vectors (spherical gradient steps) that
+    also serve as the encoder, ``out_scale`` ``a_m >= 0`` is trained, and the biases ``b_m <= 0`` are
+    not trained by gradient. Latent m fires when ``w_m . (x - b_dec) + b_m > 0`` and then outputs
+    ``a_m w_m . (x - b_dec)``, so the bias gates without shrinking the output (the paper's JumpReLU).
+
+    The latents are split into ``gba_groups`` equal groups whose target activation frequencies
+    ``p_k`` are spaced geometrically from ``gba_freq_max`` down to ``gba_freq_min``. Every
+    ``gba_interval`` steps, from the pre-activations of those steps, each latent's firing frequency
+    ``p_m`` and peak pre-activation ``r_m`` update its bias (rate ``gamma = gba_rate``):
+    ``b_m <- max(b_m - gamma r_m, -R)`` if ``p_m > p_k``, and ``b_m <- min(b_m + gamma rbar_k, 0)``
+    if ``p_m <= gba_eps`` (``rbar_k``: mean positive peak of the group). The paper clamps biases to
+    [-1, 0] for inputs of norm ~1; here ``R`` is the RMS norm of ``x - b_dec`` in the window, the
+    same for such inputs and independent of the input scale. Defaults are the paper's (10 groups,
+    0.5 to 1e-3, gamma 0.01 every 50 steps), set for runs of ~10^5 steps; short runs need a larger
+    ``gba_rate`` or a smaller ``gba_interval`` for the biases to settle.
+
+    Inference is SAELens JumpReLU: ``W_enc = W_dec.T * a``, ``b_enc = 0``, ``threshold = -a * b``.
     """
 
     arch = "gba"
     options = {
-        "gba_groups": 8,
-        "gba_freq_max": 0.2,
-        "gba_freq_min": 5e-3,
-        "gba_interval": 5,
-        "gba_rate": 0.3,
-        "gba_tied": 1,
+        "gba_groups": 10,
+        "gba_freq_max": 0.5,
+        "gba_freq_min": 1e-3,
+        "gba_interval": 50,
+        "gba_rate": 0.01,
+        "gba_eps": 0.0,
     }
 
     def __init__(self, d_in: int, n_features: int, k: int | None = None, **opts: Any):
@@ -362,42 +380,72 @@ class GBASAE(SparseAutoencoder):
             raise ValueError(f"GBA needs 0 < gba_freq_min <= gba_freq_max <= 1, got {o['gba_freq_min']}, {o['gba_freq_max']}")
         if not (0 < o["gba_rate"] <= 1) or int(o["gba_interval"]) < 1:
             raise ValueError(f"GBA needs 0 < gba_rate <= 1 and gba_interval >= 1, got {o['gba_rate']}, {o['gba_interval']}")
-        groups = max(1, min(int(o["gba_groups"]), n_features))
-        g = torch.arange(n_features) * groups // n_features
-        ratio = (o["gba_freq_min"] / o["gba_freq_max"]) ** (g.double() / max(groups - 1, 1))
+        self.n_groups = max(1, min(int(o["gba_groups"]), n_features))
+        group = torch.arange(n_features) * self.n_groups // n_features
+        ratio = (o["gba_freq_min"] / o["gba_freq_max"]) ** (group.double() / max(self.n_groups - 1, 1))
+        self.register_buffer("group", group)
         self.register_buffer("target_freq", (o["gba_freq_max"] * ratio).float())
-        self.register_buffer("adapted", torch.zeros((), dtype=torch.int64))
-        self.tied = bool(o["gba_tied"])
+        self.out_scale = nn.Parameter(torch.ones(n_features))
+        self.register_buffer("bias", torch.zeros(n_features))
+        self.register_buffer("threshold", torch.zeros(n_features))
+        # statistics of the current adaptation window: samples, firings, peak pre-activation, sum ||x - b_dec||^2
+        self.register_buffer("win_n", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("win_fired", torch.zeros(n_features))
+        self.register_buffer("win_peak", torch.zeros(n_features))
+        self.register_buffer("win_sq", torch.zeros((), dtype=torch.float64))
+        self.W_enc.requires_grad_(False)
         self.b_enc.requires_grad_(False)
-        if self.tied:
-            self.W_enc.requires_grad_(False)
 
     def encode(self, x):
-        return self.pre_acts(x).relu()
-
-    @torch.no_grad()
-    def _adapt(self, u: torch.Tensor) -> None:
-        """Move b_enc towards minus the (1 - target) quantile of the bias-free pre-activations u [B, F]."""
-        b = u.shape[0]
-        row = ((1 - self.target_freq) * (b - 1)).round().long().clamp(0, b - 1)
-        q = u.sort(0).values.gather(0, row[None, :]).squeeze(0)
-        rate = 1.0 if int(self.adapted) == 0 else float(self.opts["gba_rate"])
-        self.b_enc.mul_(1 - rate).add_(-q, alpha=rate)
-        self.adapted += 1
+        pre = self.pre_acts(x)
+        return pre * (pre > self.threshold)
 
     def training_loss(self, x, step, total_steps, dead):
-        w_enc = self.W_dec.T if self.tied else self.W_enc
-        u = (x - self.b_dec) @ w_enc
-        if step % int(self.opts["gba_interval"]) == 0:
-            self._adapt(u.detach())
-        acts = (u + self.b_enc).relu()
+        xc = x - self.b_dec
+        u = xc @ self.W_dec.T  # tied: the decoder rows are the encoder
+        pre = u.detach() + self.bias
+        fire = pre > 0
+        with torch.no_grad():
+            self.win_n += x.shape[0]
+            self.win_fired += fire.sum(0)
+            torch.maximum(self.win_peak, pre.max(0).values, out=self.win_peak)
+            self.win_sq += xc.double().pow(2).sum()
+        acts = u * fire * self.out_scale
         return reconstruction_only(x, acts, self.decode(acts))
+
+    @torch.no_grad()
+    def _adapt(self) -> None:
+        """The paper's bias update from the window statistics, then a fresh window."""
+        n = float(self.win_n)
+        p = self.win_fired / n
+        peak = self.win_peak.clamp_min(0)
+        pos = peak > 0
+        total = torch.zeros(self.n_groups, device=peak.device).index_add_(0, self.group, peak)
+        count = torch.zeros(self.n_groups, device=peak.device).index_add_(0, self.group, pos.float())
+        # mean positive peak of the group (of all latents if none of the group fired)
+        overall = peak.sum() / pos.sum().clamp_min(1)
+        rbar = torch.where(count > 0, total / count.clamp_min(1), overall)[self.group]
+        gamma, bound = float(self.opts["gba_rate"]), (float(self.win_sq) / n) ** 0.5
+        b = self.bias
+        b.copy_(torch.where(p > self.target_freq, (b - gamma * peak).clamp_min(-bound), b))
+        b.copy_(torch.where(p <= float(self.opts["gba_eps"]), (b + gamma * rbar).clamp_max(0), b))
+        for t in (self.win_n, self.win_fired, self.win_peak, self.win_sq):
+            t.zero_()
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         super().after_step(step)
-        if self.tied:
-            self.W_enc.copy_(self.W_dec.T)
+        self.out_scale.clamp_(min=0)
+        if (step + 1) % int(self.opts["gba_interval"]) == 0:
+            self._adapt()
+        self.W_enc.copy_(self.W_dec.T * self.out_scale)
+        self.threshold.copy_(-self.bias * self.out_scale)
+
+    def export_tensors(self):
+        return {**super().export_tensors(), "threshold": self.threshold.detach()}
+
+    def sae_lens_fields(self):
+        return {"architecture": "jumprelu", "activation_fn_str": "relu", "activation_fn_kwargs": {}, "trained_as": "gba"}
 
 
 class MPSAE(SparseAutoencoder):
@@ -454,9 +502,10 @@ class MPSAE(SparseAutoencoder):
 class MatryoshkaSAE(BatchTopKSAE):
     """Matryoshka SAE (Bussmann et al. 2025): nested dictionary prefixes each reconstruct the input.
 
-    Activations come from BatchTopK; the loss sums the FVU of every prefix
-    ``W_dec[:m]`` for ``m`` in ``matryoshka_prefixes`` (fractions of n_features; the full
-    dictionary is always included).
+    Activations come from BatchTopK; the loss is the mean FVU of the prefixes ``W_dec[:m]`` for
+    ``m`` in ``matryoshka_prefixes`` (fractions of n_features; the full dictionary is always
+    included), plus AuxK. The paper sums the prefix losses: with Adam that only changes the weight
+    of AuxK, which here is relative to the mean.
     """
 
     arch = "matryoshka"
