@@ -44,6 +44,7 @@ test-all: setup browser
 
 lint: setup
 	$(BIN)/snakemake --lint
+	$(BIN)/ruff check mechflow scripts tests benchmarks
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done

@@ -1,8 +1,9 @@
 # mechflow: mechanistic interpretability as a reproducible workflow.
 #   snakemake -c all                          # the default study (config.yaml)
-#   snakemake -c all --configfile my.yaml     # your study
+#   snakemake -c all --configfile my.yaml     # your study: my.yaml is the whole study, nothing is merged in
 #   snakemake -c all -n                       # what would run, and why
-# The config is validated against config.schema.yaml before any job runs.
+# The study is validated against config.schema.yaml and resolved (defaults filled, keys sorted) before any
+# job runs; `mechflow config --resolved my.yaml` prints what this file sees.
 
 import sys
 from pathlib import Path
@@ -13,21 +14,25 @@ min_version("8.20")
 
 sys.path.insert(0, workflow.basedir)  # the mechflow package of this checkout
 
-from mechflow.config import ConfigError, check_config
+from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, ConfigError, resolve_study, workflow_study
 
 
-configfile: "config.yaml"
+# No `configfile:` directive: Snakemake would deep-merge a --configfile into it. The default study is
+# read only when no --configfile is given.
+try:
+    _study = resolve_study(
+        workflow_study(config, workflow.overwrite_configfiles, Path(workflow.basedir) / DEFAULT_STUDY),
+        base_dir=Path.cwd(),
+        schema_path=Path(workflow.basedir) / SCHEMA_FILE,
+    )
+except ConfigError as _err:
+    sys.exit(f"mechflow: {_err}")
+validate(_study, SCHEMA_FILE, set_default=False)  # snakemake's own validator on the same schema: a second, independent check
+config.clear()
+config.update(_study)
 
 
 report: "docs/workflow.rst"
-
-
-try:
-    _checked = check_config(config, base_dir=Path.cwd(), schema_path=Path(workflow.basedir) / "config.schema.yaml")
-except ConfigError as _err:
-    sys.exit(f"mechflow: {_err}")
-validate(config, "config.schema.yaml")  # snakemake's own validator on the same schema (fills defaults too)
-config.update(_checked)
 
 
 include: "rules/common.smk"
@@ -49,6 +54,10 @@ include: "rules/snmf.smk"
 include: "rules/spatial.smk"
 include: "rules/probes.smk"
 include: "rules/report.smk"
+
+
+onstart:
+    print(study_summary(), file=sys.stderr)
 
 
 rule all:

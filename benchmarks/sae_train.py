@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mechflow.sae.architectures import TopKSAE, batch_fvu
+from mechflow.sae.archs import TopKSAE, batch_fvu
 
 
 def dense_topk_step_fn(params, k):
@@ -125,7 +125,8 @@ def main(argv=None) -> int:
                      dict(d=576, n_features=9216, k=32, batch=512, n_batches=5)]
         gpu_sizes = [dict(d=576, n_features=16384, k=32, batch=4096, n_batches=20),
                      dict(d=2048, n_features=65536, k=64, batch=4096, n_batches=10)]
-    result = {"benchmark": "sae_train", "baseline": "dense-topk (dense scatter of top-k into [batch, n_features] + dense decoder matmul, Gao et al. 2024)",
+    result = {"benchmark": "sae_train",
+              "baseline": "dense-topk (dense scatter of top-k into [batch, n_features] + dense decoder matmul, Gao et al. 2024)",
               "ours": "mechflow TopKSAE (mechflow.kernels topk_encode + sparse_decode)", "quick": args.quick, "runs": []}
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:

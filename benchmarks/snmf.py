@@ -1,6 +1,6 @@
 """Time per semi-NMF iteration: mechflow.snmf.fit vs a straightforward dense PyTorch implementation.
 
-Baseline: ``dense_reference_fit`` in tests/test_snmf.py, the same update rules written plainly (every
+Baseline: ``mechflow.snmf.baseline.dense_reference_fit``, the same update rules written plainly (every
 loss from an explicit [units, samples] residual, dense solve, sort-based winner-take-all). Both run
 from the same G0 for the same number of iterations in this process; the per-iteration time is
 ``(t(n_iter) - t(0)) / n_iter`` so the shared initial LS step is excluded. The final losses of the
@@ -15,7 +15,6 @@ path (float32; the G update goes through the fused kernel dispatcher).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -27,15 +26,9 @@ import numpy as np
 import torch
 
 from mechflow import snmf
+from mechflow.snmf.baseline import dense_reference_fit
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _baseline():
-    spec = importlib.util.spec_from_file_location("_snmf_tests", ROOT / "tests" / "test_snmf.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dense_reference_fit
 
 
 def _cpu_model() -> str:
@@ -142,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         cases, iters = [(256, 1000, 16), (256, 3000, 64)], args.iters or 5
     else:
         cases, iters = [(1536, 3000, 100), (1536, 3000, 400), (1536, 20000, 100), (1536, 20000, 400)], args.iters or 3
-    baseline = _baseline()
+    baseline = dense_reference_fit
     runs = []
     targets = [("cpu", getattr(torch, args.dtype))]
     if torch.cuda.is_available():
@@ -160,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     result = {
         "benchmark": "snmf",
-        "baseline": "dense_baseline: tests/test_snmf.py::dense_reference_fit (same update rules, explicit residuals)",
+        "baseline": "dense_baseline: mechflow.snmf.baseline.dense_reference_fit (same update rules, explicit residuals)",
         "metric": "seconds per iteration (excluding initialisation), ratio baseline / mechflow",
         "quick": args.quick,
         "device_info": _device_info(),

@@ -1,4 +1,4 @@
-"""The ``mechflow`` command: inspect result files, show the environment, run the workflow."""
+"""The ``mechflow`` command: inspect result files, show the environment, resolve a study, run the workflow."""
 
 from __future__ import annotations
 
@@ -54,12 +54,48 @@ def info() -> dict:
     }
 
 
+def resolved_study(path: str | None) -> str:
+    """The complete study a config file stands for (schema defaults filled, keys sorted), as YAML."""
+    import yaml
+
+    from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, load_study, resolve_study
+
+    study = resolve_study(load_study(path or REPO / DEFAULT_STUDY), base_dir=Path.cwd(), schema_path=REPO / SCHEMA_FILE)
+    return yaml.safe_dump(study, sort_keys=True, default_flow_style=False, allow_unicode=True)
+
+
+README_MARKERS = ("<!-- config-reference:start -->\n", "<!-- config-reference:end -->")
+
+
+def config_reference_text() -> str:
+    from mechflow.config import SCHEMA_FILE, config_reference, load_schema
+
+    return config_reference(load_schema(REPO / SCHEMA_FILE))
+
+
+def write_readme_reference(readme: Path, text: str) -> None:
+    """Replace the generated config reference between the README's markers."""
+    from mechflow.io import atomic_write_text
+
+    start, end = README_MARKERS
+    content = readme.read_text(encoding="utf-8")
+    if start not in content or end not in content:
+        raise SystemExit(f"{readme}: no {start.strip()} ... {end} block to rewrite")
+    head, rest = content.split(start, 1)
+    atomic_write_text(readme, head + start + text + end + rest.split(end, 1)[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mechflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_inspect = sub.add_parser("inspect", help="print a result file's dims, coords and attrs")
     p_inspect.add_argument("files", nargs="+")
     sub.add_parser("info", help="versions and devices")
+    p_config = sub.add_parser("config", help="validate a study config; --resolved prints the whole study it stands for")
+    p_config.add_argument("configfile", nargs="?", default=None, help="a study file (default: the default study config.yaml)")
+    p_config.add_argument("--resolved", action="store_true", help="print the resolved study as YAML")
+    p_config.add_argument("--reference", action="store_true", help="print the config reference (markdown) from the schema")
+    p_config.add_argument("--write-readme", action="store_true", help="with --reference: rewrite README.md's reference block")
     p_run = sub.add_parser("run", help="run the workflow (arguments after -- go to snakemake)")
     p_run.add_argument("--configfile", default=None)
     p_run.add_argument("--cores", "-c", default="all")
@@ -74,6 +110,23 @@ def main(argv: list[str] | None = None) -> int:
             except (FileNotFoundError, OSError, ValueError) as e:
                 print(f"mechflow inspect: {e}", file=sys.stderr)
                 return 1
+        return 0
+    if args.command == "config" and args.reference:
+        text = config_reference_text()
+        if args.write_readme:
+            write_readme_reference(REPO / "README.md", text)
+        else:
+            print(text, end="")
+        return 0
+    if args.command == "config":
+        from mechflow.config import ConfigError
+
+        try:
+            text = resolved_study(args.configfile)
+        except ConfigError as e:
+            print(f"mechflow: {e}", file=sys.stderr)
+            return 1
+        print(text if args.resolved else f"{args.configfile or 'config.yaml'}: valid", end="" if args.resolved else "\n")
         return 0
     if args.command == "info":
         print(json.dumps(info(), indent=2))

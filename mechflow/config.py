@@ -1,7 +1,14 @@
-"""Study configuration: schema validation with defaults, plus checks the schema cannot express.
+"""Study configuration: one file is one whole study, validated and resolved before any job runs.
 
-``check_config`` is called by the Snakefile before any job runs. Every problem becomes a
-:class:`ConfigError` whose message is one line naming the offending key.
+- :func:`load_study` reads a study file; :func:`workflow_study` picks what Snakemake runs: the
+  ``--configfile`` given (nothing is merged into it), else the default study ``config.yaml``.
+- :func:`check_config` validates against the schema, fills its defaults and the typed run configs'
+  defaults, and checks what the schema cannot express (model files, layers, prompt files...).
+- :func:`resolve_study` is ``check_config`` plus the canonical form: keys sorted, numbers typed as
+  the schema says (``lr: 1`` and ``lr: 1.0`` alike), so Snakemake's params comparison (by repr)
+  reruns a step only when a value changes.
+
+Every problem becomes a :class:`ConfigError` whose message is one line naming the offending key.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import jsonschema
 import yaml
 
 SCHEMA_FILE = "config.schema.yaml"
+#: the default study, used when no --configfile is given
+DEFAULT_STUDY = "config.yaml"
 
 
 class ConfigError(ValueError):
@@ -23,6 +32,88 @@ class ConfigError(ValueError):
 
 def load_schema(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def load_study(path: str | Path) -> dict[str, Any]:
+    """Read one study file (YAML or JSON); one-line ConfigError when it cannot be read."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config error at (file): {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"config error at (file): cannot read {path}: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error at (file): {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def workflow_study(config: dict[str, Any], configfiles: list[Any], default: str | Path) -> dict[str, Any]:
+    """The study Snakemake runs, before validation.
+
+    With ``--configfile`` Snakemake has already loaded those files (and ``--config`` overrides) into
+    ``config``: that is the whole study. Without one, the default study file is loaded and any
+    ``--config`` overrides are merged on top of it.
+    """
+    if configfiles:
+        return copy.deepcopy(config)
+    study = load_study(default)
+    _merge(study, copy.deepcopy(config))
+    return study
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with every mapping's keys sorted (recursively) and tuples as lists."""
+    if isinstance(value, Mapping):
+        return {str(k): canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
+def _deref(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    while "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        schema = target
+    return schema
+
+
+def coerce_numbers(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
+    """``instance`` with integers turned into floats wherever the schema allows a number but no integer."""
+    schema = _deref(schema, root)
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else list(types or [])
+    if isinstance(instance, int) and not isinstance(instance, bool) and "number" in types and "integer" not in types:
+        return float(instance)
+    for key in ("allOf", "anyOf", "oneOf"):
+        for sub in schema.get(key, []):
+            sub = _deref(sub, root)
+            if key != "allOf" and not jsonschema.Draft202012Validator(sub).is_valid(instance):
+                continue
+            instance = coerce_numbers(instance, sub, root)
+    if "if" in schema and jsonschema.Draft202012Validator({**schema["if"], "definitions": root.get("definitions", {})}).is_valid(instance):
+        if "then" in schema:
+            instance = coerce_numbers(instance, schema["then"], root)
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for k, v in instance.items():
+            if k in props:
+                instance[k] = coerce_numbers(v, props[k], root)
+            elif isinstance(extra, dict):
+                instance[k] = coerce_numbers(v, extra, root)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        instance = [coerce_numbers(v, schema["items"], root) for v in instance]
+    return instance
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -111,14 +202,20 @@ def _check_downstream(config: dict[str, Any], n_layers: dict[str, int | None]) -
                     if have is not None and layer not in have:
                         raise ConfigError(f"config error at {section}.layers: layer {layer} of hook {hook!r} is not "
                                           f"extracted (extract.layers / extract.hook_layers.{hook})")
-    if config["sae"]["runs"]:
-        from mechflow.sae.config import validate_run
+    _complete_runs(config)
 
-        for name, run in config["sae"]["runs"].items():
+
+def _complete_runs(config: dict[str, Any]) -> None:
+    """Replace each SAE / semi-NMF run by its validated, complete form (typed run configs' defaults)."""
+    from mechflow import snmf
+    from mechflow.sae import validate_run
+
+    for section, validate in (("sae", validate_run), ("snmf", snmf.validate_run)):
+        for name, run in config[section]["runs"].items():
             try:
-                validate_run(dict(run))
+                config[section]["runs"][name] = validate(dict(run))
             except ValueError as e:
-                raise ConfigError(f"config error at sae.runs.{name}: {' '.join(str(e).split())}") from None
+                raise ConfigError(f"config error at {section}.runs.{name}: {' '.join(str(e).split())}") from None
 
 
 def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
@@ -154,3 +251,76 @@ def check_config(config: dict[str, Any], base_dir: str | Path = ".", schema_path
     filled = validate_schema(dict(config), schema)
     check_semantics(filled, base_dir)
     return filled
+
+
+def resolve_study(config: dict[str, Any], base_dir: str | Path = ".", schema_path: str | Path | None = None) -> dict[str, Any]:
+    """The complete, canonical study: :func:`check_config`, numbers typed by the schema, keys sorted."""
+    schema = load_schema(schema_path or Path(base_dir) / SCHEMA_FILE)
+    filled = check_config(config, base_dir, schema_path)
+    return canonical(coerce_numbers(filled, schema, schema))
+
+
+# ---- the config reference (README), generated from the schema ---------------------------------------
+
+
+def _has_children(schema: Mapping[str, Any]) -> bool:
+    extra = schema.get("additionalProperties")
+    return bool(schema.get("properties")) or (isinstance(extra, dict) and _has_children(extra)) or any(
+        "then" in block for block in schema.get("allOf", []))
+
+
+def _fmt(value: Any) -> str:
+    import json
+
+    return "`" + json.dumps(value, ensure_ascii=False).replace('"', "") + "`" if value is not None else "`null`"
+
+
+def _meaning(schema: Mapping[str, Any]) -> str:
+    parts = [" ".join(str(schema.get("description", "")).split())]
+    if "enum" in schema:
+        parts.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"]))
+    if isinstance(schema.get("items"), dict) and "enum" in schema["items"]:
+        parts.append("a list of " + ", ".join(f"`{v}`" for v in schema["items"]["enum"]))
+    bounds = [f"{op} {schema[key]}" for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                                                    ("exclusiveMaximum", "<")) if key in schema]
+    if bounds:
+        parts.append(", ".join(bounds))
+    return "; ".join(p for p in parts if p).replace("|", "\\|")
+
+
+def _condition(schema: Mapping[str, Any]) -> str:
+    if "const" in schema:
+        return f"= {schema['const']}"
+    if "enum" in schema:
+        return "in " + ", ".join(map(str, schema["enum"]))
+    return ", ".join(f"{op} {schema[key]}" for key, op in (("minimum", ">="), ("maximum", "<=")) if key in schema)
+
+
+def reference_rows(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None, prefix: str = "",
+                   only: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, meaning) of every leaf key of the schema, in schema order."""
+    root = root if root is not None else schema
+    schema = _deref(schema, root)
+    rows: list[tuple[str, str, str]] = []
+    for key, sub in schema.get("properties", {}).items():
+        sub = _deref(sub, root)
+        if _has_children(sub):
+            rows += reference_rows(sub, root, f"{prefix}{key}.", only)
+        else:
+            default = _fmt(sub["default"]) if "default" in sub else "–"
+            rows.append((f"`{prefix}{key}`", default, (f"({only}) " if only else "") + _meaning(sub)))
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict) and _has_children(_deref(extra, root)):
+        rows += reference_rows(extra, root, f"{prefix}<name>.", only)
+    for block in schema.get("allOf", []):
+        if "then" in block:
+            cond = ", ".join(f"{k} {_condition(v)}" for k, v in block.get("if", {}).get("properties", {}).items())
+            rows += reference_rows(block["then"], root, prefix, cond)
+    return rows
+
+
+def config_reference(schema: Mapping[str, Any]) -> str:
+    """The README's config reference: one markdown table row per key of the schema."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| {k} | {d} | {m} |" for k, d, m in reference_rows(schema)]
+    return "\n".join(lines) + "\n"

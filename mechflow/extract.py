@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from mechflow.contracts import PROMPT_COORDS
 from mechflow.hooks import capture_sites, n_layers
 from mechflow.io import atomic_path
 
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "max", "last"]
 POOLINGS: tuple[str, ...] = ("mean", "max", "last")
-PROMPT_COORDS = ("text", "latitude", "longitude", "region", "place_id")
 
 
 class ExtractionError(ValueError):

@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -131,7 +131,7 @@ def provenance_attrs(config_digest: str, **upstream: Any) -> dict[str, Any]:
     """
     attrs: dict[str, Any] = {
         "mechflow_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "config_digest": config_digest,
     }
     for key, value in upstream.items():
@@ -212,3 +212,21 @@ def load_dataset(path: str | os.PathLike) -> xr.Dataset:
     """Open and load into memory, closing the file."""
     with open_dataset(path) as ds:
         return ds.load()
+
+
+FeatureSetKind = Literal["units", "sae", "snmf"]
+
+
+def load_feature_set(path: str | Path, kind: FeatureSetKind, layer: int | None = None) -> xr.DataArray:
+    """Read a feature set [prompt, <feature-dim>] from an activations, SAE features or semi-NMF file."""
+    if kind == "units":
+        da = load_dataarray(path)
+        layers = da["layer"].values.tolist()
+        if layer not in layers:
+            raise ValueError(f"{path}: layer {layer} was not extracted (have {layers}); add it to extract.layers")
+        return da.sel(layer=layer, drop=True)
+    if kind == "sae":
+        return load_dataarray(path)
+    if kind == "snmf":
+        return load_dataset(path)["G"]
+    raise ValueError(f"unknown feature-set kind {kind!r} (units, sae, snmf)")

@@ -24,15 +24,17 @@ import numpy as np
 import xarray as xr
 from pyproj import Transformer
 
+from mechflow.contracts import EARTH_RADIUS_M
 from mechflow.spatial.datasets import check_locations
 from mechflow.spatial.weights import project
 
 __all__ = ["DEFAULT_ALPHAS", "haversine_km", "random_folds", "spatial_folds", "ridge_loo",
            "cross_val_predict_ridge", "probe_dataset"]
 
-#: Ridge penalties tried (on standardised features); chosen per target by exact LOO error.
-DEFAULT_ALPHAS: np.ndarray = np.logspace(-2, 5, 15)
-EARTH_RADIUS_KM = 6371.0088
+#: Ridge penalties tried (on standardised features); chosen per target by exact LOO error. The
+#: workflow's default (config.schema.yaml ``probes.alphas``) is this grid, checked by a test.
+DEFAULT_ALPHAS: np.ndarray = 10.0 ** np.arange(-2, 5)
+EARTH_RADIUS_KM = EARTH_RADIUS_M / 1000.0
 
 
 def haversine_km(lon1, lat1, lon2, lat2) -> np.ndarray:

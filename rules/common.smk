@@ -1,8 +1,14 @@
-# Shared helpers: result paths, per-rule code digests, the list of final targets.
+# Shared helpers: result paths (mechflow.contracts), the study's job manifest, canonical params, code digests.
+# One manifest (JOBS) lists every analysis job of the study; the final targets, the report's inputs and
+# the start-of-run summary all derive from it.
 
-from mechflow.workflow import code_digest
+from collections import Counter
 
-RESULTS = "results"  # every output lives under this folder
+from mechflow.config import canonical
+from mechflow.contracts import SAE_FILES, result_path
+from mechflow.workflow import script_code_digest
+
+ROOT = config["results"]  # every output lives under this folder
 EXTRACT = config["extract"]
 SPATIAL = config["spatial"]
 PROBES = config["probes"]
@@ -19,36 +25,38 @@ HOOKS = sorted(
     | ({SAE["hook"]} if SAE["runs"] else set())
     | ({SNMF["hook"]} if SNMF["runs"] else set())
 )
-
-PROMPTS = "results/prompts/{dataset}.nc"
-ACTIVATIONS = "results/activations/{dataset}/{model}/{hook}.nc"
-TOKENS = "results/activations/{dataset}/{model}/{hook}.tokens.nc"
-SAE_DIR = "results/sae/{dataset}/{model}/{hook}/layer{layer}/{run}"
-SAE_FILES = ("sae.safetensors", "cfg.json", "features.nc", "training.nc")
-SNMF_FILE = "results/snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.nc"
-MORAN = "results/spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/moran.nc"
-LISA = "results/spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/lisa.nc"
-PROBE_FILE = "results/probes/{dataset}/{model}/{hook}.nc"
-REPORT_HTML = "results/report/index.html"
-
-# Library code behind each step: its digest is a param, so editing that code reruns the step and its dependants.
-CODE_MODULES = {
-    "prompts": ("mechflow.data", "mechflow.io"),
-    "extract": ("mechflow.extract", "mechflow.hooks", "mechflow.models", "mechflow.io"),
-    "sae": ("mechflow.sae", "mechflow.kernels", "mechflow.io"),
-    "snmf": ("mechflow.snmf", "mechflow.kernels", "mechflow.analysis", "mechflow.io"),
-    "spatial": ("mechflow.spatial", "mechflow.analysis", "mechflow.data.regions", "mechflow.io"),
-    "probes": ("mechflow.probes", "mechflow.spatial", "mechflow.analysis", "mechflow.data.regions", "mechflow.io"),
-    "report": ("mechflow.report", "mechflow.spatial", "mechflow.io"),
-}
-_CODE_CACHE = {}
+#: settings that change how a job runs, never what it computes
+RESOURCE_KEYS = ("threads", "mem_mb", "gpu")
 
 
-def code(step):
-    """Digest of the library code behind a step (computed once, only for steps that run)."""
-    if step not in _CODE_CACHE:
-        _CODE_CACHE[step] = code_digest(*CODE_MODULES[step])
-    return _CODE_CACHE[step]
+def path(kind):
+    """A result path template under the study's results root (see mechflow.contracts.RESULT_PATHS)."""
+    return result_path(kind, ROOT)
+
+
+PROMPTS = path("prompts")
+ACTIVATIONS = path("activations")
+TOKENS = path("tokens")
+SHARD = path("shard")
+SAE_DIR = path("sae_dir")
+SAE_CHECKPOINTS = path("sae_checkpoints")
+SNMF_FILE = path("snmf")
+MORAN = path("moran")
+LISA = path("lisa")
+PROBE_FILE = path("probes")
+REPORT_HTML = path("report")
+REPORT_FIGURES = path("report_figures")
+LOGS = path("logs")
+BENCHMARKS = path("benchmarks")
+
+_CODE = {}
+
+
+def code(script):
+    """Digest of the mechflow code a rule script runs (its imports, followed through the package)."""
+    if script not in _CODE:
+        _CODE[script] = script_code_digest(Path(workflow.basedir) / "scripts" / f"{script}.py")
+    return _CODE[script]
 
 
 def model_weight_files(wildcards):
@@ -56,11 +64,6 @@ def model_weight_files(wildcards):
     from mechflow.models import resolve_model
 
     return [str(p) for p in resolve_model(config["models"][wildcards.model]["spec"]).weight_files]
-
-
-def token_extract_params(wildcards):
-    """Token-level extraction does not pool: pooling is not among its parameters."""
-    return {k: v for k, v in extract_params(wildcards).items() if k != "pooling"}
 
 
 def models_of(section):
@@ -72,48 +75,72 @@ def layers_for(hook):
     return EXTRACT["hook_layers"].get(hook, EXTRACT["layers"])
 
 
-def sae_jobs():
-    """(dataset, model, hook, layer, run) of every SAE run."""
-    return [
+# ---- the job manifest ------------------------------------------------------------------------------
+
+
+def _study_jobs():
+    """Every analysis job of the study, by step, as JSON-friendly entries (wildcards + output paths)."""
+    sae = [
         dict(dataset=d, model=m, hook=SAE["hook"], layer=layer, run=r)
         for d in DATASETS for m in models_of(SAE) for layer in SAE["layers"] for r in sorted(SAE["runs"])
     ]
-
-
-def snmf_jobs():
-    return [
+    snmf = [
         dict(dataset=d, model=m, hook=SNMF["hook"], layer=layer, run=r)
         for d in DATASETS for m in models_of(SNMF) for layer in SNMF["layers"] for r in sorted(SNMF["runs"])
     ]
+    spatial = []
+    if SPATIAL["enabled"]:
+        if SPATIAL["units"]:
+            spatial += [
+                dict(dataset=d, model=m, hook=h, layer=layer, source="units")
+                for d in DATASETS for m in models_of(SPATIAL) for h in SPATIAL["hooks"] for layer in SPATIAL["layers"]
+            ]
+        spatial += [dict({k: v for k, v in j.items() if k != "run"}, source=f"sae-{j['run']}") for j in sae]
+        spatial += [dict({k: v for k, v in j.items() if k != "run"}, source=f"snmf-{j['run']}") for j in snmf]
+    probes = [
+        dict(dataset=d, model=m, hook=h)
+        for d in DATASETS for m in models_of(PROBES) for h in PROBES["hooks"]
+    ] if PROBES["enabled"] else []
+    return {
+        "prompts": [dict(dataset=d, path=PROMPTS.format(dataset=d)) for d in DATASETS],
+        "activations": [
+            dict(dataset=d, model=m, hook=h, path=ACTIVATIONS.format(dataset=d, model=m, hook=h))
+            for d in DATASETS for m in MODELS for h in EXTRACT["hooks"]
+        ],
+        "sae": [dict(j, dir=SAE_DIR.format(**j)) for j in sae],
+        "snmf": [dict(j, path=SNMF_FILE.format(**j)) for j in snmf],
+        "spatial": [
+            dict(j, run=j["source"].partition("-")[2] or None, kind=j["source"].partition("-")[0],
+                 moran=MORAN.format(**j), lisa=LISA.format(**j) if SPATIAL["lisa_top_n"] > 0 else None)
+            for j in spatial
+        ],
+        "probes": [dict(j, path=PROBE_FILE.format(**j)) for j in probes],
+    }
 
 
-def spatial_jobs():
-    """(dataset, model, hook, layer, source) of every spatial analysis: raw units, SAE features, semi-NMF factors."""
-    if not SPATIAL["enabled"]:
-        return []
-    jobs = []
-    if SPATIAL["units"]:
-        jobs += [
-            dict(dataset=d, model=m, hook=h, layer=layer, source="units")
-            for d in DATASETS for m in models_of(SPATIAL) for h in SPATIAL["hooks"] for layer in SPATIAL["layers"]
-        ]
-    jobs += [dict(j, source=f"sae-{j.pop('run')}") for j in sae_jobs()]
-    jobs += [dict(j, source=f"snmf-{j.pop('run')}") for j in snmf_jobs()]
-    return jobs
+JOBS = _study_jobs()
 
 
-def probe_jobs():
-    if not PROBES["enabled"]:
-        return []
-    return [dict(dataset=d, model=m, hook=h) for d in DATASETS for m in models_of(PROBES) for h in PROBES["hooks"]]
+def outputs_of(step, entry):
+    """The files one manifest entry stands for."""
+    if step == "sae":
+        return [f"{entry['dir']}/{name}" for name in SAE_FILES]
+    if step == "spatial":
+        return [f for f in (entry["moran"], entry["lisa"]) if f]
+    return [entry["path"]]
+
+
+def report_inputs():
+    return [f for step, entries in JOBS.items() for e in entries for f in outputs_of(step, e)]
+
+
+def all_targets():
+    """Every result of the study (each pulls in what it needs), and the report."""
+    return report_inputs() + ([REPORT_HTML] if REPORT["enabled"] else [])
 
 
 def snmf_input(wildcards):
     return (TOKENS if SNMF["level"] == "tokens" else ACTIVATIONS).format(**wildcards)
-
-
-def sae_outputs(job):
-    return [f"{SAE_DIR}/{name}".format(**job) for name in SAE_FILES]
 
 
 def spatial_input(wildcards):
@@ -127,52 +154,60 @@ def spatial_input(wildcards):
     return SNMF_FILE.format(**job)
 
 
-def manifest():
-    """What the report reads: every result file with its wildcards (JSON-friendly)."""
-    return {
-        "prompts": [dict(dataset=d, path=PROMPTS.format(dataset=d)) for d in DATASETS],
-        "activations": [
-            dict(dataset=d, model=m, hook=h, path=ACTIVATIONS.format(dataset=d, model=m, hook=h))
-            for d in DATASETS for m in MODELS for h in EXTRACT["hooks"]
-        ],
-        "spatial": [
-            dict(j, run=j["source"].partition("-")[2] or None, kind=j["source"].partition("-")[0],
-                 moran=MORAN.format(**j), lisa=LISA.format(**j) if SPATIAL["lisa_top_n"] > 0 else None)
-            for j in spatial_jobs()
-        ],
-        "probes": [dict(j, path=PROBE_FILE.format(**j)) for j in probe_jobs()],
-        "sae": [dict(j, dir=SAE_DIR.format(**j)) for j in sae_jobs()],
-        "snmf": [dict(j, path=SNMF_FILE.format(**j)) for j in snmf_jobs()],
-    }
+def study_summary():
+    """What this study runs, printed at the start of a run: datasets, models, jobs per step."""
+    pooled = {e["path"] for e in JOBS["activations"]}
+    pooled |= {ACTIVATIONS.format(**e) for step in ("sae", "probes") for e in JOBS[step]}
+    pooled |= {ACTIVATIONS.format(**e) for e in JOBS["spatial"] if e["kind"] == "units"}
+    tokens = {TOKENS.format(**e) for e in JOBS["snmf"] if SNMF["level"] == "tokens"}
+    pooled |= {ACTIVATIONS.format(**e) for e in JOBS["snmf"] if SNMF["level"] != "tokens"}
+    steps = Counter(prompts=len(DATASETS))
+    if EXTRACT["shards"] == 1:
+        steps["extract"] = len(pooled)
+    else:
+        steps["extract_shard"], steps["gather_activations"] = len(pooled) * EXTRACT["shards"], len(pooled)
+    steps["extract_tokens"] = len(tokens)
+    for step in ("sae", "snmf", "spatial", "probes"):
+        steps[step] = len(JOBS[step])
+    steps["report"] = int(REPORT["enabled"])
+    steps = {k: v for k, v in steps.items() if v}
+    return (
+        f"mechflow study: datasets {', '.join(DATASETS)}; models {', '.join(MODELS)}; "
+        f"{sum(steps.values())} jobs in the whole study ({', '.join(f'{k} {v}' for k, v in steps.items())}); "
+        f"results under {ROOT}/ (Snakemake runs only those that are missing or out of date)"
+    )
 
 
-def report_inputs():
-    m = manifest()
-    files = [e["path"] for key in ("prompts", "activations", "probes", "snmf") for e in m[key]]
-    files += [e["moran"] for e in m["spatial"]] + [e["lisa"] for e in m["spatial"] if e["lisa"]]
-    files += [f for j in sae_jobs() for f in sae_outputs(j)]
-    return files
-
-
-def all_targets():
-    """Activations of extract.hooks for every model, and every analysis (which pull in what they need)."""
-    targets = expand(ACTIVATIONS, dataset=DATASETS, model=MODELS, hook=EXTRACT["hooks"])
-    targets += [f for j in sae_jobs() for f in sae_outputs(j)]
-    targets += [SNMF_FILE.format(**j) for j in snmf_jobs()]
-    targets += [MORAN.format(**j) for j in spatial_jobs()]
-    targets += [PROBE_FILE.format(**j) for j in probe_jobs()]
-    if REPORT["enabled"]:
-        targets.append(REPORT_HTML)
-    return targets
+# ---- canonical params ------------------------------------------------------------------------------
 
 
 def extract_params(wildcards):
     model = config["models"][wildcards.model]
-    return {
+    return canonical({
         "model": {k: model[k] for k in ("spec", "dtype", "device", "random_init", "init_seed")},
         "hook": wildcards.hook,
         "layers": layers_for(wildcards.hook),
         "pooling": EXTRACT["pooling"],
         "batch_size": EXTRACT["batch_size"],
         "max_length": EXTRACT["max_length"],
-    }
+    })
+
+
+def token_extract_params(wildcards):
+    """Token-level extraction does not pool: pooling is not among its parameters."""
+    return {k: v for k, v in extract_params(wildcards).items() if k != "pooling"}
+
+
+def settings(section, *keys):
+    """Canonical params of a config section: the given keys, else all but the resource keys."""
+    keys = keys or [k for k in section if k not in RESOURCE_KEYS]
+    return canonical({k: section[k] for k in keys})
+
+
+def study_settings():
+    """The whole study without resource settings (shown in the report; threads or memory change no result)."""
+    return canonical({
+        name: section if name in ("datasets", "models") or not isinstance(section, dict)
+        else {k: v for k, v in section.items() if k not in RESOURCE_KEYS}
+        for name, section in config.items()
+    })

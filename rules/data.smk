@@ -3,12 +3,12 @@ rule prompts:
     output:
         PROMPTS,
     params:
-        dataset=lambda wc: config["datasets"][wc.dataset],
-        code=lambda wc: code("prompts"),
+        dataset=lambda wc: canonical(config["datasets"][wc.dataset]),
+        code=code("prompts"),
     log:
-        "results/logs/prompts/{dataset}.log",
+        f"{LOGS}/prompts/{{dataset}}.log",
     benchmark:
-        "results/benchmarks/prompts/{dataset}.tsv"
+        f"{BENCHMARKS}/prompts/{{dataset}}.tsv"
     conda:
         "../envs/mechflow.yaml"
     script:

@@ -10,11 +10,11 @@ if EXTRACT["shards"] == 1:
         params:
             extract=extract_params,
             shard=None,
-            code=lambda wc: code("extract"),
+            code=code("extract"),
         log:
-            "results/logs/extract/{dataset}/{model}/{hook}.log",
+            f"{LOGS}/extract/{{dataset}}/{{model}}/{{hook}}.log",
         benchmark:
-            "results/benchmarks/extract/{dataset}/{model}/{hook}.tsv"
+            f"{BENCHMARKS}/extract/{{dataset}}/{{model}}/{{hook}}.tsv"
         threads: EXTRACT["threads"]
         resources:
             mem_mb=EXTRACT["mem_mb"],
@@ -32,15 +32,15 @@ else:
             prompts=PROMPTS,
             weights=model_weight_files,
         output:
-            temp("results/activations/{dataset}/{model}/{hook}.shards/{shard}.nc"),
+            temp(SHARD),
         params:
             extract=extract_params,
             shard=lambda wc: [int(wc.shard), EXTRACT["shards"]],
-            code=lambda wc: code("extract"),
+            code=code("extract"),
         log:
-            "results/logs/extract/{dataset}/{model}/{hook}.shard{shard}.log",
+            f"{LOGS}/extract/{{dataset}}/{{model}}/{{hook}}.shard{{shard}}.log",
         benchmark:
-            "results/benchmarks/extract/{dataset}/{model}/{hook}.shard{shard}.tsv"
+            f"{BENCHMARKS}/extract/{{dataset}}/{{model}}/{{hook}}.shard{{shard}}.tsv"
         threads: EXTRACT["threads"]
         resources:
             mem_mb=EXTRACT["mem_mb"],
@@ -54,18 +54,15 @@ else:
         """Concatenate the extraction shards along the prompt dimension."""
         input:
             prompts=PROMPTS,
-            shards=expand(
-                "results/activations/{{dataset}}/{{model}}/{{hook}}.shards/{shard}.nc",
-                shard=range(EXTRACT["shards"]),
-            ),
+            shards=expand(SHARD, shard=range(EXTRACT["shards"]), allow_missing=True),
         output:
             ACTIVATIONS,
         params:
-            code=lambda wc: code("extract"),
+            code=code("gather_activations"),
         log:
-            "results/logs/extract/{dataset}/{model}/{hook}.gather.log",
+            f"{LOGS}/extract/{{dataset}}/{{model}}/{{hook}}.gather.log",
         benchmark:
-            "results/benchmarks/extract/{dataset}/{model}/{hook}.gather.tsv"
+            f"{BENCHMARKS}/extract/{{dataset}}/{{model}}/{{hook}}.gather.tsv"
         conda:
             "../envs/mechflow.yaml"
         script:
@@ -83,11 +80,11 @@ rule extract_tokens:
         extract=token_extract_params,
         shard=None,
         tokens=True,
-        code=lambda wc: code("extract"),
+        code=code("extract"),
     log:
-        "results/logs/extract/{dataset}/{model}/{hook}.tokens.log",
+        f"{LOGS}/extract/{{dataset}}/{{model}}/{{hook}}.tokens.log",
     benchmark:
-        "results/benchmarks/extract/{dataset}/{model}/{hook}.tokens.tsv"
+        f"{BENCHMARKS}/extract/{{dataset}}/{{model}}/{{hook}}.tokens.tsv"
     threads: EXTRACT["threads"]
     resources:
         mem_mb=EXTRACT["mem_mb"],

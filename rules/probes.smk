@@ -5,14 +5,16 @@ rule probes:
     output:
         PROBE_FILE,
     params:
-        probes={k: PROBES[k] for k in ("layers", "folds", "blocks", "alphas", "seed")},
-        crs=SPATIAL["crs"],
-        code=lambda wc: code("probes"),
+        probes=settings(PROBES, "layers", "folds", "blocks", "alphas", "seed"),
+        crs=canonical(SPATIAL["crs"]),
+        code=code("probes"),
     log:
-        "results/logs/probes/{dataset}/{model}/{hook}.log",
+        f"{LOGS}/probes/{{dataset}}/{{model}}/{{hook}}.log",
     benchmark:
-        "results/benchmarks/probes/{dataset}/{model}/{hook}.tsv"
-    threads: 2
+        f"{BENCHMARKS}/probes/{{dataset}}/{{model}}/{{hook}}.tsv"
+    threads: PROBES["threads"]
+    resources:
+        mem_mb=PROBES["mem_mb"],
     conda:
         "../envs/mechflow.yaml"
     script:

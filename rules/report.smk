@@ -5,21 +5,21 @@ rule report:
     output:
         html=report(REPORT_HTML, caption="../docs/report_caption.rst", category="Report"),
         figures=report(
-            directory("results/report/figures"),
+            directory(REPORT_FIGURES),
             patterns=["{name}.png"],
             caption="../docs/figure_caption.rst",
             category="Figures",
         ),
     params:
-        manifest=manifest(),
-        title=REPORT["title"],
-        top_n=REPORT["top_n"],
-        config=config,
-        code=lambda wc: code("report"),
+        manifest=canonical(JOBS),
+        report=settings(REPORT),
+        study=study_settings(),
+        benchmarks=BENCHMARKS,
+        code=code("report"),
     log:
-        "results/logs/report.log",
+        f"{LOGS}/report.log",
     benchmark:
-        "results/benchmarks/report.tsv"
+        f"{BENCHMARKS}/report.tsv"
     conda:
         "../envs/mechflow.yaml"
     script:

@@ -5,14 +5,14 @@ rule sae:
     output:
         expand(f"{SAE_DIR}/{{name}}", name=SAE_FILES, allow_missing=True),
     params:
-        run=lambda wc: SAE["runs"][wc.run],
-        checkpoints=lambda wc: "results/checkpoints/sae/{dataset}/{model}/{hook}/layer{layer}/{run}".format(**wc),
+        run=lambda wc: canonical(SAE["runs"][wc.run]),
+        checkpoints=lambda wc: SAE_CHECKPOINTS.format(**wc),
         kernels=config["kernels"],
-        code=lambda wc: code("sae"),
+        code=code("sae"),
     log:
-        "results/logs/sae/{dataset}/{model}/{hook}/layer{layer}/{run}.log",
+        f"{LOGS}/sae/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.log",
     benchmark:
-        "results/benchmarks/sae/{dataset}/{model}/{hook}/layer{layer}/{run}.tsv"
+        f"{BENCHMARKS}/sae/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.tsv"
     threads: SAE["threads"]
     resources:
         mem_mb=SAE["mem_mb"],

@@ -5,15 +5,15 @@ rule snmf:
     output:
         SNMF_FILE,
     params:
-        run=lambda wc: SNMF["runs"][wc.run],
+        run=lambda wc: canonical(SNMF["runs"][wc.run]),
         top_prompts=SNMF["top_prompts"],
         level=SNMF["level"],
         kernels=config["kernels"],
-        code=lambda wc: code("snmf"),
+        code=code("snmf"),
     log:
-        "results/logs/snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.log",
+        f"{LOGS}/snmf/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.log",
     benchmark:
-        "results/benchmarks/snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.tsv"
+        f"{BENCHMARKS}/snmf/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.tsv"
     threads: SNMF["threads"]
     resources:
         mem_mb=SNMF["mem_mb"],

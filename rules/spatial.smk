@@ -6,12 +6,12 @@ rule spatial:
         moran=MORAN,
         lisa=LISA,
     params:
-        spatial={k: SPATIAL[k] for k in ("k", "transform", "permutations", "seed", "crs", "lisa_top_n", "shuffled_control")},
-        code=lambda wc: code("spatial"),
+        spatial=settings(SPATIAL, "k", "transform", "permutations", "seed", "crs", "lisa_top_n", "shuffled_control"),
+        code=code("spatial"),
     log:
-        "results/logs/spatial/{dataset}/{model}/{hook}/layer{layer}/{source}.log",
+        f"{LOGS}/spatial/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{source}}.log",
     benchmark:
-        "results/benchmarks/spatial/{dataset}/{model}/{hook}/layer{layer}/{source}.tsv"
+        f"{BENCHMARKS}/spatial/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{source}}.tsv"
     threads: SPATIAL["threads"]
     resources:
         mem_mb=SPATIAL["mem_mb"],

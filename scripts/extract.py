@@ -1,6 +1,6 @@
 """Rule extract / extract_shard: pooled activations of one model at one hook point."""
 
-from mechflow.extract import extract_tokens_to_file, extract_to_file, shard_slice
+from mechflow.extract import extract_to_file, extract_tokens_to_file, shard_slice
 from mechflow.io import digest, load_dataset, provenance_attrs
 from mechflow.models import load_model, model_digest, resolve_model
 from mechflow.workflow import run_rule

@@ -1,11 +1,10 @@
 """Rule probes: ridge location probes per region and layer, random vs spatially blocked folds."""
 
-from mechflow.analysis import crs_for
+from mechflow.contracts import upstream_attrs
 from mechflow.io import digest, load_dataarray, provenance_attrs, write_dataset
 from mechflow.probes import probe_dataset
+from mechflow.spatial.analysis import crs_for
 from mechflow.workflow import run_rule
-
-UPSTREAM = ("dataset", "model", "model_digest", "hook", "pooling")
 
 
 def main(sm) -> None:
@@ -20,7 +19,7 @@ def main(sm) -> None:
     ds = probe_dataset(acts, acts["longitude"].values, acts["latitude"].values, region, crs_for(region, sm.params.crs),
                        n_folds=p["folds"], n_blocks=p["blocks"], alphas=p["alphas"], seed=p["seed"])
     prov = provenance_attrs(digest({"probes": p, "crs": sm.params.crs, "code": sm.params.code}),
-                            **{k: acts.attrs[k] for k in UPSTREAM if k in acts.attrs})
+                            **upstream_attrs(acts.attrs))
     write_dataset(ds.assign_attrs({**ds.attrs, **prov}), sm.output[0])
 
 

@@ -1,4 +1,4 @@
-"""Rule report: results/report/index.html from every result of the study."""
+"""Rule report: <results>/report/index.html from every result of the study."""
 
 import glob
 import platform
@@ -24,13 +24,14 @@ def _versions() -> dict[str, str]:
 
 def main(sm) -> None:
     manifest = dict(sm.params.manifest)
-    config = dict(sm.params.config)
-    manifest["study"] = {"title": sm.params.title, "config": config, "config_digest": digest(config),
-                         "versions": _versions(), "top_n": sm.params.top_n}
+    study, options = dict(sm.params.study), dict(sm.params.report)
+    manifest["study"] = {"title": options["title"], "config": study, "config_digest": digest(study),
+                         "versions": _versions(), "top_n": options["top_n"], "max_map_sets": options["max_map_sets"]}
+    bench = Path(sm.params.benchmarks)
     manifest["benchmarks"] = [
-        {"rule": Path(Path(p).relative_to("results/benchmarks").parts[0]).stem,
-         "job": str(Path(p).relative_to("results/benchmarks").with_suffix("")), "path": p}
-        for p in sorted(glob.glob("results/benchmarks/**/*.tsv", recursive=True))
+        {"rule": Path(Path(p).relative_to(bench).parts[0]).stem, "job": str(Path(p).relative_to(bench).with_suffix("")),
+         "path": p}
+        for p in sorted(glob.glob(f"{bench}/**/*.tsv", recursive=True))
     ]
     path = build_report(manifest, Path(sm.output.html).parent)
     print(f"report: {Path(path).resolve()}")

@@ -6,12 +6,10 @@ prompt's maximum over its tokens (so spatial analysis sees one value per place) 
 """
 
 from mechflow import snmf
-from mechflow.analysis import load_feature_set
-from mechflow.io import digest, load_dataarray, write_dataset
+from mechflow.contracts import upstream_attrs
+from mechflow.io import digest, load_dataarray, load_feature_set, write_dataset
 from mechflow.kernels import set_backend
 from mechflow.workflow import run_rule
-
-UPSTREAM = ("dataset", "model", "model_digest", "hook", "pooling")
 
 
 def main(sm) -> None:
@@ -27,18 +25,12 @@ def main(sm) -> None:
     else:
         units = load_feature_set(sm.input[0], "units", layer)  # [prompt, unit]
     result = snmf.fit(units.T, **run)
-    attrs = {k: units.attrs[k] for k in UPSTREAM if k in units.attrs}
-    ds = result.to_dataset(prompt_coords=units, attrs={**attrs, "layer": layer, "run": sm.wildcards.run, "level": sm.params.level,
-                                                          "config_digest": digest({"run": run, "code": sm.params.code})})
+    attrs = {**upstream_attrs(units.attrs), "layer": layer, "run": sm.wildcards.run, "level": sm.params.level,
+             "config_digest": digest({"run": run, "code": sm.params.code})}
+    ds = result.to_dataset(prompt_coords=units, attrs=attrs)
     top = snmf.top_prompts(ds, k=min(int(sm.params.top_prompts), units.sizes["prompt"]))
     if tokens:
-        ds = ds.rename(prompt="token")
-        g_token = ds["G"]
-        per_prompt = g_token.groupby(ds["prompt_index"]).max().rename(prompt_index="prompt")
-        first = ds["position"].values == 0  # one row per prompt: the prompt coordinates move to dim prompt
-        names = [n for n in ("text", "latitude", "longitude", "region", "place_id") if n in ds.coords]
-        per_prompt = per_prompt.assign_coords({n: ("prompt", ds[n].values[first]) for n in names})
-        ds = ds.drop_vars(["G", *names]).assign(G_token=g_token.drop_vars(names), G=per_prompt)
+        ds = snmf.tokens_to_prompts(ds)  # G per prompt (max over its tokens), G_token kept
         top = top.rename(prompt="token_index")
     for name in top.data_vars:
         ds[f"top_{name}"] = top[name]

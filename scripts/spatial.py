@@ -1,10 +1,9 @@
 """Rule spatial: Moran's I / Geary's C per region (+ shuffled control) and LISA for one feature set."""
 
-from mechflow.analysis import load_feature_set, spatial_analysis
-from mechflow.io import digest, provenance_attrs, write_dataset
+from mechflow.contracts import upstream_attrs
+from mechflow.io import digest, load_feature_set, provenance_attrs, write_dataset
+from mechflow.spatial.analysis import spatial_analysis
 from mechflow.workflow import run_rule
-
-UPSTREAM = ("dataset", "model", "model_digest", "hook", "pooling", "sae_arch")
 
 
 def main(sm) -> None:
@@ -15,7 +14,7 @@ def main(sm) -> None:
     moran, lisa = spatial_analysis(values, params)
     prov = provenance_attrs(
         digest({"spatial": params, "code": sm.params.code}),
-        **{k: values.attrs[k] for k in UPSTREAM if k in values.attrs},
+        **upstream_attrs(values.attrs),
         layer=layer, source=sm.wildcards.source, kind=kind, upstream_config_digest=values.attrs.get("config_digest", ""),
     )
     write_dataset(moran.assign_attrs(prov), sm.output.moran)

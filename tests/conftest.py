@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -32,8 +33,16 @@ def build_tiny_tokenizer(directory: Path):
 def build_tiny_model(directory: Path, family: str = "llama", seed: int = 0) -> Path:
     """Save a randomly initialised tiny model (llama, gpt2, bert or gpt_neox) with its tokenizer."""
     import torch
-    from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
-                              GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM)
+    from transformers import (
+        BertConfig,
+        BertModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     directory.mkdir(parents=True, exist_ok=True)
     tok = build_tiny_tokenizer(directory)
@@ -79,6 +88,46 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: float 
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def load_triton_interpreted() -> None:
+    """Load triton and mechflow's Triton kernels so that they run in the interpreter (the caller has set
+    ``TRITON_INTERPRET=1``). ``triton.jit`` reads the variable when a function is defined, triton's own
+    library functions included, and torch may have imported triton already without it (``torch.optim``
+    imports ``torch._dynamo``, which imports triton): then triton's Python modules are loaded afresh
+    (its compiled extension ``triton._C`` is kept) and the kernel modules re-executed."""
+    standard = sys.modules.get("triton.language.standard")
+    if standard is not None and type(standard.cdiv).__name__ != "InterpretedFunction":
+        for name in [n for n in sys.modules if (n == "triton" or n.startswith("triton.")) and not n.startswith("triton._C")]:
+            del sys.modules[name]
+    pytest.importorskip("triton")
+    for name in ("mechflow.kernels._triton_kernels", "mechflow.kernels._autograd"):
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
+    tk = importlib.import_module("mechflow.kernels._triton_kernels")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    assert isinstance(tk._pack_keys, InterpretedFunction)
+
+
+@pytest.fixture(scope="module")
+def triton_device():
+    """Device on which the Triton kernels run: CUDA, else the CPU under the Triton interpreter
+    (``TRITON_INTERPRET=1`` for the requesting test module only, set before the kernels are loaded)."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.importorskip("triton")
+        yield "cuda"
+        return
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        load_triton_interpreted()
+        yield "cpu"
 
 
 @pytest.fixture

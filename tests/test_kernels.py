@@ -1,30 +1,23 @@
 """Triton kernels vs their PyTorch references: forward and every gradient.
 
-Without CUDA the kernels run in the Triton interpreter on CPU (``TRITON_INTERPRET=1``, set here before
-the kernels are first used); shapes are tiny and hit tile edges (non-multiples of the block sizes),
+Without CUDA the kernels run in the Triton interpreter on CPU (``TRITON_INTERPRET=1``, set by the
+``triton_device`` fixture before the kernels are loaded); shapes are tiny and hit tile edges (non-multiples of the block sizes),
 k = 1 and k = n_features. bf16 checks need a GPU (interpreter bf16 math is not faithful).
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-pytest.importorskip("triton")
-
-import mechflow.kernels as K  # noqa: E402
+import mechflow.kernels as K
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 needs a CUDA device")
 
 
 @pytest.fixture(autouse=True)
-def _triton_backend():
+def _triton_backend(triton_device):
     with K.use_backend("triton"):
         yield
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mechflow.analysis import spatial_analysis
 from mechflow.io import write_dataarray, write_dataset
 from mechflow.report import build_report
+from mechflow.spatial.analysis import spatial_analysis
 
 EVIL = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"

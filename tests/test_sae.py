@@ -64,14 +64,42 @@ def test_every_arch_trains_and_lowers_fvu(arch):
         assert ev["l0"] <= 4
 
 
-def test_topk_uses_kernel_dispatch_semantics():
-    from mechflow.kernels import sparse_decode, topk_encode
+def _dense_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's k largest entries (then ReLU) kept in place, the rest 0: plain torch.topk + scatter."""
+    vals, idx = pre.topk(k, dim=1)
+    return torch.zeros_like(pre).scatter(1, idx, vals.relu())
 
-    model = train(small_x(), arch="topk", n_features=32, k=3, steps=5, seed=1, batch_size=32, normalize_activations="none")
-    x = small_x(8)
-    vals, idx = topk_encode(x - model.b_dec, model.W_enc, model.b_enc, 3)
-    want = sparse_decode(vals, idx, model.W_dec, model.b_dec)
-    torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+
+def test_topk_matches_a_dense_formula():
+    """TopK inference, training loss (FVU + AuxK over dead latents) and its gradients, against the
+    same model written densely with plain PyTorch ops (not the kernels the model calls)."""
+    model = train(small_x(), arch="topk", n_features=32, k=3, steps=5, seed=1, batch_size=32, normalize_activations="none",
+                  auxk_coef=0.5, k_aux=4)
+    x = small_x(40, seed=2)
+    params = (model.W_enc, model.b_enc, model.W_dec, model.b_dec)
+    W_enc, b_enc, W_dec, b_dec = (p.detach().clone().requires_grad_(True) for p in params)
+    pre = (x - b_dec) @ W_enc + b_enc
+    acts = _dense_topk(pre, 3)
+    recon = acts @ W_dec + b_dec
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(x), acts, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x), recon, rtol=1e-5, atol=1e-5)
+    dead = torch.zeros(32, dtype=torch.bool)
+    dead[[1, 4, 9, 16, 25, 30]] = True
+    err = (x - recon).detach()
+    aux = _dense_topk(pre[:, dead], 4) @ W_dec[dead]
+    fvu = (recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    want = fvu + 0.5 * (aux - err).pow(2).sum() / (err - err.mean(0)).pow(2).sum()
+    want.backward()
+    model.zero_grad()
+    out = model.training_loss(x, 0, 10, dead)
+    out.loss.backward()
+    torch.testing.assert_close(out.loss.detach(), want.detach(), rtol=1e-5, atol=1e-6)
+    assert float((want - fvu).detach()) > 1e-3  # the AuxK term is in play
+    assert out.fvu == pytest.approx(float(fvu.detach()), rel=1e-5)
+    assert out.l0 == pytest.approx(float((acts > 0).sum(1).float().mean()))
+    for got, ref in ((model.W_enc, W_enc), (model.b_enc, b_enc), (model.W_dec, W_dec), (model.b_dec, b_dec)):
+        torch.testing.assert_close(got.grad, ref.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_unit_norm_decoder_rows_during_training():
@@ -120,7 +148,8 @@ def test_matryoshka_prefixes_are_nested():
 
 def test_mp_pursuit_never_exceeds_its_steps():
     model = train(small_x(), arch="mp", n_features=64, k=3, steps=10, seed=0, batch_size=64)
-    acts = model.encode(small_x(100, seed=3))
+    with torch.no_grad():
+        acts = model.encode(small_x(100, seed=3))
     assert int((acts > 0).sum(1).max()) <= 3 and float(acts.min()) >= 0
 
 

@@ -1,8 +1,11 @@
 """Semi-NMF (mechflow.snmf): recovery, monotone objective, exact sparsity, agreement with a
-straightforward dense implementation of the same rules, data contract and input errors."""
+straightforward dense implementation of the same rules (mechflow.snmf.baseline), the Triton G update
+inside a fit, data contract, the token-to-prompt reduction and input errors."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 
 import numpy as np
@@ -13,6 +16,7 @@ from scipy.optimize import linear_sum_assignment
 
 from mechflow import snmf
 from mechflow.io import load_dataset, write_dataset
+from mechflow.snmf.baseline import dense_reference_fit
 
 
 def synthetic(units: int = 200, samples: int = 1000, K: int = 8, frac: float = 0.1, noise: float = 0.01, seed: int = 0):
@@ -37,70 +41,6 @@ def matched_cosine(F_true: np.ndarray, F_est: np.ndarray) -> float:
     C = a.T @ b
     rows, cols = linear_sum_assignment(-C)
     return float(C[rows, cols].mean())
-
-
-# ------------------------------------------------------------------------------------------------
-# a straightforward dense PyTorch implementation of the same update rules (also the benchmark's
-# baseline): explicit residuals for every loss, the G update written out, a dense solve, sort-based
-# winner-take-all and a plain masked CG refit.
-# ------------------------------------------------------------------------------------------------
-
-
-def dense_reference_fit(A: torch.Tensor, G0: torch.Tensor, n_keep: int, n_iter: int, ridge: float = 1e-6,
-                        refit_iter: int = 5, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Same rules as mechflow.snmf.fit (init from G0, tol=0); returns F, G, relative losses."""
-    A2 = (A * A).sum()
-    K = G0.shape[1]
-
-    def loss(F, G):
-        return float(((A - F @ G.T) ** 2).sum() / A2)
-
-    def wta(F):
-        order = F.abs().argsort(dim=0, descending=True)
-        return torch.zeros_like(F, dtype=torch.bool).scatter_(0, order[:n_keep], True)
-
-    def refit(F, mask, G):
-        H, B, m = G.T @ G, A @ G, mask.to(F.dtype)
-        R = (B - F @ H) * m
-        D = R.clone()
-        for _ in range(refit_iter):
-            HD = (D @ H) * m
-            dHd, rd = (D * HD).sum(1), (R * D).sum(1)
-            alpha = torch.where(dHd > 0, rd / torch.where(dHd > 0, dHd, 1.0), 0.0)[:, None]
-            F, R_new = F + alpha * D, R - alpha * HD
-            rr, rr_new = (R * R).sum(1), (R_new * R_new).sum(1)
-            beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, 1.0), 0.0)[:, None]
-            R, D = R_new, R_new + beta * D
-        return F
-
-    def ls_step(G):
-        F = torch.linalg.solve(G.T @ G + ridge * torch.eye(K, dtype=G.dtype, device=G.device), (A @ G).T).T
-        mask = wta(F) if n_keep < A.shape[0] else torch.ones_like(F, dtype=torch.bool)
-        return refit(F * mask, mask, G), mask
-
-    G = G0 / G0.norm(dim=0)
-    F, mask = ls_step(G)
-    losses = [loss(F, G)]
-    for _ in range(n_iter):
-        P, Q = A.T @ F, F.T @ F
-        G_new = G * torch.sqrt((P.clamp(min=0) + G @ (-Q).clamp(min=0)) / ((-P).clamp(min=0) + G @ Q.clamp(min=0) + eps))
-        norms = G_new.norm(dim=0)
-        G_new, F_s = G_new / norms, F * norms
-        loss_g = loss(F_s, G_new)
-        F_new, mask_new = ls_step(G_new)
-        if loss(F_new, G_new) > loss_g:  # guarded: fall back to one IHT step from the current F
-            H = G_new.T @ G_new
-            F_iht = F_s + (A @ G_new - F_s @ H) / torch.linalg.eigvalsh(H)[-1]
-            mask_new = wta(F_iht)
-            F_new = refit(F_iht * mask_new, mask_new, G_new)
-            if loss(F_new, G_new) > loss_g:
-                F_new, mask_new = F_s, mask
-        F, G, mask = F_new, G_new, mask_new
-        losses.append(loss(F, G))
-    return F * mask, G, losses
-
-
-# ------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -155,7 +95,8 @@ def test_g_nonnegative_unit_columns_and_exact_sparsity(fitted):
     np.testing.assert_array_equal((fitted.F != 0).sum(0), 20)
 
 
-@pytest.mark.parametrize(("sparsity", "units", "expected"), [(0.07, 100, 7), (0.1, 200, 20), (0.013, 100, 2), (1e-6, 50, 1), (1.0, 30, 30)])
+@pytest.mark.parametrize(("sparsity", "units", "expected"),
+                         [(0.07, 100, 7), (0.1, 200, 20), (0.013, 100, 2), (1e-6, 50, 1), (1.0, 30, 30)])
 def test_n_keep_rule(sparsity, units, expected):
     assert snmf.n_keep_for(sparsity, units) == expected
 
@@ -199,7 +140,8 @@ def test_float32_torch_and_xarray_inputs(problem):
     assert np.all(np.diff(r32.loss) <= 0)
     assert r32.loss[-1] == pytest.approx(r64.loss[-1], rel=0.05)
     # a DataArray [prompt, unit] is transposed by its dim names and keeps its coords
-    da = xr.DataArray(A.T, dims=("prompt", "unit"), coords={"unit": np.arange(200) + 1000, "text": ("prompt", [f"p{i}" for i in range(1000)])})
+    da = xr.DataArray(A.T, dims=("prompt", "unit"),
+                      coords={"unit": np.arange(200) + 1000, "text": ("prompt", [f"p{i}" for i in range(1000)])})
     rx = snmf.fit(da, 8, init="svd", max_iter=30)
     np.testing.assert_array_equal(rx.F, r64.F)
     np.testing.assert_array_equal(rx.unit_coord, np.arange(200) + 1000)
@@ -275,9 +217,46 @@ def test_top_prompts_errors(fitted):
         snmf.top_prompts(fitted, k=2, texts=["a", "b"])
 
 
-def test_kernel_backends_agree(problem):
-    """The G update goes through mechflow.kernels; the reference backend and the default agree on CPU."""
-    A, _, _ = problem
-    a = snmf.fit(A, 8, init="svd", max_iter=10, backend="reference")
-    b = snmf.fit(A, 8, init="svd", max_iter=10)
-    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-12)
+def test_triton_g_update_inside_a_fit_matches_the_reference(triton_device, monkeypatch):
+    """A whole fit through the fused Triton G update (tiny, for the interpreter) agrees with the reference path."""
+    tk = importlib.import_module("mechflow.kernels._triton_kernels")
+    calls = []
+    kernel = tk.snmf_update
+    monkeypatch.setattr(tk, "snmf_update", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    A, _, _ = synthetic(units=30, samples=70, K=4, seed=2)
+    kw = dict(sparsity=0.2, init="random", max_iter=6, tol=0, seed=1, dtype=torch.float32, device=triton_device)
+    ref = snmf.fit(A, 4, backend="reference", **kw)
+    assert not calls
+    tri = snmf.fit(A, 4, backend="triton", **kw)
+    assert len(calls) == 6  # one G update per iteration, all through the kernel
+    np.testing.assert_allclose(tri.loss, ref.loss, rtol=1e-5)
+    np.testing.assert_allclose(tri.G, ref.G, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(tri.F, ref.F, rtol=1e-4, atol=1e-6 * np.abs(ref.F).max())
+
+
+def test_tokens_to_prompts_takes_each_prompts_max():
+    """Token-level G [token, factor] -> G [prompt, factor], by hand: prompts 0, 1, 2 own tokens
+    [0, 1], [2, 3, 4], [5]; coordinates move to dim prompt from each prompt's tokens."""
+    G = np.array([[0.1, 0.9], [0.5, 0.2], [0.3, 0.0], [0.7, 0.4], [0.2, 0.6], [0.0, 0.05]])
+    owner = np.array([0, 0, 1, 1, 1, 2])
+    coords = {"prompt": np.arange(6), "prompt_index": owner, "position": np.array([0, 1, 0, 1, 2, 0]),
+              "token_str": np.array(["a", "b", "c", "d", "e", "f"]),
+              "text": np.array(["p0", "p0", "p1", "p1", "p1", "p2"])[np.arange(6)],
+              "latitude": np.array([50.0, 50.0, 51.0, 51.0, 51.0, 52.0]), "region": np.array(["GB"] * 5 + ["IT"])}
+    result = snmf.SNMFResult(F=np.ones((3, 2)), G=G, loss=np.array([1.0, 0.5]), n_iter=1, converged=True,
+                             stop_reason="tol", n_keep=1, params={"n_factors": 2}, prompt_coords=coords)
+    ds = snmf.tokens_to_prompts(result.to_dataset())
+    want = np.array([[0.5, 0.9], [0.7, 0.6], [0.0, 0.05]])
+    assert ds["G"].dims == ("prompt", "factor") and ds["G_token"].dims == ("token", "factor")
+    np.testing.assert_array_equal(ds["G"].values, want)
+    np.testing.assert_array_equal(ds["prompt"].values, [0, 1, 2])
+    np.testing.assert_array_equal(ds["text"].values, ["p0", "p1", "p2"])
+    np.testing.assert_array_equal(ds["latitude"].values, [50.0, 51.0, 52.0])
+    np.testing.assert_array_equal(ds["region"].values, ["GB", "GB", "IT"])
+    assert ds["text"].dims == ("prompt",) and ds["region"].dims == ("prompt",)
+    np.testing.assert_array_equal(ds["G_token"].values, G)
+    for name in ("prompt_index", "position", "token_str"):
+        assert ds[name].dims == ("token",)
+    assert "text" not in ds["G_token"].coords and ds["F"].dims == ("unit", "factor")
+    with pytest.raises(ValueError, match="prompt_index"):
+        snmf.tokens_to_prompts(result.to_dataset(prompt_coords={"text": coords["text"]}))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ from scipy import stats
 esda = pytest.importorskip("esda")
 from libpysal.weights import KNN  # noqa: E402
 
+from mechflow.data.regions import CRS_PRESETS  # noqa: E402
 from mechflow.spatial import (  # noqa: E402
-    DEFAULT_CRS,
     fdr_bh,
     global_autocorrelation,
     global_geary,
@@ -28,8 +27,8 @@ from mechflow.spatial import (  # noqa: E402
 from mechflow.spatial.local_stats import _conditional_counts, _row_structure  # noqa: E402
 
 P = 199
-warnings.filterwarnings("ignore", category=DeprecationWarning)
-warnings.filterwarnings("ignore", category=RuntimeWarning)
+# esda / libpysal deprecation notes and the inf/NaN warnings of constant columns, in this module only
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 
 def _points(n, seed=0, region="GB"):
@@ -50,7 +49,7 @@ def _field(xy, n_cols, seed, scale=40_000.0):
 def w300():
     lon, lat = _points(300)
     lon[5], lat[5] = lon[6], lat[6]  # one duplicate location
-    return knn_weights(lon, lat, k=8, crs=DEFAULT_CRS["GB"])
+    return knn_weights(lon, lat, k=8, crs=CRS_PRESETS["GB"])
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +67,9 @@ def data300(w300):
 
 
 def test_default_crs_and_knn_matches_libpysal():
-    assert DEFAULT_CRS == {"GB": "EPSG:27700", "IT": "EPSG:25832", "NYMETRO": "EPSG:32618"}
+    assert CRS_PRESETS == {"GB": "EPSG:27700", "IT": "EPSG:25832", "NYMETRO": "EPSG:32618"}
     lon, lat = _points(200, seed=3, region="IT")
-    w = knn_weights(lon, lat, k=6, crs=DEFAULT_CRS["IT"])
+    w = knn_weights(lon, lat, k=6, crs=CRS_PRESETS["IT"])
     ref = KNN.from_array(w.xy, k=6)
     for i in range(w.n):
         assert set(w.neighbors[i]) == set(ref.neighbors[i])
@@ -310,7 +309,7 @@ def two_regions():
 
 def test_moran_dataset_contract(two_regions, tmp_path):
     da, lon, lat, region = two_regions
-    crs = {"GB": DEFAULT_CRS["GB"], "IT": DEFAULT_CRS["IT"], "NYMETRO": DEFAULT_CRS["NYMETRO"]}
+    crs = {"GB": CRS_PRESETS["GB"], "IT": CRS_PRESETS["IT"], "NYMETRO": CRS_PRESETS["NYMETRO"]}
     ds = moran_dataset(da, lon, lat, region, crs, k=8, permutations=49, seed=0)
     assert ds["I"].dims == ("region", "unit") and list(ds.region.values) == ["GB", "IT"]
     np.testing.assert_array_equal(ds.unit.values, np.arange(10, 16))

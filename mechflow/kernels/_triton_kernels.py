@@ -123,7 +123,8 @@ def _topk_candidates_kernel(
             dd = d0 + ks
             d_ok = dd < D
             xt = tl.load(x_ptr + rows[:, None] * sxb + dd[None, :] * sxd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            wt = tl.load(w_ptr + dd[:, None].to(tl.int64) * swd + feat[None, :].to(tl.int64) * swf, mask=d_ok[:, None] & feat_ok[None, :], other=0.0)
+            w_off = dd[:, None].to(tl.int64) * swd + feat[None, :].to(tl.int64) * swf
+            wt = tl.load(w_ptr + w_off, mask=d_ok[:, None] & feat_ok[None, :], other=0.0)
             acc = tl.dot(xt, wt, acc, input_precision=PRECISION)
         bias = tl.load(b_ptr + feat * sbf, mask=feat_ok, other=0.0).to(tl.float32)
         pre = acc + bias[None, :]

@@ -57,7 +57,7 @@ def build_report(manifest: Mapping[str, Any], out_dir: str | Path, base_dir: str
         raise ValueError(f"top_n and max_map_sets must be >= 1, got {top_n} and {max_sets}")
     ctx = Context(study, top_n=top_n, max_map_sets=max_sets)
     title = str(study.study.get("title") or "mechflow study")
-    created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     digest = study.study.get("config_digest")
     page = Page(title, f"mechflow {__version__} · built {created}" + (f" · config {digest}" if digest else ""))
     with style():

@@ -175,7 +175,7 @@ def training_figure(runs: Sequence[tuple[str, xr.Dataset]]) -> bytes:
     axes = fig.subplots(1, 4)
     for i, (label, ds) in enumerate(runs):
         c = REGION_COLORS[i % len(REGION_COLORS)]
-        for ax, (var, name, logy) in zip(axes, metrics):
+        for ax, (var, _name, _logy) in zip(axes, metrics):
             if var in ds:
                 ax.plot(ds["step"].values, ds[var].values, color=c, lw=1.5, label=label)
     for ax, (var, name, logy) in zip(axes, metrics):

@@ -16,9 +16,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon
 
+from mechflow.contracts import EARTH_RADIUS_M
 from mechflow.report.plotting import DIVERGING, LISA_CODES, LISA_COLORS, map_grid, new_figure, to_png
-
-EARTH_RADIUS_M = 6_371_008.8
 
 
 @dataclass

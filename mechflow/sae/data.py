@@ -43,7 +43,8 @@ class TensorSource:
         bad = ~np.isfinite(self._x).all(1)
         if bad.any():
             rows = np.flatnonzero(bad)
-            raise ValueError(f"SAE input has NaN/inf values in {rows.size} rows (first: {rows[:5].tolist()}); clean or drop them first")
+            raise ValueError(f"SAE input has NaN/inf values in {rows.size} rows (first: {rows[:5].tolist()}); "
+                             "clean or drop them first")
         self.n_rows, self.d = self._x.shape
 
     def read(self, start: int, stop: int) -> np.ndarray:

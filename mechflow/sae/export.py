@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from mechflow import __version__
 from mechflow.io import atomic_path, atomic_write_text, canonical_json
-from mechflow.sae.architectures import SparseAutoencoder, build_sae
+from mechflow.sae.archs import SparseAutoencoder, build_sae
 
 WEIGHTS_FILE = "sae.safetensors"
 CFG_FILE = "cfg.json"

@@ -10,17 +10,14 @@ import numpy as np
 import torch
 import xarray as xr
 
+from mechflow.contracts import PROMPT_COORDS, upstream_attrs
 from mechflow.io import open_dataarray, provenance_attrs, write_dataarray, write_dataset
-from mechflow.sae.architectures import SparseAutoencoder
-from mechflow.sae.config import validate_run
+from mechflow.sae.archs import SparseAutoencoder
 from mechflow.sae.data import DataArraySource
-from mechflow.sae.export import save_sae, sae_cfg
+from mechflow.sae.export import sae_cfg, save_sae
 from mechflow.sae.train import Trainer
 
 log = logging.getLogger(__name__)
-
-PROMPT_COORDS = ("text", "latitude", "longitude", "region", "place_id")
-UPSTREAM_ATTRS = ("model", "model_digest", "hook", "pooling", "dataset")
 
 
 def select_layer(da: xr.DataArray, layer: int) -> xr.DataArray:
@@ -71,16 +68,17 @@ def train_from_file(
     [prompt, feature] float32 with text/latitude/longitude/region/place_id carried over) and
     ``training.nc`` (dim ``step``: loss, fvu, l0, dead_fraction, lr), each with provenance attrs.
     """
-    run = validate_run(run)
     out = Path(out_dir)
     da = open_dataarray(activations_path)
     try:
         layer_da = select_layer(da, layer)
         source = DataArraySource(layer_da)
-        upstream = {k: da.attrs[k] for k in UPSTREAM_ATTRS if k in da.attrs}
+        upstream = upstream_attrs(da.attrs)
         hook = str(upstream.get("hook", ""))
-        model = Trainer(source, run, checkpoint_dir=checkpoint_dir, progress=progress).fit()
-        prov = provenance_attrs(config_digest, **upstream, layer=int(layer), sae_arch=run["arch"], sae_run=run)
+        trainer = Trainer(source, run, checkpoint_dir=checkpoint_dir, progress=progress)
+        run = trainer.run  # validated, defaults filled
+        model = trainer.fit()
+        prov = provenance_attrs(config_digest, **{**upstream, "layer": int(layer), "sae_arch": run["arch"], "sae_run": run})
         write_dataset(model.history.assign_attrs(prov), out / "training.nc")
         write_dataarray(features_dataarray(encode_source(model, source), layer_da, prov), out / "features.nc")
         cfg = sae_cfg(model, model_name=str(upstream.get("model", "")), hook_name=hook, hook_layer=int(layer),

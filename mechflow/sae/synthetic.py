@@ -1,17 +1,13 @@
-"""Synthetic data with a known dictionary, and the feature-recovery table of every architecture.
+"""Synthetic data with a known dictionary, and the rows of the feature-recovery table.
 
-``python -m mechflow.sae.synthetic --table`` trains each architecture on the same data and writes
-the measured MMCS / FVU / L0 table to ``docs/sae_results.md`` (``--quick`` for a short run).
+``make_synthetic`` draws data from a known dictionary; ``recovery_row`` trains one architecture
+on it and measures MMCS / FVU / L0; ``markdown`` formats the table. The table of every
+architecture is measured by ``python benchmarks/sae_recovery.py`` (written to docs/sae_results.md).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,43 +117,6 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                              for k, v in r["settings"].items() if v is not None) or "defaults"
         lines.append(f"| {r['arch']} | {r['mmcs']:.3f} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['lr']:g} | {settings} "
                      f"| {r['seconds']:.0f} |")
-    lines += ["", f"Measured by `python -m mechflow.sae.synthetic --table` on {meta['machine']} "
+    lines += ["", f"Measured by `python benchmarks/sae_recovery.py` on {meta['machine']} "
               f"(torch {meta['torch']}, {meta['threads']} threads), {meta['date']}.", ""]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--table", action="store_true", help="train every architecture and write the table")
-    ap.add_argument("--quick", action="store_true", help="few steps (smoke run)")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--archs", default=",".join(TABLE_SETTINGS))
-    ap.add_argument("--out", default="docs/sae_results.md")
-    ap.add_argument("--json", default=None, help="also write the rows as JSON here")
-    args = ap.parse_args(argv)
-    if not args.table:
-        ap.print_help()
-        return 0
-    steps = args.steps or (300 if args.quick else 4000)
-    n = 50_000 if args.quick else 200_000
-    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-    rows = []
-    x, true = make_synthetic(n, seed=0)
-    x_test, _ = make_synthetic(20_000, seed=1000, true=true)
-    for a in archs:
-        row = recovery_row(a, x, true, x_test, steps)
-        print(f"{a:>11}: MMCS {row['mmcs']:.3f}  FVU {row['fvu']:.4f}  L0 {row['l0']:.1f}  ({row['seconds']:.0f} s)", flush=True)
-        rows.append(row)
-    meta = {"d": 64, "n_true": 512, "mean_active": 8, "n": n, "steps": steps, "seed": 0, "dead_after": TABLE_DEAD_AFTER,
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
-    if not args.quick or args.out != "docs/sae_results.md":
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(markdown(rows, meta), encoding="utf-8")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2), encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,9 +19,9 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from mechflow.io import digest
-from mechflow.sae.architectures import SparseAutoencoder, build_sae
+from mechflow.sae.archs import SparseAutoencoder, build_sae
 from mechflow.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from mechflow.sae.config import arch_options, validate_run
+from mechflow.sae.config import DEFAULT_RUN, arch_options, validate_run
 from mechflow.sae.data import BatchStream, RowSource, as_source, geometric_median, norm_scaling_factor
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,6 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(self.run["device"])
         r = self.run
-        if r["arch"] in ("topk", "batchtopk", "matryoshka", "mp") and r["k"] > r["n_features"]:
-            raise ValueError(f"k={r['k']} is larger than n_features={r['n_features']}")
         self.stream = BatchStream(source, r["batch_size"], r["seed"], r["shuffle_block"], r["shuffle_window"])
         # identity of the run + data shape: a checkpoint of anything else is not resumed
         self.run_digest = digest({"run": {k: v for k, v in r.items() if k not in ("checkpoint_every", "device")},
@@ -78,7 +76,8 @@ class Trainer:
         sample = self.stream.sample()
         scale = norm_scaling_factor(sample) if r["normalize_activations"] == "expected_average_only_in" else 1.0
         sample = sample * scale
-        b_dec = {"geometric_median": geometric_median, "mean": lambda s: s.mean(0), "zeros": lambda s: torch.zeros(s.shape[1])}[r["b_dec_init"]](sample)
+        b_dec_of = {"geometric_median": geometric_median, "mean": lambda s: s.mean(0), "zeros": lambda s: torch.zeros(s.shape[1])}
+        b_dec = b_dec_of[r["b_dec_init"]](sample)
         model = build_sae(r["arch"], self.source.d, r["n_features"], r["k"], **arch_options(r))
         gen = torch.Generator().manual_seed(_init_seed(r["seed"]))
         model.init_weights(gen, b_dec)
@@ -175,11 +174,11 @@ def history_dataset(history: dict[str, list[float]]) -> xr.Dataset:
 
 def train(
     x: torch.Tensor | np.ndarray | xr.DataArray,
-    arch: str = "topk",
-    n_features: int = 4096,
-    k: int | None = 32,
-    steps: int = 2000,
-    seed: int = 0,
+    arch: str = DEFAULT_RUN["arch"],
+    n_features: int = DEFAULT_RUN["n_features"],
+    k: int | None = DEFAULT_RUN["k"],
+    steps: int = DEFAULT_RUN["steps"],
+    seed: int = DEFAULT_RUN["seed"],
     *,
     checkpoint_dir: str | Path | None = None,
     progress: bool = False,
@@ -189,7 +188,8 @@ def train(
     """Train an SAE on ``x`` [n_samples, d_in] (tensor, array or 2-D DataArray, read lazily).
 
     Other run keys (batch_size, lr, normalize_activations, architecture options...) are passed as
-    keyword arguments; see :data:`mechflow.sae.config.DEFAULT_RUN`. Returns the model in eval mode
+    keyword arguments; see :class:`mechflow.sae.archs.SAERunConfig` and each architecture's config
+    (defaults, bounds, docs; ``k=None`` takes the default k). Returns the model in eval mode
     with ``W_dec`` [n_features, d_in]; ``model.history`` holds the training metrics.
     ``stop_after`` ends the run early with :class:`TrainingStopped` (to test resuming).
     """

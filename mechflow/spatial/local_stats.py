@@ -5,8 +5,8 @@ The conditional permutation test is statistically equivalent to esda's and much 
 
 esda draws, per replicate p, one ordered set ``J_p`` of neighbour slots shared by all
 observations (each observation i then takes its first ``c_i`` slots from the n-1 others).
-Here each replicate draws ``J_p`` per group of observations (``groups``, default 16): ``c_max + 1`` distinct indices from all n, shared by all
-observations and all columns; observation i uses the first ``c_i`` of them, replacing itself
+Here each replicate draws ``J_p`` per group of observations (``groups``, default 16): ``c_max + 1``
+distinct indices from all n, shared by all observations and all columns; observation i uses the first ``c_i`` of them, replacing itself
 (if drawn) by slot ``c_i``. That is a uniform ``c_i``-subset of the other n-1 observations,
 the same null as esda's. Because every observation of a row-constant weights matrix (KNN,
 contiguity, in any transform) sees the *same* sum ``T_p = sum_{l<c} z[J_pl]`` except the few
@@ -118,8 +118,8 @@ def _conditional_counts(z, S, self_w, card, w_row, P, seed, dev, chunk_size, gro
 
     Simulated ``I_i = s z_i (w_i T + sw_i z_i)`` and observed ``I_i = s z_i (w_i S_i + sw_i z_i)``
     (s > 0), so ``I_sim >= I_obs`` iff ``T >= S_i`` when ``z_i w_i > 0``, ``T <= S_i`` when
-    ``z_i w_i < 0``, and always when ``z_i w_i == 0``. Observation i uses draw group ``i % groups``. Sums that differ by less than ``TIE_TOL``
-    are ties (exact in real arithmetic, e.g. discrete data) and count as ``>=``.
+    ``z_i w_i < 0``, and always when ``z_i w_i == 0``. Observation i uses draw group ``i % groups``.
+    Sums that differ by less than ``TIE_TOL`` are ties (exact in real arithmetic, e.g. discrete data) and count as ``>=``.
     """
     n, F = z.shape
     cmax = int(card.max()) if card.size else 0

@@ -7,9 +7,6 @@ from libpysal.weights import W
 from pyproj import Transformer
 from scipy.spatial import cKDTree
 
-#: Projected CRS used per region of the default study (metres).
-DEFAULT_CRS: dict[str, str] = {"GB": "EPSG:27700", "IT": "EPSG:25832", "NYMETRO": "EPSG:32618"}
-
 _TRANSFORMS = {"r", "b", "d", "v", "o"}
 
 
@@ -79,7 +76,7 @@ def knn_weights(lon, lat, k: int = 8, crs: str = "EPSG:27700", transform: str = 
     ----------
     lon, lat : ``[n]`` WGS84 degrees.
     k : neighbours per point (1 <= k < n).
-    crs : projected CRS the distances are measured in (see ``DEFAULT_CRS``).
+    crs : projected CRS the distances are measured in (see ``mechflow.data.regions.CRS_PRESETS``).
     transform : libpysal transform: "r" row-standardised, "b" binary, "d" doubly
         standardised, "v" variance stabilising, "o" original.
 

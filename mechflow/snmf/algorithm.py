@@ -40,199 +40,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-import xarray as xr
 
-from mechflow.io import digest, provenance_attrs
+from mechflow.snmf.config import INITS, Init, SNMFError, SNMFRunConfig
+from mechflow.snmf.inputs import as_matrix, n_keep_for, user_G0
+from mechflow.snmf.result import SNMFResult
 
-Init = Literal["svd", "kmeans", "random"]
-INITS: tuple[str, ...] = ("svd", "kmeans", "random")
-LOSS_DEFINITION = "||A - F G^T||_F^2 / ||A||_F^2 (relative squared reconstruction error of the sparse model)"
-UNIT_DIM, SAMPLE_DIM = "unit", "prompt"
-
-
-class SNMFError(ValueError):
-    """Invalid input or settings for a semi-NMF fit."""
-
-
-# --------------------------------------------------------------------------------------------
-# result
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SNMFResult:
-    """A fitted semi-NMF ``A ~ F G^T``.
-
-    F [units, factors] (original scale of A, exactly ``n_keep`` units per column on the support);
-    G [samples, factors] >= 0 with unit-norm columns; loss [n_iter + 1] relative squared error,
-    ``loss[0]`` at the initialisation, non-increasing.
-    """
-
-    F: np.ndarray
-    G: np.ndarray
-    loss: np.ndarray
-    n_iter: int
-    converged: bool
-    stop_reason: str
-    n_keep: int
-    params: dict[str, Any]
-    f_fallbacks: int = 0
-    seconds: float = 0.0
-    unit_coord: np.ndarray | None = None
-    prompt_coords: dict[str, np.ndarray] = field(default_factory=dict)
-    best_restart: int = 0
-    restart_losses: np.ndarray | None = None
-
-    @property
-    def n_factors(self) -> int:
-        return int(self.F.shape[1])
-
-    def to_dataset(
-        self,
-        unit_coord: Sequence | np.ndarray | None = None,
-        prompt_coords: Mapping[str, Any] | xr.Dataset | xr.DataArray | None = None,
-        attrs: Mapping[str, Any] | None = None,
-    ) -> xr.Dataset:
-        """The data contract: ``F`` [unit, factor], ``G`` [prompt, factor] (>= 0), ``loss`` [iteration].
-
-        unit_coord: labels of the units (default: those of the input DataArray, else 0..units-1).
-        prompt_coords: 1-D coordinates along prompts, as a mapping ``name -> [samples]`` or an xarray
-            object whose coords on ``prompt`` are taken (default: those of the input DataArray).
-        attrs: upstream provenance (model, hook, layer, ...); a ``config_digest`` key there
-            replaces the digest of this fit's parameters.
-        """
-        n_units, n_samples = self.F.shape[0], self.G.shape[0]
-        units = self.unit_coord if unit_coord is None else np.asarray(unit_coord)
-        if units is None:
-            units = np.arange(n_units)
-        if units.shape != (n_units,):
-            raise SNMFError(f"unit_coord has shape {units.shape}; expected ({n_units},)")
-        coords: dict[str, Any] = {
-            UNIT_DIM: units,
-            "factor": np.arange(self.n_factors),
-            "iteration": np.arange(self.loss.shape[0]),
-        }
-        pc = self.prompt_coords if prompt_coords is None else _prompt_coords_from(prompt_coords)
-        for name, values in pc.items():
-            values = np.asarray(values)
-            if values.shape != (n_samples,):
-                raise SNMFError(f"prompt coordinate {name!r} has shape {values.shape}; expected ({n_samples},)")
-            coords[name] = (SAMPLE_DIM, values)
-        if SAMPLE_DIM not in pc:
-            coords[SAMPLE_DIM] = np.arange(n_samples)
-        extra = dict(attrs or {})
-        config_digest = str(extra.pop("config_digest", digest(self.params)))
-        ds = xr.Dataset(
-            {
-                "F": ((UNIT_DIM, "factor"), self.F),
-                "G": ((SAMPLE_DIM, "factor"), self.G),
-                "loss": (("iteration",), self.loss),
-            },
-            coords=coords,
-        )
-        ds["F"].attrs["description"] = "factor directions in unit space (sparse, mixed sign)"
-        ds["G"].attrs["description"] = "factor activations per prompt (>= 0, unit-norm columns)"
-        ds["loss"].attrs["description"] = LOSS_DEFINITION
-        ds.attrs = provenance_attrs(
-            config_digest,
-            method="snmf",
-            **self.params,
-            n_keep=self.n_keep,
-            n_iter=self.n_iter,
-            converged=self.converged,
-            stop_reason=self.stop_reason,
-            f_fallbacks=self.f_fallbacks,
-            fit_seconds=float(self.seconds),
-            **extra,
-        )
-        return ds
-
-
-def _prompt_coords_from(obj: Mapping[str, Any] | xr.Dataset | xr.DataArray) -> dict[str, np.ndarray]:
-    if isinstance(obj, (xr.Dataset, xr.DataArray)):
-        return {str(k): np.asarray(v.values) for k, v in obj.coords.items() if v.dims == (SAMPLE_DIM,)}
-    return {str(k): np.asarray(v) for k, v in obj.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# input checks
-# --------------------------------------------------------------------------------------------
-
-
-def n_keep_for(sparsity: float, n_units: int) -> int:
-    """Units kept per factor: ``ceil(sparsity * n_units)`` (product rounded to 9 decimals first, so
-    e.g. 0.07 * 100 keeps 7, not 8); always between 1 and ``n_units``."""
-    check_sparsity(sparsity)
-    return min(n_units, max(1, math.ceil(round(sparsity * n_units, 9))))
-
-
-def check_sparsity(sparsity: float) -> None:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.integer, np.floating)):
-        raise SNMFError(f"sparsity must be a number in (0, 1], got {sparsity!r}")
-    if not (0.0 < float(sparsity) <= 1.0):
-        raise SNMFError(f"sparsity must be in (0, 1] (the fraction of units kept per factor), got {sparsity}")
-
-
-def _as_matrix(
-    A: Any, dtype: torch.dtype | None, device: str | torch.device | None
-) -> tuple[torch.Tensor, np.ndarray | None, dict[str, np.ndarray]]:
-    """A (numpy, torch or xarray) -> float tensor [units, samples], unit labels, prompt coords."""
-    unit_coord: np.ndarray | None = None
-    prompt_coords: dict[str, np.ndarray] = {}
-    if isinstance(A, xr.DataArray):
-        if A.ndim != 2:
-            raise SNMFError(
-                f"A must be 2-D [unit, prompt]; got dims {A.dims} (select one layer first, e.g. A.sel(layer=5))"
-            )
-        if UNIT_DIM in A.dims:
-            (sample_dim,) = [d for d in A.dims if d != UNIT_DIM]
-            A = A.transpose(UNIT_DIM, sample_dim)
-        unit_dim, sample_dim = A.dims
-        if unit_dim in A.coords:
-            unit_coord = np.asarray(A[unit_dim].values)
-        prompt_coords = {
-            (SAMPLE_DIM if k == sample_dim else str(k)): np.asarray(v.values)
-            for k, v in A.coords.items()
-            if v.dims == (sample_dim,)
-        }
-        A = A.values
-    if isinstance(A, torch.Tensor):
-        t = A.detach()
-    else:
-        try:
-            arr = np.asarray(A)
-        except (TypeError, ValueError) as err:
-            raise SNMFError(f"A must be a numpy array, torch tensor or xarray DataArray, got {type(A).__name__}") from err
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise SNMFError(
-                f"A must be a numpy array, torch tensor or xarray DataArray of real numbers, got {type(A).__name__} "
-                f"with dtype {arr.dtype}"
-            )
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.ndim != 2:
-        raise SNMFError(f"A must be 2-D [units, samples], got shape {tuple(t.shape)}")
-    if t.shape[0] < 1 or t.shape[1] < 1:
-        raise SNMFError(f"A must be non-empty, got shape {tuple(t.shape)}")
-    if t.is_complex():
-        raise SNMFError("A must be real, got a complex tensor")
-    if device is None:
-        device = t.device
-    if dtype is None:
-        dtype = torch.float32 if torch.device(device).type == "cuda" else torch.float64
-    if dtype not in (torch.float32, torch.float64):
-        raise SNMFError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    t = t.to(device=device, dtype=dtype)
-    bad = int((~torch.isfinite(t)).sum())
-    if bad:
-        raise SNMFError(f"A holds {bad} non-finite values (NaN or inf); clean or drop them before fitting")
-    return t, unit_coord, prompt_coords
-
+#: defaults of the run keys of :func:`fit`: those of :class:`SNMFRunConfig` (the workflow's too)
+DEFAULTS: dict[str, Any] = SNMFRunConfig.defaults()
 
 # --------------------------------------------------------------------------------------------
 # building blocks (all vectorised over factors)
@@ -389,19 +208,6 @@ def _init_G(A: torch.Tensor, K: int, init: str, seed: int) -> torch.Tensor:
     raise SNMFError(f"init must be one of {INITS}, got {init!r}")
 
 
-def _user_G0(G0: Any, n_samples: int, K: int, like: torch.Tensor) -> torch.Tensor:
-    """Check a caller's initial G [samples, K]: finite, >= 0, no all-zero column."""
-    G = torch.as_tensor(np.asarray(G0) if not isinstance(G0, torch.Tensor) else G0.detach())
-    if G.shape != (n_samples, K):
-        raise SNMFError(f"init array G0 has shape {tuple(G.shape)}; expected [samples, factors] = ({n_samples}, {K})")
-    G = G.to(like)
-    if not bool(torch.isfinite(G).all()) or bool((G < 0).any()):
-        raise SNMFError("init array G0 must be finite and >= 0")
-    if bool((G.sum(0) == 0).any()):
-        raise SNMFError("init array G0 has an all-zero column; every factor needs some positive entries")
-    return G
-
-
 def _g_update_fn(backend: str | None) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]:
     """The G update of :mod:`mechflow.kernels`: its process-wide backend (None) or the named one."""
     import mechflow.kernels as kernels
@@ -432,15 +238,15 @@ def _g_update_fn(backend: str | None) -> Callable[[torch.Tensor, torch.Tensor, t
 def fit(
     A: Any,
     n_factors: int,
-    sparsity: float = 0.1,
-    init: Init | np.ndarray | torch.Tensor = "svd",
-    max_iter: int = 500,
-    tol: float = 1e-6,
-    seed: int = 0,
+    sparsity: float = DEFAULTS["sparsity"],
+    init: Init | np.ndarray | torch.Tensor = DEFAULTS["init"],
+    max_iter: int = DEFAULTS["max_iter"],
+    tol: float = DEFAULTS["tol"],
+    seed: int = DEFAULTS["seed"],
     *,
-    n_init: int = 1,
-    ridge: float = 1e-6,
-    refit_iter: int = 5,
+    n_init: int = DEFAULTS["n_init"],
+    ridge: float = DEFAULTS["ridge"],
+    refit_iter: int = DEFAULTS["refit_iter"],
     eps: float = 1e-12,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
@@ -448,6 +254,9 @@ def fit(
     callback: Callable[[int, float], None] | None = None,
 ) -> SNMFResult:
     """Fit ``A [units, samples] ~ F G^T`` (see the module docstring for the algorithm).
+
+    The run keys (n_factors ... refit_iter) and their defaults are those of :class:`SNMFRunConfig`,
+    checked by its validator; errors are :class:`SNMFError` naming the key.
 
     A: numpy array, torch tensor or xarray DataArray [units, samples]; a DataArray with a ``unit``
         dim is transposed to (unit, other) and its coords are kept for :meth:`SNMFResult.to_dataset`.
@@ -472,17 +281,17 @@ def fit(
     t0 = time.perf_counter()
     if isinstance(init, str) and init not in INITS:
         raise SNMFError(f"init must be one of {INITS} or an array G0 [samples, factors] >= 0, got {init!r}")
-    for name, value, lo in (("max_iter", max_iter, 0), ("refit_iter", refit_iter, 0), ("n_factors", n_factors, 1), ("n_init", n_init, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-            raise SNMFError(f"{name} must be an integer >= {lo}, got {value!r}")
-    for name, value in (("tol", tol), ("ridge", ridge), ("eps", eps)):
-        if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and value >= 0):
-            raise SNMFError(f"{name} must be a finite number >= 0, got {value!r}")
-    check_sparsity(sparsity)
+    # an array init stands in as 'svd' for the checks: both are deterministic (no restarts)
+    cfg = SNMFRunConfig.from_dict(
+        {"n_factors": n_factors, "sparsity": sparsity, "init": init if isinstance(init, str) else "svd",
+         "max_iter": max_iter, "tol": tol, "seed": seed, "n_init": n_init, "ridge": ridge, "refit_iter": refit_iter},
+        label="semi-NMF")
+    if isinstance(eps, bool) or not (isinstance(eps, (int, float, np.floating)) and math.isfinite(eps) and eps >= 0):
+        raise SNMFError(f"eps must be a finite number >= 0, got {eps!r}")
     update_g = _g_update_fn(backend)
-    X, unit_coord, prompt_coords = _as_matrix(A, dtype, device)
+    X, unit_coord, prompt_coords = as_matrix(A, dtype, device)
     n_units, n_samples = X.shape
-    if n_factors > min(n_units, n_samples):
+    if cfg.n_factors > min(n_units, n_samples):
         raise SNMFError(
             f"n_factors={n_factors} exceeds min(units, samples) = min({n_units}, {n_samples}); "
             "use fewer factors or more samples"
@@ -491,14 +300,12 @@ def fit(
     if scale == 0.0:
         raise SNMFError("A is all zeros; there is nothing to factorise")
     X = X / scale
-    K, n_keep = int(n_factors), n_keep_for(sparsity, n_units)
-    ridge, eps = float(ridge), float(eps)
+    K, n_keep = cfg.n_factors, n_keep_for(cfg.sparsity, n_units)
+    ridge, eps = cfg.ridge, float(eps)
 
-    if n_init > 1 and not (isinstance(init, str) and init in ("kmeans", "random")):
-        raise SNMFError("restarts (n_init > 1) need a seeded init, 'kmeans' or 'random'; 'svd' and arrays are deterministic")
     best_run, best, restart_losses = None, 0, []
-    for r in range(int(n_init)):  # keep only the best run in memory
-        run = _fit_once(X, K, init, int(seed) + r, n_keep, int(max_iter), float(tol), ridge, int(refit_iter), eps, update_g, callback)
+    for r in range(cfg.n_init):  # keep only the best run in memory
+        run = _fit_once(X, K, init, cfg.seed + r, n_keep, cfg.max_iter, cfg.tol, ridge, cfg.refit_iter, eps, update_g, callback)
         restart_losses.append(run[2][-1])
         if best_run is None or run[2][-1] < best_run[2][-1]:
             best_run, best = run, r
@@ -513,14 +320,14 @@ def fit(
         n_keep=n_keep,
         params={
             "n_factors": K,
-            "sparsity": float(sparsity),
+            "sparsity": cfg.sparsity,
             "init": init if isinstance(init, str) else "array",
-            "max_iter": int(max_iter),
-            "tol": float(tol),
-            "seed": int(seed),
-            "n_init": int(n_init),
+            "max_iter": cfg.max_iter,
+            "tol": cfg.tol,
+            "seed": cfg.seed,
+            "n_init": cfg.n_init,
             "ridge": ridge,
-            "refit_iter": int(refit_iter),
+            "refit_iter": cfg.refit_iter,
             "eps": eps,
             "dtype": str(X.dtype).removeprefix("torch."),
         },
@@ -555,7 +362,7 @@ def _fit_once(
     if isinstance(init, str):
         G = _init_G(X, K, init, seed)
     else:
-        G = _user_G0(init, n_samples, K, X)
+        G = user_G0(init, n_samples, K, X)
     G = G / _unit_columns(G)
     B, H = X @ G, G.T @ G
     F, mask = _ridge_wta(B, H, ridge, n_keep)
@@ -585,55 +392,3 @@ def _fit_once(
             break
 
     return F * mask, G, losses, it, converged, stop_reason, fallbacks
-
-
-# --------------------------------------------------------------------------------------------
-# interpretation
-# --------------------------------------------------------------------------------------------
-
-
-def top_prompts(
-    result: SNMFResult | xr.Dataset,
-    k: int = 10,
-    texts: Sequence[str] | np.ndarray | None = None,
-) -> xr.Dataset:
-    """Each factor's ``k`` top-activating samples (largest G), as a Dataset [factor, rank].
-
-    Variables: ``prompt`` (int64 position of the sample in A's sample axis), ``value`` (G there),
-    and every 1-D prompt coordinate known to the result (``text``, ``latitude``, ...) gathered the
-    same way; ``texts`` [samples] overrides/adds ``text``. Rank 0 is the strongest.
-    """
-    if isinstance(result, SNMFResult):
-        G = result.G
-        coords = dict(result.prompt_coords)
-    elif isinstance(result, xr.Dataset):
-        if "G" not in result or result["G"].dims != (SAMPLE_DIM, "factor"):
-            raise SNMFError("top_prompts needs a Dataset with G [prompt, factor] (from SNMFResult.to_dataset)")
-        G = np.asarray(result["G"].values)
-        coords = _prompt_coords_from(result)
-    else:
-        raise SNMFError(f"top_prompts takes an SNMFResult or its Dataset, got {type(result).__name__}")
-    n_samples, K = G.shape
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_samples:
-        raise SNMFError(f"k must be an integer in [1, {n_samples}] (the number of samples), got {k!r}")
-    if texts is not None:
-        texts = np.asarray(texts)
-        if texts.shape != (n_samples,):
-            raise SNMFError(f"texts has shape {texts.shape}; expected ({n_samples},)")
-        coords["text"] = texts
-    values, idx = torch.from_numpy(np.ascontiguousarray(G)).topk(k, dim=0, sorted=True)
-    idx_np = idx.numpy().T  # [factor, rank]
-    data: dict[Hashable, Any] = {
-        "prompt": (("factor", "rank"), idx_np.astype(np.int64)),
-        "value": (("factor", "rank"), values.numpy().T),
-    }
-    for name, vals in coords.items():
-        if name == SAMPLE_DIM:
-            if not np.array_equal(np.asarray(vals), np.arange(n_samples)):
-                data["prompt_label"] = (("factor", "rank"), np.asarray(vals)[idx_np])
-            continue
-        data[name] = (("factor", "rank"), np.asarray(vals)[idx_np])
-    return xr.Dataset(data, coords={"factor": np.arange(K), "rank": np.arange(k)})
-
-
-__all__ = ["SNMFError", "SNMFResult", "fit", "top_prompts", "n_keep_for", "INITS", "LOSS_DEFINITION"]

@@ -1,38 +1,21 @@
-"""Study-level analyses the rules run: spatial autocorrelation of any feature set, with controls.
+"""The spatial analysis the ``spatial`` rule runs on any feature set, with its controls.
 
 A *feature set* is a 2-D DataArray [prompt, <feature-dim>] with the prompt coordinates
 (latitude, longitude, region): raw units of one layer (dim ``unit``), SAE features (``feature``)
-or semi-NMF factor loadings G (``factor``).
+or semi-NMF factor loadings G (``factor``); :func:`mechflow.io.load_feature_set` reads one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from mechflow.data.regions import region_crs
-from mechflow.io import load_dataarray, load_dataset
-
-SourceKind = Literal["units", "sae", "snmf"]
-
-
-def load_feature_set(path: str | Path, kind: SourceKind, layer: int | None = None) -> xr.DataArray:
-    """Read a feature set [prompt, <feature-dim>] from an activations, SAE features or semi-NMF file."""
-    if kind == "units":
-        da = load_dataarray(path)
-        layers = da["layer"].values.tolist()
-        if layer not in layers:
-            raise ValueError(f"{path}: layer {layer} was not extracted (have {layers}); add it to extract.layers")
-        return da.sel(layer=layer, drop=True)
-    if kind == "sae":
-        return load_dataarray(path)
-    if kind == "snmf":
-        return load_dataset(path)["G"]
-    raise ValueError(f"unknown feature-set kind {kind!r} (units, sae, snmf)")
+from mechflow.spatial.datasets import lisa_dataset, moran_dataset
+from mechflow.spatial.fdr import fdr_bh
 
 
 def crs_for(regions: np.ndarray, overrides: Mapping[str, str] | None) -> dict[str, str]:
@@ -59,8 +42,6 @@ def spatial_analysis(values: xr.DataArray, params: Mapping[str, Any]) -> tuple[x
     holds ``I_shuffled``, ``z_norm_shuffled``, ``p_norm_shuffled`` and ``q_bh_norm_shuffled``
     (analytical inference on coordinates shuffled within each region).
     """
-    from mechflow.spatial import fdr_bh, lisa_dataset, moran_dataset
-
     lon = values["longitude"].values.astype(np.float64)
     lat = values["latitude"].values.astype(np.float64)
     region = values["region"].values.astype(str)

@@ -1,0 +1,62 @@
+"""The data contracts every step shares: result paths, prompt coordinates, provenance keys, constants.
+
+Users and other tools read these files, so each name is defined here once and imported by the
+workflow (``rules/common.smk``), the rule scripts, the package and the report. Paths are templates
+relative to the results root (``results:`` in the study config, default ``results``); wildcards are
+``{dataset}``, ``{model}``, ``{hook}``, ``{layer}``, ``{run}``, ``{source}`` and ``{shard}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+#: default results root (the study config's ``results`` key)
+RESULTS_ROOT = "results"
+
+#: result files, relative to the results root
+RESULT_PATHS: dict[str, str] = {
+    "prompts": "prompts/{dataset}.nc",
+    "activations": "activations/{dataset}/{model}/{hook}.nc",
+    "tokens": "activations/{dataset}/{model}/{hook}.tokens.nc",
+    "shard": "activations/{dataset}/{model}/{hook}.shards/{shard}.nc",
+    "sae_dir": "sae/{dataset}/{model}/{hook}/layer{layer}/{run}",
+    "sae_checkpoints": "checkpoints/sae/{dataset}/{model}/{hook}/layer{layer}/{run}",
+    "snmf": "snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.nc",
+    "moran": "spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/moran.nc",
+    "lisa": "spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/lisa.nc",
+    "probes": "probes/{dataset}/{model}/{hook}.nc",
+    "report": "report/index.html",
+    "report_figures": "report/figures",
+    "logs": "logs",
+    "benchmarks": "benchmarks",
+}
+
+#: files of one SAE run directory (``sae_dir``)
+SAE_FILES: tuple[str, ...] = ("sae.safetensors", "cfg.json", "features.nc", "training.nc")
+
+#: per-prompt coordinates carried from the prompt set into every [prompt, ...] file
+PROMPT_COORDS: tuple[str, ...] = ("text", "latitude", "longitude", "region", "place_id")
+
+#: provenance attrs copied from an input file into the files made from it
+UPSTREAM_KEYS: tuple[str, ...] = ("dataset", "model", "model_digest", "hook", "pooling", "sae_arch")
+
+#: mean Earth radius (IUGG), metres
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def result_path(kind: str, root: str = RESULTS_ROOT, **wildcards: object) -> str:
+    """The path of a result file under ``root``; wildcards left out stay as ``{name}`` templates."""
+    if kind not in RESULT_PATHS:
+        raise KeyError(f"unknown result kind {kind!r}; expected one of {sorted(RESULT_PATHS)}")
+    template = str(PurePosixPath(root) / RESULT_PATHS[kind])
+    return template.format_map(_KeepMissing(wildcards)) if wildcards else template
+
+
+def upstream_attrs(attrs: dict) -> dict:
+    """The provenance attrs (``UPSTREAM_KEYS``) present in ``attrs``."""
+    return {k: attrs[k] for k in UPSTREAM_KEYS if k in attrs}
+
+
+class _KeepMissing(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"

@@ -1,0 +1,77 @@
+"""BatchTopK SAE (Bussmann, Leask & Nanda 2024, "BatchTopK Sparse Autoencoders")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mechflow.runconfig import option
+from mechflow.sae.archs.base import ARCH_DOC, LossOut, SparseAutoencoder, batch_fvu
+from mechflow.sae.archs.topk import TopKConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchTopKConfig(TopKConfig):
+    """Options of a BatchTopK SAE: TopK's AuxK, plus the inference threshold's moving average."""
+
+    arch: str = option("batchtopk", ARCH_DOC)
+    threshold_momentum: float = option(0.99, "momentum of the moving average of the smallest kept activation per "
+                                             "batch, the inference threshold", minimum=0, maximum=1)
+
+
+class BatchTopKSAE(SparseAutoencoder):
+    """BatchTopK (Bussmann et al. 2024): the ``k * batch`` largest activations of the batch are kept.
+
+    Trained like TopK (same learning rate) with the AuxK loss of Gao et al. (2024) on dead latents.
+    With one threshold for the whole batch, a latent whose activations stay below it gets no
+    gradient at all (TopK instead fills every sample's k slots, so every latent keeps some): such
+    dormant latents fire too seldom to learn yet are not dead until ``dead_after`` samples pass
+    without a firing, so AuxK only revives them when that window is short, as in the reference
+    implementation (5 batches). Raise ``auxk_coef`` (1/8 in the synthetic recovery table) when
+    many latents are dormant.
+
+    Inference uses a single threshold, an exponential moving average of the smallest kept
+    activation per training batch, so it is a JumpReLU with one shared threshold.
+    """
+
+    config_cls = BatchTopKConfig
+
+    def __init__(self, d_in: int, n_features: int, k: int | None = None, **opts: Any):
+        super().__init__(d_in, n_features, k, **opts)
+        self.register_buffer("threshold", torch.full((n_features,), -1.0))
+
+    def encode(self, x):
+        pre = self.pre_acts(x)
+        return pre * (pre > self.threshold.clamp_min(0))
+
+    def _batch_topk(self, pre: torch.Tensor) -> torch.Tensor:
+        acts = pre.relu()
+        flat = acts.flatten()
+        vals, idx = flat.topk(min(self.k * acts.shape[0], flat.numel()), sorted=False)
+        out = torch.zeros_like(flat).scatter(0, idx, vals).view_as(acts)
+        with torch.no_grad():
+            pos = vals[vals > 0]
+            if pos.numel():
+                m = float(self.opts["threshold_momentum"])
+                new = pos.min()
+                first = bool(self.threshold[0] < 0)
+                self.threshold.copy_(new.expand_as(self.threshold) if first else m * self.threshold + (1 - m) * new)
+        return out
+
+    def training_loss(self, x, step, total_steps, dead):
+        xc = x - self.b_dec
+        acts = self._batch_topk(xc @ self.W_enc + self.b_enc)
+        recon = self.decode(acts)
+        fvu = batch_fvu(x, recon)
+        loss = fvu + self._auxk(xc, x - recon, dead)
+        active = acts > 0
+        return LossOut(loss, float(fvu.detach()), float(active.sum(1).float().mean()), active.any(0))
+
+    def export_tensors(self):
+        return {**super().export_tensors(), "threshold": self.threshold.clamp_min(0).detach()}
+
+    def sae_lens_fields(self):
+        return {"architecture": "jumprelu", "activation_fn_str": "relu", "activation_fn_kwargs": {}, "k": self.k,
+                "trained_as": "batchtopk"}

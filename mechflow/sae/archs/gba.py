@@ -1,0 +1,129 @@
+"""Group Bias Adaptation SAE (Chen et al. 2025, "Taming Polysemanticity in LLMs", arXiv:2506.14002)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mechflow.runconfig import Check, option
+from mechflow.sae.archs.base import ARCH_DOC, SAERunConfig, SparseAutoencoder, reconstruction_only
+
+
+@dataclass(frozen=True, kw_only=True)
+class GBAConfig(SAERunConfig):
+    """Options of a GBA SAE: the groups' target firing frequencies and the bias rule. Defaults are the
+    paper's, set for runs of ~10^5 steps."""
+
+    CHECKS: ClassVar[tuple[Check, ...]] = SAERunConfig.CHECKS + (
+        Check("gba_freq_min", "gba_freq_min <= gba_freq_max", lambda c: c.gba_freq_min <= c.gba_freq_max,
+              "gba_freq_min ({gba_freq_min}) must be <= gba_freq_max ({gba_freq_max})"),
+    )
+
+    arch: str = option("gba", ARCH_DOC)
+    gba_groups: int = option(10, "groups of latents with geometrically spaced target frequencies (at most "
+                                 "n_features are used)", minimum=1)
+    gba_freq_max: float = option(0.5, "target firing frequency of the first group", exclusive_minimum=0, maximum=1)
+    gba_freq_min: float = option(1e-3, "target firing frequency of the last group", exclusive_minimum=0, maximum=1)
+    gba_interval: int = option(50, "steps between bias updates", minimum=1)
+    gba_rate: float = option(0.01, "bias update rate (gamma)", exclusive_minimum=0, maximum=1)
+    gba_eps: float = option(0.0, "a latent firing at most this often counts as silent (its bias rises)", minimum=0,
+                            maximum=1)
+
+
+class GBASAE(SparseAutoencoder):
+    """Group Bias Adaptation (Chen et al. 2025, "Taming Polysemanticity in LLMs", arXiv:2506.14002).
+
+    A tied SAE ``x_hat = sum_m a_m w_m JumpReLU(w_m . (x - b_dec); -b_m) + b_dec`` trained on the
+    reconstruction loss alone: ``W_dec`` rows ``w_m`` are unit vectors (spherical gradient steps) that
+    also serve as the encoder, ``out_scale`` ``a_m >= 0`` is trained, and the biases ``b_m <= 0`` are
+    not trained by gradient. Latent m fires when ``w_m . (x - b_dec) + b_m > 0`` and then outputs
+    ``a_m w_m . (x - b_dec)``, so the bias gates without shrinking the output (the paper's JumpReLU).
+
+    The latents are split into ``gba_groups`` equal groups whose target activation frequencies
+    ``p_k`` are spaced geometrically from ``gba_freq_max`` down to ``gba_freq_min``. Every
+    ``gba_interval`` steps, from the pre-activations of those steps, each latent's firing frequency
+    ``p_m`` and peak pre-activation ``r_m`` update its bias (rate ``gamma = gba_rate``):
+    ``b_m <- max(b_m - gamma r_m, -R)`` if ``p_m > p_k``, and ``b_m <- min(b_m + gamma rbar_k, 0)``
+    if ``p_m <= gba_eps`` (``rbar_k``: mean positive peak of the group). The paper clamps biases to
+    [-1, 0] for inputs of norm ~1; here ``R`` is the RMS norm of ``x - b_dec`` in the window, the
+    same for such inputs and independent of the input scale. Defaults are the paper's (10 groups,
+    0.5 to 1e-3, gamma 0.01 every 50 steps), set for runs of ~10^5 steps; short runs need a larger
+    ``gba_rate`` or a smaller ``gba_interval`` for the biases to settle.
+
+    Inference is SAELens JumpReLU: ``W_enc = W_dec.T * a``, ``b_enc = 0``, ``threshold = -a * b``.
+    """
+
+    config_cls = GBAConfig
+
+    def __init__(self, d_in: int, n_features: int, k: int | None = None, **opts: Any):
+        super().__init__(d_in, n_features, k, **opts)
+        o = self.opts
+        self.n_groups = max(1, min(int(o["gba_groups"]), n_features))
+        group = torch.arange(n_features) * self.n_groups // n_features
+        ratio = (o["gba_freq_min"] / o["gba_freq_max"]) ** (group.double() / max(self.n_groups - 1, 1))
+        self.register_buffer("group", group)
+        self.register_buffer("target_freq", (o["gba_freq_max"] * ratio).float())
+        self.out_scale = nn.Parameter(torch.ones(n_features))
+        self.register_buffer("bias", torch.zeros(n_features))
+        self.register_buffer("threshold", torch.zeros(n_features))
+        # statistics of the current adaptation window: samples, firings, peak pre-activation, sum ||x - b_dec||^2
+        self.register_buffer("win_n", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("win_fired", torch.zeros(n_features))
+        self.register_buffer("win_peak", torch.zeros(n_features))
+        self.register_buffer("win_sq", torch.zeros((), dtype=torch.float64))
+        self.W_enc.requires_grad_(False)
+        self.b_enc.requires_grad_(False)
+
+    def encode(self, x):
+        pre = self.pre_acts(x)
+        return pre * (pre > self.threshold)
+
+    def training_loss(self, x, step, total_steps, dead):
+        xc = x - self.b_dec
+        u = xc @ self.W_dec.T  # tied: the decoder rows are the encoder
+        pre = u.detach() + self.bias
+        fire = pre > 0
+        with torch.no_grad():
+            self.win_n += x.shape[0]
+            self.win_fired += fire.sum(0)
+            torch.maximum(self.win_peak, pre.max(0).values, out=self.win_peak)
+            self.win_sq += xc.double().pow(2).sum()
+        acts = u * fire * self.out_scale
+        return reconstruction_only(x, acts, self.decode(acts))
+
+    @torch.no_grad()
+    def _adapt(self) -> None:
+        """The paper's bias update from the window statistics, then a fresh window."""
+        n = float(self.win_n)
+        p = self.win_fired / n
+        peak = self.win_peak.clamp_min(0)
+        pos = peak > 0
+        total = torch.zeros(self.n_groups, device=peak.device).index_add_(0, self.group, peak)
+        count = torch.zeros(self.n_groups, device=peak.device).index_add_(0, self.group, pos.float())
+        # mean positive peak of the group (of all latents if none of the group fired)
+        overall = peak.sum() / pos.sum().clamp_min(1)
+        rbar = torch.where(count > 0, total / count.clamp_min(1), overall)[self.group]
+        gamma, bound = float(self.opts["gba_rate"]), (float(self.win_sq) / n) ** 0.5
+        b = self.bias
+        b.copy_(torch.where(p > self.target_freq, (b - gamma * peak).clamp_min(-bound), b))
+        b.copy_(torch.where(p <= float(self.opts["gba_eps"]), (b + gamma * rbar).clamp_max(0), b))
+        for t in (self.win_n, self.win_fired, self.win_peak, self.win_sq):
+            t.zero_()
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        super().after_step(step)
+        self.out_scale.clamp_(min=0)
+        if (step + 1) % int(self.opts["gba_interval"]) == 0:
+            self._adapt()
+        self.W_enc.copy_(self.W_dec.T * self.out_scale)
+        self.threshold.copy_(-self.bias * self.out_scale)
+
+    def export_tensors(self):
+        return {**super().export_tensors(), "threshold": self.threshold.detach()}
+
+    def sae_lens_fields(self):
+        return {"architecture": "jumprelu", "activation_fn_str": "relu", "activation_fn_kwargs": {}, "trained_as": "gba"}

@@ -1,0 +1,55 @@
+"""Matryoshka SAE (Bussmann et al. 2025, "Learning Multi-Level Features with Matryoshka Sparse Autoencoders")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mechflow.runconfig import option
+from mechflow.sae.archs.base import ARCH_DOC, LossOut, batch_fvu
+from mechflow.sae.archs.batchtopk import BatchTopKConfig, BatchTopKSAE
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatryoshkaConfig(BatchTopKConfig):
+    """Options of a Matryoshka SAE: BatchTopK's, plus the nested prefixes."""
+
+    arch: str = option("matryoshka", ARCH_DOC)
+    matryoshka_prefixes: tuple[float, ...] = option(
+        (0.0625, 0.125, 0.25, 0.5), "nested dictionary prefixes as fractions of n_features (the full dictionary is "
+        "always added)", exclusive_minimum=0, maximum=1)
+
+
+class MatryoshkaSAE(BatchTopKSAE):
+    """Matryoshka SAE (Bussmann et al. 2025): nested dictionary prefixes each reconstruct the input.
+
+    Activations come from BatchTopK; the loss is the mean FVU of the prefixes ``W_dec[:m]`` for
+    ``m`` in ``matryoshka_prefixes`` (fractions of n_features; the full dictionary is always
+    included), plus AuxK. The paper sums the prefix losses: with Adam that only changes the weight
+    of AuxK, which here is relative to the mean.
+    """
+
+    config_cls = MatryoshkaConfig
+
+    def __init__(self, d_in: int, n_features: int, k: int | None = None, **opts: Any):
+        super().__init__(d_in, n_features, k, **opts)
+        fr = [float(f) for f in self.opts["matryoshka_prefixes"]]
+        self.prefixes = sorted({max(1, round(f * n_features)) for f in fr} | {n_features})
+
+    def training_loss(self, x, step, total_steps, dead):
+        xc = x - self.b_dec
+        acts = self._batch_topk(xc @ self.W_enc + self.b_enc)
+        recon = self.b_dec.expand_as(x)
+        loss = x.new_zeros(())
+        start = 0
+        for m in self.prefixes:  # a handful of nested groups, not a loop over features
+            recon = recon + acts[:, start:m] @ self.W_dec[start:m]
+            loss = loss + batch_fvu(x, recon)
+            start = m
+        fvu = batch_fvu(x, recon)
+        loss = loss / len(self.prefixes) + self._auxk(xc, x - recon, dead)
+        active = acts > 0
+        return LossOut(loss, float(fvu.detach()), float(active.sum(1).float().mean()), active.any(0))
+
+    def sae_lens_fields(self):
+        return {**super().sae_lens_fields(), "trained_as": "matryoshka_batchtopk", "matryoshka_prefixes": self.prefixes}

@@ -1,0 +1,70 @@
+"""Matching-pursuit SAE (Costa et al. 2025, "From Flat to Hierarchical: Extracting Sparse
+Representations with Matching Pursuit")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from mechflow.runconfig import option
+from mechflow.sae.archs.base import ARCH_DOC, SAERunConfig, SparseAutoencoder, reconstruction_only
+
+
+@dataclass(frozen=True, kw_only=True)
+class MPConfig(SAERunConfig):
+    """Options of an MP-SAE: the number of pursuit steps (``k`` unless given)."""
+
+    NEEDS_K: ClassVar[bool] = True
+
+    arch: str = option("mp", ARCH_DOC)
+    mp_steps: int | None = option(None, "greedy pursuit steps of the encoder (null: k)", minimum=1)
+
+
+class MPSAE(SparseAutoencoder):
+    """Matching-pursuit SAE (Costa et al. 2025): the encoder is ``mp_steps`` unrolled greedy steps.
+
+    Each step picks the decoder atom with the largest inner product with the residual, adds that
+    (non-negative) coefficient to the atom's activation and subtracts its contribution from the
+    residual. ``W_enc`` is exported as ``W_dec.T`` (the encoder uses the decoder atoms).
+    """
+
+    config_cls = MPConfig
+
+    def __init__(self, d_in: int, n_features: int, k: int | None = None, **opts: Any):
+        super().__init__(d_in, n_features, k, **opts)
+        self.steps = int(self.opts["mp_steps"] or self.k)
+        self.W_enc.requires_grad_(False)
+        self.b_enc.requires_grad_(False)
+
+    def _pursuit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        resid = x - self.b_dec
+        acts = x.new_zeros(x.shape[0], self.n_features)
+        for _ in range(self.steps):
+            coef, j = (resid @ self.W_dec.T).max(1)
+            coef = coef.relu()
+            resid = resid - coef[:, None] * self.W_dec[j]
+            acts = acts.scatter_add(1, j[:, None], coef[:, None])
+        return acts, x - resid
+
+    def encode(self, x):
+        return self._pursuit(x)[0]
+
+    def training_loss(self, x, step, total_steps, dead):
+        acts, recon = self._pursuit(x)
+        return reconstruction_only(x, acts, recon)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        super().after_step(step)
+        self.W_enc.copy_(self.W_dec.T)
+
+    @torch.no_grad()
+    def fold_scaling(self, scale: float) -> None:
+        """Pursuit on ``x / scale`` picks the same atoms with coefficients / scale: only b_dec moves."""
+        self.b_dec.div_(scale)
+
+    def sae_lens_fields(self):
+        return {"architecture": "mp", "activation_fn_str": "matching_pursuit", "activation_fn_kwargs": {"k": self.steps},
+                "k": self.steps}
