@@ -24,6 +24,7 @@ try:
         workflow_study(config, workflow.overwrite_configfiles, Path(workflow.basedir) / DEFAULT_STUDY),
         base_dir=Path.cwd(),
         schema_path=Path(workflow.basedir) / SCHEMA_FILE,
+        data_checks=workflow.is_main_process,  # job processes re-read a study the main process checked
     )
 except ConfigError as _err:
     sys.exit(f"mechflow: {_err}")

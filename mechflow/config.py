@@ -3,7 +3,8 @@
 - :func:`load_study` reads a study file; :func:`workflow_study` picks what Snakemake runs: the
   ``--configfile`` given (nothing is merged into it), else the default study ``config.yaml``.
 - :func:`check_config` validates against the schema, fills its defaults and the typed run configs'
-  defaults, and checks what the schema cannot express (model files, layers, prompt files...).
+  defaults, and runs :mod:`mechflow.checks` (what the schema cannot express: model files, layers,
+  devices, prompt sets, CRSs, region sizes...).
 - :func:`resolve_study` is ``check_config`` plus the canonical form: keys sorted, numbers typed as
   the schema says (``lr: 1`` and ``lr: 1.0`` alike), so Snakemake's params comparison (by repr)
   reruns a step only when a value changes.
@@ -167,44 +168,6 @@ def validate_schema(config: dict[str, Any], schema: dict[str, Any]) -> dict[str,
     return filled
 
 
-def _extracted_layers(config: dict[str, Any], hook: str, n_layers: int | None) -> set[int] | None:
-    """Layer indices extracted for ``hook`` (None when unknown)."""
-    layers = config["extract"]["hook_layers"].get(hook, config["extract"]["layers"])
-    if layers == "all":
-        return set(range(n_layers)) if n_layers is not None else None
-    if n_layers is None:
-        return {layer for layer in layers if layer >= 0} if all(layer >= 0 for layer in layers) else None
-    return {layer + n_layers if layer < 0 else layer for layer in layers}
-
-
-def _check_downstream(config: dict[str, Any], n_layers: dict[str, int | None]) -> None:
-    """Models named by analyses exist; analysed layers are extracted; SAE runs are valid."""
-    sections = {"spatial": config["spatial"].get("hooks", []), "probes": config["probes"].get("hooks", []),
-                "sae": [config["sae"]["hook"]], "snmf": [config["snmf"]["hook"]]}
-    for section, hooks in sections.items():
-        models = config[section].get("models") or list(config["models"])
-        for m in models:
-            if m not in config["models"]:
-                raise ConfigError(f"config error at {section}.models: unknown model {m!r} (have {sorted(config['models'])})")
-        if (section == "probes" and config["probes"].get("layers") is None) or (
-            section in ("sae", "snmf") and not config[section]["runs"]
-        ):
-            continue
-        if section == "spatial" and not config["spatial"]["units"] and not config["sae"]["runs"] and not config["snmf"]["runs"]:
-            continue
-        for m in models:
-            for hook in hooks:
-                have = _extracted_layers(config, hook, n_layers[m])
-                for layer in config[section]["layers"]:
-                    if n_layers[m] is not None and layer >= n_layers[m]:
-                        raise ConfigError(f"config error at {section}.layers: layer {layer} does not exist in model "
-                                          f"{m!r} ({n_layers[m]} layers)")
-                    if have is not None and layer not in have:
-                        raise ConfigError(f"config error at {section}.layers: layer {layer} of hook {hook!r} is not "
-                                          f"extracted (extract.layers / extract.hook_layers.{hook})")
-    _complete_runs(config)
-
-
 def _complete_runs(config: dict[str, Any]) -> None:
     """Replace each SAE / semi-NMF run by its validated, complete form (typed run configs' defaults)."""
     from mechflow import snmf
@@ -218,45 +181,27 @@ def _complete_runs(config: dict[str, Any]) -> None:
                 raise ConfigError(f"config error at {section}.runs.{name}: {' '.join(str(e).split())}") from None
 
 
-def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
-    """Checks beyond the schema: model paths and weights, prompt files, templates, regions, layers."""
-    from mechflow.data.prompts import PromptSetError, _region_spec, build_prompts, check_template
-    from mechflow.models import ModelSpecError, count_layers, resolve_model
-
-    n_layers: dict[str, int | None] = {}
-    for name, model in config["models"].items():
-        try:
-            n_layers[name] = count_layers(resolve_model(model["spec"], base_dir))
-        except ModelSpecError as e:
-            raise ConfigError(f"config error at models.{name}.spec: {e}") from None
-    _check_downstream(config, n_layers)
-    for name, ds in config["datasets"].items():
-        try:
-            if ds["source"] == "geonames":
-                check_template(ds["template"])
-                for region in ds["regions"]:
-                    _region_spec(region)
-            else:
-                build_prompts(ds, base_dir)  # small user files: read now so bad rows fail before any job
-        except PromptSetError as e:
-            raise ConfigError(f"config error at datasets.{name}: {e}") from None
-
-
-def check_config(config: dict[str, Any], base_dir: str | Path = ".", schema_path: str | Path | None = None) -> dict[str, Any]:
+def check_config(config: dict[str, Any], base_dir: str | Path = ".", schema_path: str | Path | None = None,
+                 data_checks: bool = True) -> dict[str, Any]:
     """Validate a study config (schema, defaults, semantics); return the filled config.
 
-    Raises ConfigError with a one-line message.
+    Raises ConfigError with a one-line message. ``data_checks=False`` skips building the prompt sets
+    (Snakemake's job processes re-read a study the main process has checked).
     """
+    from mechflow.checks import check_semantics
+
     schema = load_schema(schema_path or Path(base_dir) / SCHEMA_FILE)
     filled = validate_schema(dict(config), schema)
-    check_semantics(filled, base_dir)
+    _complete_runs(filled)
+    check_semantics(filled, base_dir, data_checks=data_checks)
     return filled
 
 
-def resolve_study(config: dict[str, Any], base_dir: str | Path = ".", schema_path: str | Path | None = None) -> dict[str, Any]:
+def resolve_study(config: dict[str, Any], base_dir: str | Path = ".", schema_path: str | Path | None = None,
+                  data_checks: bool = True) -> dict[str, Any]:
     """The complete, canonical study: :func:`check_config`, numbers typed by the schema, keys sorted."""
     schema = load_schema(schema_path or Path(base_dir) / SCHEMA_FILE)
-    filled = check_config(config, base_dir, schema_path)
+    filled = check_config(config, base_dir, schema_path, data_checks)
     return canonical(coerce_numbers(filled, schema, schema))
 
 

@@ -31,6 +31,12 @@ RESULT_PATHS: dict[str, str] = {
     "benchmarks": "benchmarks",
 }
 
+#: the rule that makes each kind of result (activations: gather_activations when extract.shards > 1)
+PRODUCERS: dict[str, str] = {
+    "prompts": "prompts", "activations": "extract", "tokens": "extract_tokens", "shard": "extract_shard",
+    "sae_dir": "sae", "snmf": "snmf", "moran": "spatial", "lisa": "spatial", "probes": "probes", "report": "report",
+}
+
 #: files of one SAE run directory (``sae_dir``)
 SAE_FILES: tuple[str, ...] = ("sae.safetensors", "cfg.json", "features.nc", "training.nc")
 
@@ -50,6 +56,18 @@ def result_path(kind: str, root: str = RESULTS_ROOT, **wildcards: object) -> str
         raise KeyError(f"unknown result kind {kind!r}; expected one of {sorted(RESULT_PATHS)}")
     template = str(PurePosixPath(root) / RESULT_PATHS[kind])
     return template.format_map(_KeepMissing(wildcards)) if wildcards else template
+
+
+def producer_of(path: str | PurePosixPath) -> str | None:
+    """The rule that makes a result file (matched on its path below any results root), or None."""
+    import re
+
+    text = str(PurePosixPath(path))
+    for kind, rule in sorted(PRODUCERS.items(), key=lambda item: -len(RESULT_PATHS[item[0]])):  # most specific first
+        pattern = re.sub(r"\\{\w+\\}", "[^/]+", re.escape(RESULT_PATHS[kind]))
+        if re.search(f"(^|/){pattern}(/[^/]+)?$", text):
+            return rule
+    return None
 
 
 def upstream_attrs(attrs: dict) -> dict:

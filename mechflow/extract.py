@@ -152,8 +152,19 @@ def _iter_captures(model, tokenizer, texts: Sequence[str], hook: str, layer_ids:
 
 
 def _token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, list[list[int]]]:
+    """Tokens per prompt [n_prompts] after truncation to ``max_length``, and the token ids; logs how many were cut."""
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    return np.array([len(i) for i in ids], dtype=np.int64), ids
+    lengths = np.array([len(i) for i in ids], dtype=np.int64)
+    at_limit = np.flatnonzero(lengths >= max_length)
+    if at_limit.size:
+        full = np.array([len(i) for i in tokenizer([texts[i] for i in at_limit], truncation=False)["input_ids"]])
+        cut = at_limit[full > max_length]
+        if cut.size:
+            longest = int(full.max())
+            log.warning("%d of %d prompts are longer than extract.max_length = %d tokens and were truncated (longest: %d "
+                        "tokens, e.g. %r); raise extract.max_length to keep them whole", cut.size, len(texts), max_length,
+                        longest, str(texts[int(cut[0])])[:80])
+    return lengths, ids
 
 
 def iter_pooled(

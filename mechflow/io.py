@@ -181,14 +181,40 @@ def write_dataarray(da: xr.DataArray, path: str | os.PathLike, encoding: dict | 
     return write_dataset(ds, path, encoding=None if encoding is None else {da.name: encoding})
 
 
+class DamagedFileError(OSError):
+    """A mechflow file exists but cannot be read: damaged or incomplete. The message says how to rebuild it."""
+
+
+def damaged(path: str | os.PathLike, err: BaseException) -> DamagedFileError:
+    """A one-line DamagedFileError naming the file, the reason and the rule that rebuilds it."""
+    from mechflow.contracts import producer_of
+
+    rule = producer_of(Path(path).as_posix())
+    how = (f"it is made by rule '{rule}': rebuild it with `snakemake -c all --forcerun {rule}` (or delete it and run again)"
+           if rule else "replace it with a good copy")
+    reason = " ".join(str(err).split()) or type(err).__name__
+    return DamagedFileError(f"{path} cannot be read ({type(err).__name__}: {reason}); the file is damaged or incomplete, {how}")
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        if isinstance(e, (FileNotFoundError, DamagedFileError)):
+            raise
+        raise damaged(path, e) from e
+
+
 def open_dataset(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
-    """Open a mechflow file (netCDF or Zarr), lazily."""
+    """Open a mechflow file (netCDF or Zarr), lazily; DamagedFileError when it cannot be read."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such mechflow file: {path}")
-    if _is_zarr(path):
-        return xr.open_zarr(path, **kwargs)
-    return xr.open_dataset(path, engine="h5netcdf", **kwargs)
+    with _reading(path):
+        if _is_zarr(path):
+            return xr.open_zarr(path, **kwargs)
+        return xr.open_dataset(path, engine="h5netcdf", **kwargs)
 
 
 def open_dataarray(path: str | os.PathLike, **kwargs: Any) -> xr.DataArray:
@@ -203,14 +229,14 @@ def open_dataarray(path: str | os.PathLike, **kwargs: Any) -> xr.DataArray:
 
 
 def load_dataarray(path: str | os.PathLike) -> xr.DataArray:
-    """Open and load into memory, closing the file."""
-    with open_dataarray(path) as da:
+    """Open and load into memory, closing the file; DamagedFileError when it cannot be read."""
+    with open_dataarray(path) as da, _reading(Path(path)):
         return da.load()
 
 
 def load_dataset(path: str | os.PathLike) -> xr.Dataset:
-    """Open and load into memory, closing the file."""
-    with open_dataset(path) as ds:
+    """Open and load into memory, closing the file; DamagedFileError when it cannot be read."""
+    with open_dataset(path) as ds, _reading(Path(path)):
         return ds.load()
 
 

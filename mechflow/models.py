@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")
+#: files of a model folder besides the weights that transformers reads (a change reruns extraction)
+MODEL_METADATA_FILES = frozenset({
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "model.safetensors.index.json",
+})
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -30,6 +35,14 @@ class ResolvedModel:
     directory: Path
     gguf_file: str | None
     weight_files: tuple[Path, ...]
+
+    @property
+    def input_files(self) -> tuple[Path, ...]:
+        """Every file loading reads: weights, and for a folder its config and tokenizer files."""
+        if self.gguf_file:  # config and tokenizer live inside the GGUF file
+            return self.weight_files
+        extra = sorted(p for p in self.directory.iterdir() if p.is_file() and p.name in MODEL_METADATA_FILES)
+        return tuple(extra) + self.weight_files
 
 
 def _package_dir(package: str) -> Path:
@@ -232,4 +245,32 @@ def count_layers(resolved: ResolvedModel) -> int | None:
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if key in cfg:
             return int(cfg[key])
+    return None
+
+
+#: width of each hook's activations: config.json keys, GGUF metadata key suffixes
+_HOOK_WIDTH_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "resid": (("hidden_size", "n_embd", "d_model"), ".embedding_length"),
+    "attn_out": (("hidden_size", "n_embd", "d_model"), ".embedding_length"),
+    "mlp_hidden": (("intermediate_size", "n_inner", "ffn_dim", "d_ff"), ".feed_forward_length"),
+}
+
+
+def hook_width(resolved: ResolvedModel, hook: str) -> int | None:
+    """Units of a hook's activations (d_model, or the MLP width), from config.json or the GGUF header."""
+    config_keys, gguf_key = _HOOK_WIDTH_KEYS[hook]
+    if resolved.gguf_file:
+        value = _gguf_metadata_value(resolved.directory / resolved.gguf_file, gguf_key)
+        return int(value) if isinstance(value, int) else None
+    config = resolved.directory / "config.json"
+    if not config.exists():
+        return None
+    import json
+
+    cfg = json.loads(config.read_text(encoding="utf-8"))
+    for key in config_keys:
+        if isinstance(cfg.get(key), int):
+            return int(cfg[key])
+    if hook == "mlp_hidden" and isinstance(cfg.get("n_embd"), int):  # GPT-2: n_inner null means 4 x n_embd
+        return 4 * int(cfg["n_embd"])
     return None

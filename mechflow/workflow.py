@@ -23,6 +23,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from mechflow.io import DamagedFileError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DATA_SUFFIXES = (".json", ".csv", ".yaml")
 
@@ -149,6 +151,9 @@ def run_rule(body: Callable[[Any], None], snakemake: Any) -> None:
     sys.stderr = _StreamToLogger(logging.getLogger("mechflow.progress"), logging.INFO)
     try:
         body(snakemake)
+    except DamagedFileError as e:  # one line that says which file and how to rebuild it, no traceback
+        logger.error("rule %s: %s", snakemake.rule, e)
+        raise SystemExit(f"mechflow: rule {snakemake.rule}: {e}") from None
     except BaseException:
         logger.error("rule %s failed:\n%s", snakemake.rule, traceback.format_exc())
         raise

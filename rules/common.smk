@@ -4,6 +4,7 @@
 
 from collections import Counter
 
+from mechflow.checks import study_crs
 from mechflow.config import canonical
 from mechflow.contracts import SAE_FILES, result_path
 from mechflow.workflow import script_code_digest
@@ -27,6 +28,8 @@ HOOKS = sorted(
 )
 #: settings that change how a job runs, never what it computes
 RESOURCE_KEYS = ("threads", "mem_mb", "gpu")
+#: region -> projected CRS: inline regions' crs, then spatial.crs overrides (presets fill the rest)
+CRS = canonical(study_crs(config))
 
 
 def path(kind):
@@ -59,11 +62,19 @@ def code(script):
     return _CODE[script]
 
 
-def model_weight_files(wildcards):
-    """The model's weight files: a changed or reinstalled model reruns extraction."""
+def model_files(wildcards):
+    """Every file the model loads from (weights, config, tokenizer): a changed model reruns extraction."""
     from mechflow.models import resolve_model
 
-    return [str(p) for p in resolve_model(config["models"][wildcards.model]["spec"]).weight_files]
+    return [str(p) for p in resolve_model(config["models"][wildcards.model]["spec"]).input_files]
+
+
+def prompt_source_files(wildcards):
+    """The file a prompt set is read from: the user's CSV / xarray file, or the GeoNames gazetteer."""
+    from mechflow.data.prompts import geonames_path
+
+    ds = config["datasets"][wildcards.dataset]
+    return [ds["path"]] if ds["source"] in ("csv", "xarray") else [str(geonames_path(ds["gazetteer"]))]
 
 
 def models_of(section):

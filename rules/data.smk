@@ -1,5 +1,7 @@
 rule prompts:
     """Build a prompt set (placenames with coordinates, or a user's CSV / xarray file)."""
+    input:
+        prompt_source_files,
     output:
         PROMPTS,
     params:

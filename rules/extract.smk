@@ -4,7 +4,7 @@ if EXTRACT["shards"] == 1:
         """Run the model over every prompt and pool activations at one hook point."""
         input:
             prompts=PROMPTS,
-            weights=model_weight_files,
+            model=model_files,
         output:
             ACTIVATIONS,
         params:
@@ -30,7 +30,7 @@ else:
         """Extract one contiguous slice of the prompts (scale-out on a cluster)."""
         input:
             prompts=PROMPTS,
-            weights=model_weight_files,
+            model=model_files,
         output:
             temp(SHARD),
         params:
@@ -73,7 +73,7 @@ rule extract_tokens:
     """Token-level activations at one hook point (every real token of every prompt)."""
     input:
         prompts=PROMPTS,
-        weights=model_weight_files,
+        model=model_files,
     output:
         TOKENS,
     params:

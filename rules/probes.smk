@@ -6,7 +6,7 @@ rule probes:
         PROBE_FILE,
     params:
         probes=settings(PROBES, "layers", "folds", "blocks", "alphas", "seed"),
-        crs=canonical(SPATIAL["crs"]),
+        crs=CRS,
         code=code("probes"),
     log:
         f"{LOGS}/probes/{{dataset}}/{{model}}/{{hook}}.log",

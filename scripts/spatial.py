@@ -1,5 +1,7 @@
 """Rule spatial: Moran's I / Geary's C per region (+ shuffled control) and LISA for one feature set."""
 
+import xarray as xr
+
 from mechflow.contracts import upstream_attrs
 from mechflow.io import digest, load_feature_set, provenance_attrs, write_dataset
 from mechflow.spatial.analysis import spatial_analysis
@@ -19,7 +21,7 @@ def main(sm) -> None:
     )
     write_dataset(moran.assign_attrs(prov), sm.output.moran)
     if lisa is None:  # lisa_top_n = 0: an empty file keeps the DAG simple
-        lisa = moran[[]].drop_dims([d for d in moran.dims if d != "region"])
+        lisa = xr.Dataset(coords={"region": moran["region"].values})
     write_dataset(lisa.assign_attrs(prov), sm.output.lisa)
 
 

@@ -188,3 +188,19 @@ def test_token_level_file_holds_every_real_token(tiny_llama, tmp_path):
     with torch.no_grad():
         hs = model.model(**tok([TEXTS[3]], return_tensors="pt"), output_hidden_states=True).hidden_states
     np.testing.assert_allclose(da.values[da["prompt_index"].values == 3][:, 1], hs[2][0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_truncation_of_long_prompts_is_logged_with_a_count(tiny_llama, tmp_path, caplog):
+    model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    prompts = _prompts()
+    texts = prompts["text"].values.astype(str).tolist()
+    long_text = " ".join(["london"] * 20)
+    prompts = prompts.assign_coords(text=("prompt", [long_text, long_text] + texts[2:]))
+    with caplog.at_level("WARNING", logger="mechflow.extract"):
+        extract_to_file(tmp_path / "t.nc", model, tok, prompts, "resid", [0], "mean", 2, 8, {}, False)
+    warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(f"2 of {len(texts)} prompts are longer than extract.max_length = 8")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mechflow.extract"):
+        extract_to_file(tmp_path / "u.nc", model, tok, _prompts(), "resid", [0], "mean", 2, 32, {}, False)
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]

