@@ -40,8 +40,10 @@ PRODUCERS: dict[str, str] = {
 #: files of one SAE run directory (``sae_dir``)
 SAE_FILES: tuple[str, ...] = ("sae.safetensors", "cfg.json", "features.nc", "training.nc")
 
-#: per-prompt coordinates carried from the prompt set into every [prompt, ...] file
-PROMPT_COORDS: tuple[str, ...] = ("text", "latitude", "longitude", "region", "place_id")
+#: per-prompt coordinates carried from the prompt set into every [prompt, ...] file (where present):
+#: admin1_code (GeoNames prompt sets) and n_tokens (tokens after truncation, added by extraction)
+#: serve the template-confound baseline
+PROMPT_COORDS: tuple[str, ...] = ("text", "latitude", "longitude", "region", "place_id", "admin1_code", "n_tokens")
 
 #: provenance attrs copied from an input file into the files made from it
 UPSTREAM_KEYS: tuple[str, ...] = ("dataset", "model", "model_digest", "hook", "pooling", "sae_arch")

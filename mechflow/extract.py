@@ -27,18 +27,55 @@ log = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "max", "last"]
 POOLINGS: tuple[str, ...] = ("mean", "max", "last")
+#: which position mean/max pooling leaves out: ``auto`` is ``bos`` where the tokenizer adds a BOS
+#: token, else ``first`` (SmolLM2 adds none: its first token is an attention sink, see README)
+Exclude = Literal["auto", "bos", "first", "none"]
+EXCLUDES: tuple[str, ...] = ("auto", "bos", "first", "none")
 
 
 class ExtractionError(ValueError):
     """Extraction settings do not fit the model or prompts."""
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+def adds_bos(tokenizer: Any) -> bool:
+    """True when the tokenizer puts its BOS token first in every encoded text."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a")["input_ids"]
+    return bos is not None and len(ids) > 0 and ids[0] == bos
+
+
+def resolve_exclude(exclude: Exclude, tokenizer: Any) -> Literal["first", "none"]:
+    """What pooling leaves out for this tokenizer: the first real position (``first``) or nothing."""
+    if exclude not in EXCLUDES:
+        raise ExtractionError(f"unknown exclude {exclude!r}; choose one of {EXCLUDES}")
+    if exclude == "auto":
+        return "first"  # the BOS token where there is one, else the first token: position 0 either way
+    if exclude == "bos":
+        return "first" if adds_bos(tokenizer) else "none"
+    return exclude  # type: ignore[return-value]
+
+
+def pooling_mask(mask: torch.Tensor, exclude: Literal["first", "none"]) -> torch.Tensor:
+    """The tokens mean/max pooling reads [batch, tokens]: real tokens, less the first of each prompt
+    (whatever the padding side) when ``exclude`` is ``first`` and the prompt has another token."""
+    if exclude == "none":
+        return mask
+    first = mask.to(torch.int64).argmax(1)  # first real position
+    keep = mask.clone()
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    keep[rows, first] = torch.where(mask.sum(1) > 1, 0, mask[rows, first]).to(mask.dtype)
+    return keep
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling, exclude: Literal["first", "none"] = "none") -> torch.Tensor:
     """Pool token activations per sequence, ignoring padding.
 
     hidden [batch, tokens, units]; mask [batch, tokens] (1 = real token) -> [batch, units].
-    ``last`` takes the last real token whatever the padding side.
+    ``last`` takes the last real token whatever the padding side. ``exclude="first"`` leaves each
+    prompt's first real token out of mean and max pooling (kept for a one-token prompt).
     """
+    if pooling != "last":
+        mask = pooling_mask(mask, exclude)
     m = mask.to(hidden.dtype).unsqueeze(-1)
     if pooling == "mean":
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
@@ -151,11 +188,12 @@ def _iter_captures(model, tokenizer, texts: Sequence[str], hook: str, layer_ids:
         recorder.detach()
 
 
-def _token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, list[list[int]]]:
-    """Tokens per prompt [n_prompts] after truncation to ``max_length``, and the token ids; logs how many were cut."""
+def _token_lengths(tokenizer, texts: Sequence[str], max_length: int, warn: bool = True) -> tuple[np.ndarray, list[list[int]]]:
+    """Tokens per prompt [n_prompts] after truncation to ``max_length``, and the token ids; logs how many
+    were cut (``warn``: once per extraction, by the loop that runs the model)."""
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     lengths = np.array([len(i) for i in ids], dtype=np.int64)
-    at_limit = np.flatnonzero(lengths >= max_length)
+    at_limit = np.flatnonzero(lengths >= max_length) if warn else np.zeros(0, dtype=np.int64)
     if at_limit.size:
         full = np.array([len(i) for i in tokenizer([texts[i] for i in at_limit], truncation=False)["input_ids"]])
         cut = at_limit[full > max_length]
@@ -178,20 +216,52 @@ def iter_pooled(
     max_length: int = 64,
     progress: bool = True,
     window: int = 1024,
+    exclude: Exclude = "auto",
 ):
     """Yield (prompt indices [b], pooled activations [b, n_layers_selected, units] float32 numpy).
 
     Batches never span two windows of ``window`` consecutive prompts, so a consumer can buffer one
-    window and write it as one contiguous block. Indices refer to ``texts``.
+    window and write it as one contiguous block. Indices refer to ``texts``. ``exclude``: see
+    :func:`resolve_exclude`. The first batch's per-position norms are logged (a sink shows there).
     """
     if pooling not in POOLINGS:
         raise ExtractionError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
     layer_ids = resolve_layers(layers, n_layers(model))
+    excluded = resolve_exclude(exclude, tokenizer)
     lengths, _ = _token_lengths(tokenizer, texts, max_length)
+    first_batch = True
     for idx, mask, store in _iter_captures(model, tokenizer, texts, hook, layer_ids, batch_size, max_length, progress,
                                            window, lengths):
-        pooled = torch.stack([pool(store[layer], mask, pooling) for layer in layer_ids], 1)
+        if first_batch:
+            log_position_norms(store, mask, layer_ids, hook, excluded)
+            first_batch = False
+        pooled = torch.stack([pool(store[layer], mask, pooling, excluded) for layer in layer_ids], 1)
         yield idx, pooled.float().cpu().numpy()
+
+
+def position_norms(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Mean norm of each prompt's first real token, and the median norm of its other real tokens.
+
+    hidden [batch, tokens, units]; mask [batch, tokens]. NaN where no prompt has a second token.
+    """
+    norms = hidden.float().norm(dim=-1)
+    first = mask.to(torch.int64).argmax(1)
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    others = pooling_mask(mask, "first").bool() & (mask.sum(1, keepdim=True) > 1)
+    rest = norms[others]
+    return float(norms[rows, first].mean()), float(rest.median()) if rest.numel() else float("nan")
+
+
+def log_position_norms(store: dict[int, torch.Tensor], mask: torch.Tensor, layer_ids: Sequence[int], hook: str,
+                       excluded: str) -> None:
+    """Log first-token vs other-token norms at a few layers (first, middle, last) of one batch."""
+    picks = sorted({layer_ids[0], layer_ids[len(layer_ids) // 2], layer_ids[-1]})
+    parts = []
+    for layer in picks:
+        first, rest = position_norms(store[layer], mask)
+        parts.append(f"layer {layer}: first token {first:.3g}, other tokens (median) {rest:.3g} ({first / rest:.1f}x)")
+    log.info("%s norms per position (first batch): %s; pooling leaves out: %s", hook, "; ".join(parts),
+             "the first token" if excluded == "first" else "nothing")
 
 
 def iter_tokens(
@@ -296,22 +366,27 @@ def extract_to_file(
     attrs: dict[str, Any],
     progress: bool = True,
     window: int = 1024,
+    exclude: Exclude = "auto",
 ) -> Path:
     """Extract pooled activations for every prompt and write ``activations`` [prompt, layer, unit].
 
     Memory holds one window of ``window`` prompts [window, layers, units]; each window is written
-    as one contiguous block.
+    as one contiguous block. Attrs record ``pooling``, ``exclude`` (as configured) and
+    ``pool_excluded`` (``first`` or ``none``: what mean/max pooling left out); the coordinate
+    ``n_tokens`` [prompt] holds each prompt's token count after truncation.
     """
     texts = [str(t) for t in prompts["text"].values]
     if not texts:
         raise ExtractionError("the prompt set is empty")
     layer_ids = resolve_layers(layers, n_layers(model))
-    attrs = {**attrs, "hook": hook, "pooling": pooling}
+    excluded = resolve_exclude(exclude, tokenizer) if pooling != "last" else "none"
+    attrs = {**attrs, "hook": hook, "pooling": pooling, "exclude": exclude, "pool_excluded": excluded}
+    prompts = prompts.assign_coords(n_tokens=("prompt", _token_lengths(tokenizer, texts, max_length, warn=False)[0]))
     buf: np.ndarray | None = None
     w0, filled = 0, 0
     with ActivationWriter(path, prompts, layer_ids, attrs) as writer:
         for idx, block in iter_pooled(model, tokenizer, texts, hook, layer_ids, pooling, batch_size, max_length,
-                                      progress, window=window):
+                                      progress, window=window, exclude=exclude):
             if buf is None:
                 buf = np.empty((min(window, len(texts)), *block.shape[1:]), dtype=np.float32)
                 writer.create(block.shape[-1])  # the (hidden) temporary exists from the first batch on
@@ -324,17 +399,21 @@ def extract_to_file(
     return Path(path)
 
 
-def token_coords(prompts: xr.Dataset, tokenizer: Any, max_length: int) -> xr.Dataset:
-    """Coordinates of a token-level file: dim ``token``; ``prompt_index``, ``position``, ``token_str``
-    and each prompt coordinate (text, latitude, ...) repeated for the prompt's tokens."""
+def token_coords(prompts: xr.Dataset, tokenizer: Any, max_length: int, exclude: Exclude = "auto") -> xr.Dataset:
+    """Coordinates of a token-level file: dim ``token``; ``prompt_index``, ``position``, ``token_str``,
+    ``excluded`` (True for the position pooling leaves out, see :func:`resolve_exclude`: flagged, not
+    dropped) and each prompt coordinate (text, latitude, ...) repeated for the prompt's tokens."""
     texts = [str(t) for t in prompts["text"].values]
-    lengths, ids = _token_lengths(tokenizer, texts, max_length)
+    lengths, ids = _token_lengths(tokenizer, texts, max_length, warn=False)
     owner = np.repeat(np.arange(len(texts)), lengths)
+    position = np.concatenate([np.arange(n) for n in lengths]).astype(np.int64)
+    excluded = (position == 0) & (lengths[owner] > 1) if resolve_exclude(exclude, tokenizer) == "first" else position < 0
     coords: dict[str, Any] = {
         "token": np.arange(int(lengths.sum()), dtype=np.int64),
         "prompt_index": ("token", owner),
-        "position": ("token", np.concatenate([np.arange(n) for n in lengths]).astype(np.int64)),
+        "position": ("token", position),
         "token_str": ("token", np.array([t for row in ids for t in tokenizer.convert_ids_to_tokens(row)], dtype=str)),
+        "excluded": ("token", excluded),
     }
     for name in PROMPT_COORDS:
         if name in prompts.variables:
@@ -354,20 +433,22 @@ def extract_tokens_to_file(
     attrs: dict[str, Any],
     progress: bool = True,
     window: int = 1024,
+    exclude: Exclude = "auto",
 ) -> Path:
     """Token-level activations ``activations`` [token, layer, unit] of every real token of every prompt.
 
     Tokens of prompt i are contiguous and in order (``prompt_index``, ``position``); memory holds
-    one window of prompts' tokens.
+    one window of prompts' tokens. The ``excluded`` coordinate flags each prompt's sink position.
     """
     texts = [str(t) for t in prompts["text"].values]
     if not texts:
         raise ExtractionError("the prompt set is empty")
     layer_ids = resolve_layers(layers, n_layers(model))
-    tcoords = token_coords(prompts, tokenizer, max_length)
+    tcoords = token_coords(prompts, tokenizer, max_length, exclude)
     lengths = np.bincount(tcoords["prompt_index"].values, minlength=len(texts))
     offsets = np.r_[0, np.cumsum(lengths)]
-    attrs = {**attrs, "hook": hook, "pooling": "none (token level)"}
+    attrs = {**attrs, "hook": hook, "pooling": "none (token level)", "exclude": exclude,
+             "pool_excluded": resolve_exclude(exclude, tokenizer)}
     with ActivationWriter(path, tcoords, layer_ids, attrs, dim="token") as writer:
         buf, w0, filled = None, 0, 0
         for idx, per_prompt in iter_tokens(model, tokenizer, texts, hook, layer_ids, batch_size, max_length, progress, window):

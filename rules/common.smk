@@ -199,6 +199,7 @@ def extract_params(wildcards):
         "hook": wildcards.hook,
         "layers": layers_for(wildcards.hook),
         "pooling": EXTRACT["pooling"],
+        "exclude": EXTRACT["exclude"],
         "batch_size": EXTRACT["batch_size"],
         "max_length": EXTRACT["max_length"],
     })

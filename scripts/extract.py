@@ -33,10 +33,10 @@ def main(sm) -> None:
         attrs["shard"] = f"{sm.params.shard[0]}/{sm.params.shard[1]}"
     if getattr(sm.params, "tokens", False):
         extract_tokens_to_file(sm.output[0], model, tokenizer, prompts, p["hook"], p["layers"], p["batch_size"],
-                               p["max_length"], attrs)
+                               p["max_length"], attrs, exclude=p["exclude"])
     else:
         extract_to_file(sm.output[0], model, tokenizer, prompts, p["hook"], p["layers"], p["pooling"],
-                        p["batch_size"], p["max_length"], attrs)
+                        p["batch_size"], p["max_length"], attrs, exclude=p["exclude"])
 
 
 run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

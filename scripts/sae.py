@@ -11,8 +11,10 @@ from mechflow.workflow import run_rule
 def main(sm) -> None:
     set_backend(sm.params.kernels)
     run = dict(sm.params.run)
+    # the checkpoint check compares the run, the input file's sha256 and this code digest
     train_from_file(sm.input[0], int(sm.wildcards.layer), run, Path(sm.output[0]).parent,
-                    checkpoint_dir=sm.params.checkpoints, config_digest=digest({"run": run, "code": sm.params.code}))
+                    checkpoint_dir=sm.params.checkpoints, config_digest=digest({"run": run, "code": sm.params.code}),
+                    code=sm.params.code)
 
 
 run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

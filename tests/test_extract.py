@@ -27,18 +27,54 @@ def _prompts(texts=TEXTS) -> xr.Dataset:
 def test_mean_max_last_pooling_equal_hand_computation(tiny_llama):
     model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
     n_layers = len(model.model.layers)
-    results = {p: dict(zip(*(lambda r: (np.concatenate([i for i, _ in r]), np.concatenate([b for _, b in r])))(
-        list(iter_pooled(model, tok, TEXTS, "resid", list(range(n_layers - 1)), p, batch_size=2, progress=False)))))
-        for p in ("mean", "max", "last")}
+    results = {(p, ex): dict(zip(*(lambda r: (np.concatenate([i for i, _ in r]), np.concatenate([b for _, b in r])))(
+        list(iter_pooled(model, tok, TEXTS, "resid", list(range(n_layers - 1)), p, batch_size=2, progress=False,
+                         exclude=ex)))))
+        for p in ("mean", "max", "last") for ex in ("none", "first")}
     for i, text in enumerate(TEXTS):
         enc = tok([text], return_tensors="pt")  # one prompt alone: no padding at all
         with torch.no_grad():
             hs = model.model(**enc, output_hidden_states=True).hidden_states
         for layer in range(n_layers - 1):  # HF's last hidden state has the final norm applied; ours does not
             tokens = hs[layer + 1][0].numpy()  # [tokens, d]
-            np.testing.assert_allclose(results["mean"][i][layer], tokens.mean(0), rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(results["max"][i][layer], tokens.max(0), rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(results["last"][i][layer], tokens[-1], rtol=1e-5, atol=1e-6)
+            rest = tokens[1:] if len(tokens) > 1 else tokens  # a one-token prompt keeps its only token
+            for ex, toks in (("none", tokens), ("first", rest)):
+                np.testing.assert_allclose(results["mean", ex][i][layer], toks.mean(0), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(results["max", ex][i][layer], toks.max(0), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(results["last", ex][i][layer], tokens[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_planted_sink_moves_mean_pooling_only_when_included():
+    """A huge first-token vector (an attention sink) dominates mean/max pooling unless it is left out."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 5, 4, generator=g)
+    right = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    left = right.flip(1)
+    planted_r, planted_l = h.clone(), h.clone()
+    for b in range(3):
+        planted_r[b, 0] = 1e4
+        planted_l[b, int(left[b].argmax())] = 1e4  # the first real token of a left-padded prompt
+    for mask, planted in ((right, planted_r), (left, planted_l)):
+        for pooling in ("mean", "max"):
+            clean = pool(h, mask, pooling, "first")
+            torch.testing.assert_close(pool(planted, mask, pooling, "first")[:2], clean[:2])  # sink left out: no change
+            assert (pool(planted, mask, pooling, "none")[:2] - clean[:2]).abs().min() > 100  # included: it dominates
+            assert (pool(planted, mask, pooling, "first")[2] >= 1e4 - 1).all()  # a one-token prompt keeps its token
+    torch.testing.assert_close(pool(h, right, "mean", "first")[0], h[0, 1:4].mean(0))
+
+
+def test_exclude_resolves_per_tokenizer_and_is_recorded(tiny_llama, tmp_path):
+    from mechflow.extract import adds_bos, resolve_exclude
+
+    model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    assert not adds_bos(tok)  # the tiny tokenizer adds no BOS, like SmolLM2's
+    assert resolve_exclude("auto", tok) == "first" and resolve_exclude("bos", tok) == "none"
+    assert resolve_exclude("none", tok) == "none" and resolve_exclude("first", tok) == "first"
+    with pytest.raises(ExtractionError, match="unknown exclude"):
+        resolve_exclude("middle", tok)
+    da = load_dataarray(extract_to_file(tmp_path / "a.nc", model, tok, _prompts(), "resid", [0], "mean", 2, 32, {}, False))
+    assert da.attrs["exclude"] == "auto" and da.attrs["pool_excluded"] == "first"
+    assert da["n_tokens"].values.tolist() == [len(tok(t)["input_ids"]) for t in TEXTS]  # for the length baseline
 
 
 def test_pool_ignores_padding_on_either_side():
@@ -183,8 +219,11 @@ def test_token_level_file_holds_every_real_token(tiny_llama, tmp_path):
     assert da["prompt_index"].values.tolist() == [i for i, n in enumerate(lengths) for _ in range(n)]
     assert da["text"].values[-1] == TEXTS[-1] and da["token_str"].values[0] == "london"
     mean = np.concatenate([b for _, b in iter_pooled(model, tok, TEXTS[1:2], "resid", [0, 1], "mean", 1, progress=False)])
-    tokens_of_1 = da.values[da["prompt_index"].values == 1]
-    np.testing.assert_allclose(tokens_of_1.mean(0), mean[0], rtol=1e-5, atol=1e-6)
+    of_1 = da["prompt_index"].values == 1
+    kept = of_1 & ~da["excluded"].values  # the flagged first token is what mean pooling leaves out
+    assert da["excluded"].values[of_1].tolist() == [True] + [False] * (int(of_1.sum()) - 1)
+    np.testing.assert_allclose(da.values[kept].mean(0), mean[0], rtol=1e-5, atol=1e-6)
+    assert da["excluded"].values[da["prompt_index"].values == 2].tolist() == [False]  # "bath": one token, kept
     with torch.no_grad():
         hs = model.model(**tok([TEXTS[3]], return_tensors="pt"), output_hidden_states=True).hidden_states
     np.testing.assert_allclose(da.values[da["prompt_index"].values == 3][:, 1], hs[2][0].numpy(), rtol=1e-5, atol=1e-6)

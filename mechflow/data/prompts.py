@@ -128,7 +128,8 @@ def _prompts_from_places(places: pd.DataFrame, template: str) -> xr.Dataset:
         longitude=places["longitude"].to_numpy(),
         region=places["region"].to_numpy(),
         place_id=places["place_id"].to_numpy(),
-        extra={"population": places["population"].to_numpy(np.int64), "name": places["name"].to_numpy()},
+        extra={"population": places["population"].to_numpy(np.int64), "name": places["name"].to_numpy(),
+               "admin1_code": places["admin1_code"].astype(str).to_numpy()},
     )
 
 

@@ -20,8 +20,21 @@ def topk_encode_ref(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k
 
 
 def sparse_decode_ref(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
-    """Reconstruction ``sum_j values[:, j] * W_dec[indices[:, j]] + b_dec`` [batch, d_in]: O(batch * k * d)."""
-    return torch.einsum("bk,bkd->bd", values, W_dec[indices]) + b_dec
+    """Reconstruction ``sum_j values[..., j] * W_dec[indices[..., j]] + b_dec`` [..., d_in]: O(batch * k * d).
+
+    One ``embedding_bag`` (sum mode, ``values`` as per-sample weights): no [batch, k, d_in] gather
+    is formed, and on CPU its backward sorts the indices and lets one thread add up each row of
+    ``W_dec``'s gradient in that order, so the gradient is bit-identical run to run and for any
+    thread count. (``W_dec[indices]``'s backward, ``index_put_(accumulate=True)``, adds with atomic
+    float adds when several threads run: the order, and so the rounding, varies between runs.)
+    """
+    lead, k = values.shape[:-1], values.shape[-1]
+    dtype = torch.promote_types(values.dtype, W_dec.dtype)
+    if values.numel() == 0:
+        return torch.zeros(*lead, W_dec.shape[1], dtype=dtype, device=W_dec.device) + b_dec
+    out = torch.nn.functional.embedding_bag(indices.reshape(-1, k), W_dec.to(dtype),
+                                            per_sample_weights=values.reshape(-1, k).to(dtype), mode="sum")
+    return out.reshape(*lead, W_dec.shape[1]) + b_dec
 
 
 def snmf_update_g_ref(P: torch.Tensor, Q: torch.Tensor, G: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

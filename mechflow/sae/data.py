@@ -10,6 +10,7 @@ file larger than RAM streams with bounded memory.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from typing import Protocol
 
@@ -80,6 +81,15 @@ def as_source(x: torch.Tensor | np.ndarray | xr.DataArray | RowSource) -> RowSou
     if hasattr(x, "read") and hasattr(x, "n_rows"):
         return x
     raise ValueError(f"SAE input must be a torch.Tensor, numpy array or xarray.DataArray [n, d], got {type(x).__name__}")
+
+
+def source_sha256(source: RowSource, rows_per_read: int = 65536) -> str:
+    """sha256 of a source's shape and float32 rows (read in ranges, so memory stays bounded)."""
+    h = hashlib.sha256(f"{source.n_rows}x{source.d}:float32:".encode())
+    for start in range(0, source.n_rows, rows_per_read):
+        block = np.ascontiguousarray(source.read(start, min(start + rows_per_read, source.n_rows)), dtype=np.float32)
+        h.update(memoryview(block).cast("B"))
+    return h.hexdigest()
 
 
 class _EpochOrder:

@@ -11,7 +11,8 @@ import torch
 import xarray as xr
 
 from mechflow.contracts import PROMPT_COORDS, upstream_attrs
-from mechflow.io import open_dataarray, provenance_attrs, write_dataarray, write_dataset
+from mechflow.io import file_sha256, open_dataarray, provenance_attrs, write_dataarray, write_dataset
+from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder
 from mechflow.sae.data import DataArraySource
 from mechflow.sae.export import sae_cfg, save_sae
@@ -59,32 +60,45 @@ def train_from_file(
     checkpoint_dir: str | Path | None = None,
     config_digest: str = "",
     progress: bool = True,
+    code: str = "",
+    num_threads: int | None = 1,
 ) -> None:
     """Train the SAE ``run`` on one layer of an activations file; write the SAE directory.
 
-    Reads ``activations`` [prompt, layer, unit] lazily, selects ``layer``, trains (resuming from
-    ``checkpoint_dir`` when it holds a checkpoint of the same run and data) and writes atomically
-    into ``out_dir``: ``sae.safetensors``, ``cfg.json``, ``features.nc`` (``features``
+    Reads ``activations`` [prompt, layer, unit] lazily, selects ``layer``, trains and writes
+    atomically into ``out_dir``: ``sae.safetensors``, ``cfg.json``, ``features.nc`` (``features``
     [prompt, feature] float32 with text/latitude/longitude/region/place_id carried over) and
     ``training.nc`` (dim ``step``: loss, fvu, l0, dead_fraction, lr), each with provenance attrs.
+
+    Training resumes from ``checkpoint_dir`` only when the checkpoint there was made by the same
+    run settings, from the same file content (sha256) and layer, by the same ``code`` (the rule's
+    code digest); otherwise it starts from scratch and logs what differs. Once the outputs are
+    written the checkpoints are removed, unless the run sets ``keep_checkpoints``. Training and
+    encoding run on ``num_threads`` intra-op threads (default 1), so the outputs are bit-identical
+    whatever thread count the caller set.
     """
     out = Path(out_dir)
+    input_id = {"sha256": file_sha256(activations_path), "layer": int(layer)} if checkpoint_dir is not None else None
     da = open_dataarray(activations_path)
     try:
         layer_da = select_layer(da, layer)
         source = DataArraySource(layer_da)
         upstream = upstream_attrs(da.attrs)
         hook = str(upstream.get("hook", ""))
-        trainer = Trainer(source, run, checkpoint_dir=checkpoint_dir, progress=progress)
+        trainer = Trainer(source, run, checkpoint_dir=checkpoint_dir, progress=progress, input_id=input_id, code=code,
+                          num_threads=num_threads)
         run = trainer.run  # validated, defaults filled
         model = trainer.fit()
         prov = provenance_attrs(config_digest, **{**upstream, "layer": int(layer), "sae_arch": run["arch"], "sae_run": run})
         write_dataset(model.history.assign_attrs(prov), out / "training.nc")
-        write_dataarray(features_dataarray(encode_source(model, source), layer_da, prov), out / "features.nc")
+        with torch_threads(num_threads):
+            features = encode_source(model, source)
+        write_dataarray(features_dataarray(features, layer_da, prov), out / "features.nc")
         cfg = sae_cfg(model, model_name=str(upstream.get("model", "")), hook_name=hook, hook_layer=int(layer),
                       config_digest=config_digest,
                       extra={"provenance": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in prov.items()}})
         save_sae(model, out, cfg)
+        trainer.clear_checkpoints()
         log.info("wrote SAE %s (%s, %d features) to %s", run["arch"], hook, run["n_features"], out)
     finally:
         da.close()

@@ -4,6 +4,12 @@ Adam with linear warm-up and linear decay, global gradient clipping, decoder-par
 removal for unit-norm decoders, dead-latent tracking, metrics every ``log_every`` steps,
 checkpoints every ``checkpoint_every`` steps. Minibatch ``s`` is a pure function of ``(seed, s)``
 (:mod:`mechflow.sae.data`), so a resumed run ends with the same weights as an uninterrupted one.
+
+A checkpoint is resumed only by a run of the same identity (settings, data shape, input content,
+code: :func:`mechflow.sae.checkpoint.run_identity`); any other is removed and training starts from
+scratch, with one log line naming what differs. Training runs at a fixed intra-op thread count
+(``num_threads``, default 1: :mod:`mechflow.kernels.threads`), so the weights are bit-identical
+whatever ``torch.set_num_threads`` the caller chose.
 """
 
 from __future__ import annotations
@@ -19,10 +25,19 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from mechflow.io import digest
+from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder, build_sae
-from mechflow.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mechflow.sae.checkpoint import (
+    clear_checkpoints,
+    identity_mismatch,
+    latest_checkpoint,
+    load_checkpoint,
+    run_identity,
+    save_checkpoint,
+    saved_identity,
+)
 from mechflow.sae.config import DEFAULT_RUN, arch_options, validate_run
-from mechflow.sae.data import BatchStream, RowSource, as_source, geometric_median, norm_scaling_factor
+from mechflow.sae.data import BatchStream, RowSource, as_source, geometric_median, norm_scaling_factor, source_sha256
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +72,55 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Trainer:
-    """Train one SAE on a :class:`~mechflow.sae.data.RowSource` according to a run dict."""
+    """Train one SAE on a :class:`~mechflow.sae.data.RowSource` according to a run dict.
 
-    def __init__(self, source: RowSource, run: dict[str, Any], checkpoint_dir: str | Path | None = None, progress: bool = False):
+    ``input_id``: identity of the rows for the checkpoint check (e.g. ``{"sha256": <file digest>,
+    "layer": 5}``); None hashes the rows themselves when a checkpoint is read or written.
+    ``code``: digest of the code that trains (a checkpoint of other code is not resumed).
+    ``num_threads``: intra-op threads while training (None: leave the caller's setting; the weights
+    then depend on it).
+    """
+
+    def __init__(self, source: RowSource, run: dict[str, Any], checkpoint_dir: str | Path | None = None,
+                 progress: bool = False, *, input_id: dict[str, Any] | None = None, code: str = "",
+                 num_threads: int | None = 1):
         self.run = validate_run(run)
         self.source = source
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.progress = progress
         self.device = resolve_device(self.run["device"])
+        self.input_id = None if input_id is None else dict(input_id)
+        self.code = str(code)
+        self.num_threads = num_threads
+        self._identity: dict[str, Any] | None = None
         r = self.run
         self.stream = BatchStream(source, r["batch_size"], r["seed"], r["shuffle_block"], r["shuffle_window"])
-        # identity of the run + data shape: a checkpoint of anything else is not resumed
-        self.run_digest = digest({"run": {k: v for k, v in r.items() if k not in ("checkpoint_every", "device")},
-                                  "n": source.n_rows, "d": source.d})
+
+    def identity(self) -> dict[str, Any]:
+        """What the weights depend on (:func:`~mechflow.sae.checkpoint.run_identity`), computed once."""
+        if self._identity is None:
+            input_id = self.input_id if self.input_id is not None else {"sha256": source_sha256(self.source)}
+            self._identity = run_identity(self.run, self.source.n_rows, self.source.d, input_id, self.code)
+        return self._identity
+
+    def clear_checkpoints(self) -> None:
+        """Remove this run's checkpoints unless the run keeps them (call once its outputs are written)."""
+        if not self.run["keep_checkpoints"]:
+            clear_checkpoints(self.checkpoint_dir)
+
+    def _resume(self, model: SparseAutoencoder, opt: torch.optim.Optimizer) -> tuple[int, dict[str, Any] | None]:
+        """(steps done, saved state) from the newest checkpoint of this run; (0, None) to start fresh."""
+        ckpt = latest_checkpoint(self.checkpoint_dir)
+        if ckpt is None:
+            return 0, None
+        why = identity_mismatch(saved_identity(ckpt), self.identity())
+        if why is not None:
+            log.warning("checkpoint %s was made from %s; training from scratch", ckpt, why)
+            clear_checkpoints(self.checkpoint_dir)
+            return 0, None
+        start, state = load_checkpoint(ckpt, model, opt)
+        log.info("resumed SAE training from %s (step %d)", ckpt, start)
+        return start, state
 
     def _init_model(self) -> tuple[SparseAutoencoder, float]:
         r = self.run
@@ -90,25 +141,20 @@ class Trainer:
         weights (``model.scaling_factor`` records it). ``model.history`` holds the metrics
         (``training.nc`` contents) as an xarray Dataset with dim ``step``.
         """
+        with torch_threads(self.num_threads):
+            return self._fit(stop_after)
+
+    def _fit(self, stop_after: int | None) -> SparseAutoencoder:
         r = self.run
         steps = r["steps"]
         model, scale = self._init_model()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=r["lr"], betas=tuple(r["adam_betas"]))
-        start = 0
         history: dict[str, list[float]] = {m: [] for m in ("step", *METRICS)}
         acc = {"loss": 0.0, "fvu": 0.0, "l0": 0.0, "n": 0}
-        ckpt = latest_checkpoint(self.checkpoint_dir)
-        if ckpt is not None:
-            import json
-
-            saved = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["state"]
-            if saved.get("run_digest") == self.run_digest:
-                start, state = load_checkpoint(ckpt, model, opt)
-                history, acc, scale = state["history"], state["acc"], state["scale"]
-                log.info("resumed SAE training from %s (step %d)", ckpt, start)
-            else:
-                log.warning("ignoring checkpoint %s: it belongs to another run or data set", ckpt)
+        start, state = self._resume(model, opt)
+        if state is not None:
+            history, acc, scale = state["history"], state["acc"], state["scale"]
         dead_after = r["dead_after"]
         bar = tqdm(total=steps, initial=start, desc=f"sae {r['arch']}", unit="step", disable=not self.progress, mininterval=1.0)
         model.train()
@@ -150,7 +196,7 @@ class Trainer:
             bar.update(1)
             if self.checkpoint_dir is not None and r["checkpoint_every"] and done % r["checkpoint_every"] == 0 and done < steps:
                 save_checkpoint(self.checkpoint_dir, done, model, opt,
-                                {"run_digest": self.run_digest, "history": history, "acc": acc, "scale": scale})
+                                {"identity": self.identity(), "history": history, "acc": acc, "scale": scale})
             if stop_after is not None and done >= stop_after and done < steps:
                 bar.close()
                 raise TrainingStopped(f"stopped after step {done} of {steps}")
@@ -183,6 +229,8 @@ def train(
     checkpoint_dir: str | Path | None = None,
     progress: bool = False,
     stop_after: int | None = None,
+    code: str = "",
+    num_threads: int | None = 1,
     **run: Any,
 ) -> SparseAutoencoder:
     """Train an SAE on ``x`` [n_samples, d_in] (tensor, array or 2-D DataArray, read lazily).
@@ -192,9 +240,16 @@ def train(
     (defaults, bounds, docs; ``k=None`` takes the default k). Returns the model in eval mode
     with ``W_dec`` [n_features, d_in]; ``model.history`` holds the training metrics.
     ``stop_after`` ends the run early with :class:`TrainingStopped` (to test resuming).
+    ``checkpoint_dir``: resume from a checkpoint there of the same run, data (hashed) and ``code``;
+    its checkpoints are removed once training ends unless ``keep_checkpoints=True``.
+    ``num_threads``: intra-op threads while training (default 1: bit-identical whatever the
+    caller's ``torch.set_num_threads``; None leaves that setting).
     """
     spec = {"arch": arch, "n_features": n_features, "steps": steps, "seed": seed, **run}
     if k is not None:
         spec["k"] = k
-    trainer = Trainer(as_source(x), spec, checkpoint_dir=checkpoint_dir, progress=progress)
-    return trainer.fit(stop_after=stop_after)
+    trainer = Trainer(as_source(x), spec, checkpoint_dir=checkpoint_dir, progress=progress, code=code,
+                      num_threads=num_threads)
+    model = trainer.fit(stop_after=stop_after)
+    trainer.clear_checkpoints()
+    return model

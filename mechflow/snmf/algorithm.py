@@ -34,10 +34,17 @@ fit stops with ``stop_reason='precision'``). Alternating sparse fits have local 
 
 Scale: A is divided by ``||A||_F`` internally (so ``eps`` and ``ridge`` are scale-free) and F is
 multiplied back at the end. G's columns have unit Euclidean norm.
+
+Determinism: a multi-threaded BLAS product over the long sample axis rounds differently for each
+thread count, so the fit runs at a fixed intra-op thread count (``num_threads``, default 1) and
+spreads its large products over the caller's threads as fixed row blocks of single-threaded
+products: F, G and the losses are bit-identical whatever ``torch.set_num_threads`` the caller
+chose. The wall time goes to the log, not into the result's data.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -46,9 +53,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from mechflow.kernels.threads import RowBlockMatmul, torch_threads
 from mechflow.snmf.config import INITS, Init, SNMFError, SNMFRunConfig
 from mechflow.snmf.inputs import as_matrix, n_keep_for, user_G0
 from mechflow.snmf.result import SNMFResult
+
+log = logging.getLogger(__name__)
+
+#: ``mm(a, b) -> a @ b``: the products that grow with the sample axis go through one (see :func:`fit`)
+Matmul = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _plain_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a @ b
+
 
 #: defaults of the run keys of :func:`fit`: those of :class:`SNMFRunConfig` (the workflow's too)
 DEFAULTS: dict[str, Any] = SNMFRunConfig.defaults()
@@ -147,7 +165,7 @@ def _unit_columns(G: torch.Tensor) -> torch.Tensor:
     return torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
-def _kmeans_labels(X: torch.Tensor, K: int, gen: torch.Generator, n_iter: int = 25) -> torch.Tensor:
+def _kmeans_labels(X: torch.Tensor, K: int, gen: torch.Generator, n_iter: int = 25, mm: Matmul = _plain_mm) -> torch.Tensor:
     """k-means++ seeding then Lloyd iterations on the rows of X [n, d]; labels [n] (int64)."""
     n = X.shape[0]
     x2 = (X * X).sum(1)
@@ -162,7 +180,7 @@ def _kmeans_labels(X: torch.Tensor, K: int, gen: torch.Generator, n_iter: int = 
         d2 = torch.minimum(d2, (x2 - 2 * X @ centres[j] + x2[pick]).clamp(min=0))
     labels = torch.full((n,), -1, dtype=torch.long, device=X.device)
     for _ in range(n_iter):
-        dist = x2[:, None] - 2 * X @ centres.T + (centres * centres).sum(1)[None, :]
+        dist = x2[:, None] - 2 * mm(X, centres.T) + (centres * centres).sum(1)[None, :]
         new = dist.argmin(1)
         if torch.equal(new, labels):
             break
@@ -174,7 +192,7 @@ def _kmeans_labels(X: torch.Tensor, K: int, gen: torch.Generator, n_iter: int = 
     return labels
 
 
-def _init_G(A: torch.Tensor, K: int, init: str, seed: int) -> torch.Tensor:
+def _init_G(A: torch.Tensor, K: int, init: str, seed: int, mm: Matmul = _plain_mm) -> torch.Tensor:
     """Strictly positive initial G [samples, K] (zeros would stay zero under multiplicative updates)."""
     n = A.shape[1]
     gen = torch.Generator().manual_seed(seed)
@@ -184,7 +202,7 @@ def _init_G(A: torch.Tensor, K: int, init: str, seed: int) -> torch.Tensor:
         # spherical k-means: cluster the samples' directions, not their magnitudes (a sample that
         # is mostly one factor points along it, however strongly it activates)
         X = A.T / A.norm(dim=0).clamp(min=torch.finfo(A.dtype).tiny)[:, None]
-        labels = _kmeans_labels(X, K, gen)
+        labels = _kmeans_labels(X, K, gen, mm=mm)
         G = torch.nn.functional.one_hot(labels, K).to(A.dtype)
         return G + 0.2  # Ding, Li & Jordan (2010): cluster indicators + 0.2
     if init == "svd":
@@ -192,11 +210,11 @@ def _init_G(A: torch.Tensor, K: int, init: str, seed: int) -> torch.Tensor:
         m = A.shape[0]
         A64 = A.double()
         if m <= n:
-            evals, U = torch.linalg.eigh(A64 @ A64.T)
+            evals, U = torch.linalg.eigh(mm(A64, A64.T))
             U = U[:, -K:].flip(1)
-            VS = A64.T @ U  # [n, K] = V S
+            VS = mm(A64.T, U)  # [n, K] = V S
         else:
-            evals, V = torch.linalg.eigh(A64.T @ A64)
+            evals, V = torch.linalg.eigh(mm(A64.T, A64))
             VS = V[:, -K:].flip(1) * evals[-K:].flip(0).clamp(min=0).sqrt()
         # G >= 0 fixes each direction's sign: take the sign with the larger positive part
         pos, neg = VS.clamp(min=0).norm(dim=0), (-VS).clamp(min=0).norm(dim=0)
@@ -252,6 +270,7 @@ def fit(
     device: str | torch.device | None = None,
     backend: str | None = None,
     callback: Callable[[int, float], None] | None = None,
+    num_threads: int | None = 1,
 ) -> SNMFResult:
     """Fit ``A [units, samples] ~ F G^T`` (see the module docstring for the algorithm).
 
@@ -277,7 +296,40 @@ def fit(
     backend: kernel backend of the G update: None follows mechflow.kernels' process-wide setting
         (default 'auto': Triton on CUDA, PyTorch reference on CPU); or 'auto', 'reference', 'triton'.
     callback: called as ``callback(iteration, loss)`` after every iteration.
+    num_threads: intra-op threads of the fit (default 1). The products along the sample axis then run
+        as fixed row blocks spread over the caller's ``torch.get_num_threads()`` threads
+        (:class:`mechflow.kernels.threads.RowBlockMatmul`), so the results are bit-identical whatever
+        the caller's setting, yet use its threads. None: the caller's setting as it is, plain
+        products (the results may then depend on the thread count).
     """
+    if num_threads is None:
+        return _fit(A, n_factors, sparsity, init, max_iter, tol, seed, n_init, ridge, refit_iter, eps, dtype, device,
+                    backend, callback, _plain_mm)
+    workers = max(1, torch.get_num_threads() // int(num_threads))  # the caller's threads
+    with torch_threads(num_threads), RowBlockMatmul(workers) as mm:
+        return _fit(A, n_factors, sparsity, init, max_iter, tol, seed, n_init, ridge, refit_iter, eps, dtype, device,
+                    backend, callback, mm)
+
+
+def _fit(
+    A: Any,
+    n_factors: int,
+    sparsity: float,
+    init: Init | np.ndarray | torch.Tensor,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    n_init: int,
+    ridge: float,
+    refit_iter: int,
+    eps: float,
+    dtype: torch.dtype | None,
+    device: str | torch.device | None,
+    backend: str | None,
+    callback: Callable[[int, float], None] | None,
+    mm: Matmul,
+) -> SNMFResult:
+    """:func:`fit` at the current thread count, with ``mm`` for the products along the sample axis."""
     t0 = time.perf_counter()
     if isinstance(init, str) and init not in INITS:
         raise SNMFError(f"init must be one of {INITS} or an array G0 [samples, factors] >= 0, got {init!r}")
@@ -305,11 +357,15 @@ def fit(
 
     best_run, best, restart_losses = None, 0, []
     for r in range(cfg.n_init):  # keep only the best run in memory
-        run = _fit_once(X, K, init, cfg.seed + r, n_keep, cfg.max_iter, cfg.tol, ridge, cfg.refit_iter, eps, update_g, callback)
+        run = _fit_once(X, K, init, cfg.seed + r, n_keep, cfg.max_iter, cfg.tol, ridge, cfg.refit_iter, eps, update_g, callback,
+                        mm)
         restart_losses.append(run[2][-1])
         if best_run is None or run[2][-1] < best_run[2][-1]:
             best_run, best = run, r
     F, G, losses, it, converged, stop_reason, fallbacks = best_run
+    seconds = time.perf_counter() - t0
+    log.info("semi-NMF: %d factors of A [%d, %d], %d iterations (%s), loss %.6g, %.2f s", K, n_units, n_samples, it,
+             stop_reason, losses[-1], seconds)
     return SNMFResult(
         F=(F * scale).cpu().numpy(),
         G=G.cpu().numpy(),
@@ -332,7 +388,7 @@ def fit(
             "dtype": str(X.dtype).removeprefix("torch."),
         },
         f_fallbacks=fallbacks,
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
         unit_coord=unit_coord,
         prompt_coords=prompt_coords,
         best_restart=best,
@@ -353,28 +409,29 @@ def _fit_once(
     eps: float,
     update_g: Callable[..., torch.Tensor],
     callback: Callable[[int, float], None] | None,
+    mm: Matmul = _plain_mm,
 ) -> tuple[torch.Tensor, torch.Tensor, list[float], int, bool, str, int]:
-    """One run from one initialisation on X [units, samples] with ||X||_F = 1.
+    """One run from one initialisation on X [units, samples] with ||X||_F = 1 (``mm``: the large products).
 
     Returns (F masked, G, losses, n_iter, converged, stop_reason, F-step fallbacks).
     """
     n_samples = X.shape[1]
     if isinstance(init, str):
-        G = _init_G(X, K, init, seed)
+        G = _init_G(X, K, init, seed, mm=mm)
     else:
         G = user_G0(init, n_samples, K, X)
     G = G / _unit_columns(G)
-    B, H = X @ G, G.T @ G
+    B, H = mm(X, G), mm(G.T, G)
     F, mask = _ridge_wta(B, H, ridge, n_keep)
     F = _refit(F, mask, B, H, refit_iter)
     losses = [_rel_loss(F, B, H)]
 
     converged, stop_reason, fallbacks, it = False, "max_iter", 0, 0
     for it in range(1, max_iter + 1):
-        G_new = update_g(X.T @ F, F.T @ F, G, eps)
+        G_new = update_g(mm(X.T, F), F.T @ F, G, eps)
         norms = _unit_columns(G_new)
         G_new, F_scaled = G_new / norms, F * norms
-        B, H = X @ G_new, G_new.T @ G_new
+        B, H = mm(X, G_new), mm(G_new.T, G_new)
         loss_g = _rel_loss(F_scaled, B, H)
         F_new, mask_new, loss, fell = _f_step(B, H, F_scaled, mask, loss_g, n_keep, ridge, refit_iter)
         prev = losses[-1]

@@ -29,7 +29,8 @@ class SNMFResult:
 
     F [units, factors] (original scale of A, exactly ``n_keep`` units per column on the support);
     G [samples, factors] >= 0 with unit-norm columns; loss [n_iter + 1] relative squared error,
-    ``loss[0]`` at the initialisation, non-increasing.
+    ``loss[0]`` at the initialisation, non-increasing. ``seconds`` (the fit's wall time) stays in
+    memory and in the log: :meth:`to_dataset` writes only what identical runs reproduce.
     """
 
     F: np.ndarray
@@ -106,7 +107,6 @@ class SNMFResult:
             converged=self.converged,
             stop_reason=self.stop_reason,
             f_fallbacks=self.f_fallbacks,
-            fit_seconds=float(self.seconds),
             **extra,
         )
         return ds

@@ -27,6 +27,7 @@ import torch
 from libpysal.weights import W
 from scipy.stats import norm
 
+from mechflow.kernels.threads import torch_threads
 from mechflow.spatial._sparse import (
     as_2d_values,
     fold_counts,
@@ -162,14 +163,16 @@ class _TorchReplicates:
             yield cross, sq
 
 
-def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C, engine=None):
+def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C, engine=None,
+             num_threads=1):
     """Shared-permutation replicates; returns per-column (count>=obs, sum, sumsq) for I and C.
 
     Columns go in chunks of ``Fc`` and replicates in batches of ``B`` with ``B * Fc ~ chunk_size``:
     one row gather of the permuted columns ``[n, B * Fc]``, one sparse product for their spatial
     lag, and a column sum of their product give the cross term ``z_p' W z_p`` of every replicate;
     Geary's C also needs ``sum_i (r_i + c_i) z_p[i]^2`` (row + column sums of W). ``engine``:
-    ``"numpy"`` (default on CPU) or ``"torch"`` (default on CUDA; also runs on CPU).
+    ``"numpy"`` (default on CPU) or ``"torch"`` (default on CUDA; also runs on CPU, at ``num_threads``
+    intra-op threads: its products round differently for each thread count).
     """
     n, F = z.shape
     dev = resolve_device(device)
@@ -189,6 +192,13 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     s0 = float(A.sum())
     EI = -1.0 / (n - 1)
     acc = {key: np.zeros(F) for key in ("nI", "sI", "qI", "nC", "sC", "qC")}
+    with torch_threads(num_threads if engine == "torch" and dev.type == "cpu" else None):
+        _accumulate(eng, acc, chunks, n, s0, EI, n_perm, B, want_geary, obs_I, obs_C)
+    return acc, EI
+
+
+def _accumulate(eng, acc, chunks, n, s0, EI, n_perm, B, want_geary, obs_I, obs_C) -> None:
+    """Add every replicate batch's per-column counts, sums and sums of squares into ``acc``."""
     for p0 in range(0, n_perm, B):
         perms = eng.draw(min(B, n_perm - p0))
         for (a, b), (cross, sq) in zip(chunks, eng.replicates(perms, want_geary)):
@@ -203,7 +213,6 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
                 acc["nC"][a:b] += (sim_C >= obs_C[a:b]).sum(0)
                 acc["sC"][a:b] += d.sum(0)
                 acc["qC"][a:b] += (d * d).sum(0)
-    return acc, EI
 
 
 def _sim_summary(obs, count, s, q, shift, n_perm, constant):
@@ -234,6 +243,7 @@ def global_autocorrelation(
     chunk_size: int | None = None,
     sim_dtype: torch.dtype = torch.float32,
     engine: str | None = None,
+    num_threads: int | None = 1,
 ) -> dict:
     """Moran's I and (optionally) Geary's C for every column of ``values`` ``[n, F]``.
 
@@ -242,7 +252,9 @@ def global_autocorrelation(
     test (``None``: CUDA when available, else CPU); ``sim_dtype`` of the replicates (float32 is
     ample for counting; the observed statistics are always float64). ``chunk_size``: columns per
     sparse product (memory ``~ n * chunk_size`` per replicate). ``engine``: ``"numpy"`` (CPU default)
-    or ``"torch"`` (CUDA default; also runs on CPU) for the permutation replicates.
+    or ``"torch"`` (CUDA default; also runs on CPU) for the permutation replicates. ``num_threads``:
+    intra-op threads of the torch engine on CPU (default 1, so the results are bit-identical
+    whatever ``torch.set_num_threads`` says; None leaves that setting).
 
     Returns ``{"moran": {...}, "geary": {...} or None, "n_constant": int, "n": int}``; each inner
     dict maps statistic names (esda's attribute names) to float64 arrays ``[F]``.
@@ -258,7 +270,7 @@ def global_autocorrelation(
     if permutations:
         acc, EI = _permute(
             z, z2ss, rc, A, permutations, seed, device, chunk_size, sim_dtype, geary,
-            np.nan_to_num(moran["I"], nan=np.inf), np.nan_to_num(gear["C"], nan=np.inf), engine,
+            np.nan_to_num(moran["I"], nan=np.inf), np.nan_to_num(gear["C"], nan=np.inf), engine, num_threads,
         )
         sm = _sim_summary(moran["I"], acc["nI"], acc["sI"], acc["qI"], EI, permutations, constant)
         moran.update(p_sim=sm["p_sim"], EI_sim=sm["E_sim"], seI_sim=sm["se_sim"],

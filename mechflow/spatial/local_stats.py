@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import torch
 from libpysal.weights import W
 
+from mechflow.kernels.threads import torch_threads
 from mechflow.spatial._sparse import as_2d_values, fold_counts, resolve_device, weights_csr
 
 __all__ = ["local_moran"]
@@ -71,7 +72,8 @@ def local_moran(
 
     ``groups``: observations ``i % groups`` share one set of replicate draws (esda shares one set
     among all observations); more groups weaken the dependence between observations' p-values at
-    ``groups`` times the (small) sorting cost. ``chunk_size``: columns per block.
+    ``groups`` times the (small) sorting cost. ``chunk_size``: columns per block. ``num_threads``:
+    intra-op threads of the permutation test on CPU (default 1; None leaves torch's setting).
     """
     if permutations < 0:
         raise ValueError(f"permutations must be >= 0, got {permutations}")
@@ -96,14 +98,9 @@ def local_moran(
         self_w, card, w_row, Bbin = _row_structure(A)
         S = Bbin @ z  # observed sum of neighbour values (self excluded)
         dev = resolve_device(device)
-        before = torch.get_num_threads()
-        if num_threads is not None and dev.type == "cpu":
-            torch.set_num_threads(int(num_threads))
-        try:
+        with torch_threads(num_threads if dev.type == "cpu" else None):
             counts = _conditional_counts(z, S, self_w, card, w_row, permutations, seed,
                                          dev, chunk_size, groups)
-        finally:
-            torch.set_num_threads(before)
         larger = fold_counts(counts, permutations)
         p_sim = (larger + 1.0) / (permutations + 1.0)
         p_sim[:, constant] = np.nan
@@ -158,7 +155,7 @@ def _conditional_counts(z, S, self_w, card, w_row, P, seed, dev, chunk_size, gro
             prefix = torch.zeros((P, cmax + 1, b - a), dtype=zc.dtype, device=dev)
             prefix[:, 1:] = zc[Jg[:, :cmax]].cumsum(1)  # prefix[p, c] = sum of the first c slots
             for c, rows_t in rows_by_card:
-                Ts, _ = prefix[:, c].T.sort(dim=1)  # [Fc, P]
+                Ts, _ = prefix[:, c].T.contiguous().sort(dim=1)  # [Fc, P], contiguous for searchsorted
                 thr = Sc[rows_t].T.contiguous()  # [Fc, n_c]
                 ge = P - torch.searchsorted(Ts, thr - TIE_TOL, side="left")
                 le = torch.searchsorted(Ts, thr + TIE_TOL, side="right")

@@ -49,6 +49,9 @@ class SAERunConfig(RunConfig):
     seed: int = option(0, "seed of the initialisation and of the (seed, step) -> minibatch schedule", minimum=0)
     checkpoint_every: int = option(500, "steps between checkpoints (0: none); a killed run resumes from the last one",
                                    minimum=0)
+    keep_checkpoints: bool = option(False, "keep the checkpoints of a finished run (by default they are removed once "
+                                           "its outputs are written); a checkpoint is resumed only by a run with the "
+                                           "same settings, input data and code")
     warmup: float = option(0.05, "fraction of steps with a linear learning-rate warm-up from 0", minimum=0,
                            exclusive_maximum=1)
     decay: float = option(0.2, "fraction of final steps with a linear learning-rate decay to 0", minimum=0,

@@ -44,7 +44,8 @@ class MPSAE(SparseAutoencoder):
         for _ in range(self.steps):
             coef, j = (resid @ self.W_dec.T).max(1)
             coef = coef.relu()
-            resid = resid - coef[:, None] * self.W_dec[j]
+            # embedding, not W_dec[j]: its backward adds in a fixed order (index_put_ uses atomic adds)
+            resid = resid - coef[:, None] * torch.nn.functional.embedding(j, self.W_dec)
             acts = acts.scatter_add(1, j[:, None], coef[:, None])
         return acts, x - resid
 
