@@ -205,18 +205,31 @@ def test_rebuild_replaces_figures_and_rejects_bad_manifests(study, tmp_path):
 
 
 def test_significance_and_top_features_are_vectorised_right():
-    from mechflow.report.stats import region_summary, significant_positive, top_features
+    from mechflow.report.stats import (
+        q_source,
+        region_summary,
+        significant_positive,
+        significant_positive_control,
+        top_features,
+    )
 
     ds = xr.Dataset({"I": (("region", "unit"), [[0.5, 0.1, -0.2, np.nan]]),
                      "EI": (("region", "unit"), [[-0.01] * 4]),
-                     "q_bh": (("region", "unit"), [[0.01, 0.2, 0.01, np.nan]]),
+                     "q_greater": (("region", "unit"), [[0.01, 0.2, 0.01, np.nan]]),
+                     "q_bh": (("region", "unit"), [[0.9, 0.01, 0.9, np.nan]]),  # older folded q: ignored
                      "I_shuffled": (("region", "unit"), [[0.0, 0.02, 0.01, np.nan]]),
-                     "q_bh_norm_shuffled": (("region", "unit"), [[0.5, 0.01, 0.9, np.nan]])},
+                     "q_greater_shuffled": (("region", "unit"), [[0.5, 0.01, 0.9, np.nan]])},
                     coords={"region": ["GB"], "unit": [7, 8, 9, 10]}, attrs={"permutations": 99})
     assert significant_positive(ds).values.tolist() == [[True, False, False, False]]  # unit 9: negative I
+    assert q_source(ds) == "q_greater"
     s = region_summary(ds, "GB", top_n=2)
     assert s["n_valid"] == 3 and s["frac_sig"] == pytest.approx(1 / 3) and s["frac_sig_control"] == pytest.approx(1 / 3)
     assert [t[0] for t in s["top"]] == [7, 8] and top_features(ds, 5) == [7, 8, 9]
+    # an older file (folded q_bh, analytically tested control): read and named as such, control not compared
+    old = ds.drop_vars(["q_greater", "q_greater_shuffled"]).assign(
+        q_bh_norm_shuffled=ds["q_greater_shuffled"])
+    assert q_source(old) == "q_bh (folded p_sim)" and significant_positive_control(old) is None
+    assert np.isnan(region_summary(old, "GB")["frac_sig_control"])
 
 
 def test_maps_handle_odd_placenames_and_tiny_regions():

@@ -142,6 +142,52 @@ def test_global_permutation_agrees_with_esda(w300, data300, engine):
     strong = slice(6, 10)  # smooth fields: every replicate below I
     assert np.all(m["p_sim"][strong] == floor) and np.all(g["p_sim"][strong] == floor)
     assert np.all(m["z_sim"][strong] > 5)
+    # the one-sided p for positive autocorrelation is at its minimum 1/(P+1) on planted structure
+    assert np.all(m["p_greater"][strong] == floor) and np.all(g["p_less"][strong] == floor)
+    # same replicates as p_sim: where I is in the upper half of its replicates, the unfolded p is the folded one
+    upper = m["I"] >= m["EI_sim"]
+    assert upper[strong].all() and np.all(m["p_greater"] >= m["p_sim"] - 1e-12)
+
+
+@pytest.fixture(scope="module")
+def null200():
+    """2,000 null columns (independent normals, no spatial structure) on 200 random points, k=8."""
+    lon, lat = _points(200, seed=21)
+    w = knn_weights(lon, lat, k=8, crs=CRS_PRESETS["GB"])
+    return w, np.random.default_rng(22).standard_normal((200, 2000))
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_one_sided_global_p_is_uniform_under_the_null_and_folded_p_sim_is_not(null200, engine):
+    w, Y = null200
+    perms = 99
+    res = global_autocorrelation(Y, w, permutations=perms, seed=5, device="cpu", engine=engine)
+    m, g = res["moran"], res["geary"]
+    for p in (m["p_greater"], g["p_less"]):
+        assert np.all((p >= 1 / (perms + 1)) & (p <= 1))
+        assert stats.kstest(p, "uniform").pvalue > 0.01  # discrete Uniform{1/(P+1), ..., 1}
+        assert abs(np.mean(p <= 0.05) - 0.05) < 0.02
+        assert np.mean(fdr_bh(p) < 0.05) <= 0.05 + 0.01  # BH over features rejects <= alpha of null columns
+    # esda's folded p_sim on the same replicates: ~Uniform(0, 0.5], so "p_sim < 0.05" holds twice as often
+    folded = m["p_sim"]
+    assert folded.max() <= 0.51 and stats.kstest(folded, "uniform").pvalue < 1e-6
+    assert np.mean(folded <= 0.05) > 0.075
+    np.testing.assert_allclose(folded, np.minimum(m["p_greater"], 1 - m["p_greater"] + 1 / (perms + 1)), atol=1e-12)
+    none = global_autocorrelation(Y[:, :3], w, permutations=0)
+    assert np.isnan(none["moran"]["p_greater"]).all() and np.isnan(none["geary"]["p_less"]).all()
+
+
+def test_local_p_is_valid_under_the_null_and_its_bh_rejects_few(null200):
+    w, Y = null200
+    perms = 99
+    loc = local_moran(Y[:, :200], w, permutations=perms, seed=5, device="cpu")
+    p = loc["p_local"]
+    assert np.all((p >= 2 / (perms + 1)) & (p <= 1))
+    # p_local = 2 (c+1)/(P+1): P(p_local <= 0.1) is 2 * 5/100 under the null
+    assert abs(np.mean(p <= 0.1) - 0.10) < 0.02
+    assert abs(np.mean(loc["p_sim"] <= 0.05) - 0.10) < 0.02  # the folded p: twice the nominal rate
+    q = fdr_bh(p.T).T  # BH over places, per feature
+    assert np.mean((q < 0.05).any(axis=0)) <= 0.05 + 0.04  # features with any significant place
 
 
 @pytest.mark.parametrize("engine", ["numpy", "torch"])
@@ -242,12 +288,13 @@ def test_local_sorted_counts_equal_brute_force(w300, data300):
     S = Bbin @ z
     n_perm, seed = 60, 9
     G = 3
-    counts = _conditional_counts(z, S, self_w, card, w_row, n_perm, seed, torch.device("cpu"), 3, G)
+    counts, counts_le = _conditional_counts(z, S, self_w, card, w_row, n_perm, seed, torch.device("cpu"), 3, G)
     gen = torch.Generator().manual_seed(seed)
     Js = [torch.rand((n_perm, w300.n), generator=gen).topk(card.max() + 1, dim=1).indices.numpy()
           for _ in range(G)]
     sign = np.sign(z * w_row[:, None])
     brute = np.zeros_like(counts)
+    brute_le = np.zeros_like(counts)
     for i in range(w300.n):
         c, J = card[i], Js[i % G]
         ids = J[:, :c].copy()
@@ -256,7 +303,10 @@ def test_local_sorted_counts_equal_brute_force(w300, data300):
         T = z[ids].sum(1)  # [P, F] random neighbour sums of the other n-1 observations
         hit = np.where(sign[i] > 0, T >= S[i] - 1e-9, np.where(sign[i] < 0, T <= S[i] + 1e-9, True))
         brute[i] = hit.sum(0)
+        hit_le = np.where(sign[i] > 0, T <= S[i] + 1e-9, np.where(sign[i] < 0, T >= S[i] - 1e-9, True))
+        brute_le[i] = hit_le.sum(0)
     np.testing.assert_array_equal(counts, brute)
+    np.testing.assert_array_equal(counts_le, brute_le)
 
 
 def test_local_rejects_unequal_row_weights(w300, data300):
@@ -313,9 +363,17 @@ def test_moran_dataset_contract(two_regions, tmp_path):
     ds = moran_dataset(da, lon, lat, region, crs, k=8, permutations=49, seed=0)
     assert ds["I"].dims == ("region", "unit") and list(ds.region.values) == ["GB", "IT"]
     np.testing.assert_array_equal(ds.unit.values, np.arange(10, 16))
-    for v in ("I", "EI", "VI_norm", "z_norm", "p_norm", "z_sim", "p_sim", "q_bh", "geary_C",
-              "geary_z_norm", "geary_p_norm", "geary_p_sim"):
-        assert v in ds
+    for v in ("I", "EI", "VI_norm", "z_norm", "p_norm", "z_sim", "p_sim", "p_greater", "q_greater", "geary_C",
+              "geary_z_norm", "geary_p_norm", "geary_p_sim", "geary_p_less", "geary_q_less"):
+        assert v in ds and v in ds.attrs or v in ("I", "EI", "VI_norm", "z_norm", "z_sim", "geary_C", "geary_z_norm")
+    assert "q_bh" not in ds
+    for reg in ("GB", "IT"):
+        r = ds.sel(region=reg)
+        np.testing.assert_array_equal(r.q_greater.values, fdr_bh(r.p_greater.values))
+        np.testing.assert_array_equal(r.geary_q_less.values, fdr_bh(r.geary_p_less.values))
+    assert ds.p_greater.sel(region="GB", unit=10) == 1 / 50 and ds.geary_p_less.sel(region="GB", unit=10) == 1 / 50
+    assert np.isnan(moran_dataset(da, lon, lat, region, crs, permutations=0)[["p_greater", "q_greater"]]
+                    .to_array()).all()
     assert ds.n.values.tolist() == [150, 120] and ds.n_constant.values.tolist() == [1, 1]
     assert json.loads(ds.attrs["crs"]) == {"GB": "EPSG:27700", "IT": "EPSG:25832"}
     assert ds.attrs["weights"] == "knn" and ds.attrs["k"] == 8 and ds.attrs["permutations"] == 49
@@ -334,7 +392,7 @@ def test_moran_dataset_contract(two_regions, tmp_path):
 def test_lisa_dataset_layout(two_regions, tmp_path):
     da, lon, lat, region = two_regions
     crs = {"GB": "EPSG:27700", "IT": "EPSG:25832"}
-    ds = lisa_dataset(da, lon, lat, region, crs, top_n=2, permutations=19, seed=0)
+    ds = lisa_dataset(da, lon, lat, region, crs, top_n=2, permutations=199, seed=0)
     assert ds["Is"].dims == ("region", "prompt", "unit")
     assert ds.selected.sum("unit").values.tolist() == [2, 2]
     assert bool(ds.selected.sel(region="GB", unit=10)) and int(ds["rank"].sel(region="GB", unit=10)) == 0
@@ -346,6 +404,17 @@ def test_lisa_dataset_layout(two_regions, tmp_path):
     np.testing.assert_allclose(ds.Is.sel(region="GB", unit=10).values[gb], ref.Is, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(ds.q.sel(region="GB", unit=10).values[gb], ref.q)
     assert list(ds.prompt_region.values[:2]) == ["GB", "GB"]
+    # q_local: BH over the places of each region, per feature, of p_local; significant = q_local < 0.05
+    for reg in ds.region.values:
+        inside = region == reg
+        for u in ds.unit.values[ds.selected.sel(region=reg).values]:
+            one = ds.sel(region=reg, unit=u)
+            p = one.p_local.values[inside]
+            assert np.isfinite(p).all() and np.isnan(one.p_local.values[~inside]).all()
+            np.testing.assert_allclose(one.q_local.values[inside], stats.false_discovery_control(p, method="bh"))
+            np.testing.assert_array_equal(one.significant.values, one.q_local.values < 0.05)
+    assert ds.significant.sel(region="GB", unit=10).any()  # the planted gradient has significant clusters
+    assert "BH over places per feature, alpha 0.05" in ds.attrs["significant"] and "q_local" in ds.attrs
     ds2 = lisa_dataset(da, lon, lat, region, crs, features={"GB": [12], "IT": [13, 14]}, permutations=9)
     assert ds2.unit.values.tolist() == [12, 13, 14] and not bool(ds2.selected.sel(region="GB", unit=13))
     ds2.to_netcdf(tmp_path / "lisa.nc", engine="h5netcdf")
@@ -353,6 +422,25 @@ def test_lisa_dataset_layout(two_regions, tmp_path):
         lisa_dataset(da, lon, lat, region, crs)
     with pytest.raises(ValueError, match="not in"):
         lisa_dataset(da, lon, lat, region, crs, features=[99])
+
+
+def test_shuffled_control_runs_the_real_data_test(two_regions):
+    from mechflow.spatial.analysis import shuffle_within_regions, spatial_analysis
+
+    da, lon, lat, region = two_regions
+    da = da.assign_coords(longitude=("prompt", lon), latitude=("prompt", lat), region=("prompt", region))
+    crs = {"GB": "EPSG:27700", "IT": "EPSG:25832"}
+    params = {"k": 8, "transform": "r", "permutations": 49, "seed": 3, "lisa_top_n": 0, "crs": crs}
+    moran, lisa = spatial_analysis(da, params)
+    assert lisa is None
+    slon, slat = shuffle_within_regions(lon, lat, region, 3 + 1)
+    ctrl = moran_dataset(da, slon, slat, region, crs, k=8, permutations=49, seed=3)  # the real-data path
+    for v in ("I", "z_norm", "p_norm", "p_greater", "q_greater"):
+        np.testing.assert_array_equal(moran[f"{v}_shuffled"].values, ctrl[v].values, err_msg=v)
+    pg = moran.p_greater_shuffled.values[np.isfinite(moran.I.values)]
+    assert np.isfinite(pg).all() and np.allclose(pg * 50, np.rint(pg * 50))  # permutation-based: k/(P+1)
+    assert float(moran.p_greater_shuffled.sel(region="GB", unit=10)) > 1 / 50  # the gradient is gone
+    assert "q_bh_norm_shuffled" not in moran
 
 
 @pytest.mark.gpu

@@ -151,7 +151,8 @@ def draw_values(ax, geom: RegionGeometry, values: np.ndarray, lim: float = 2.5):
 
 
 def draw_lisa(ax, geom: RegionGeometry, q: np.ndarray, p: np.ndarray, alpha: float = 0.05) -> dict[str, int]:
-    """LISA cluster map: HH/HL/LH/LL where the local pseudo p-value < alpha, grey otherwise.
+    """LISA cluster map: HH/HL/LH/LL where ``p < alpha`` (p: a local p- or q-value, or 0/1 from a
+    significance mask), grey otherwise.
     Returns the count of places per class."""
     q = np.asarray(q, dtype=np.int64)
     sig = np.asarray(p, dtype=np.float64) < alpha
@@ -235,10 +236,13 @@ def _colorbar(fig, sc, top_in: float, height_in: float, label: str) -> None:
 
 
 def feature_maps_figure(geom: RegionGeometry, values: np.ndarray, titles: Sequence[str],
-                        lisa: tuple[np.ndarray, np.ndarray] | None = None, alpha: float = 0.05) -> bytes:
+                        lisa: tuple[np.ndarray, np.ndarray] | None = None, alpha: float = 0.05,
+                        legend_title: str = "") -> bytes:
     """Top row: each feature's values (z-scored within the region); bottom row: its LISA clusters.
 
-    values: ``[n_places, N]``; lisa: ``(q, p_sim)`` each ``[n_places, N]`` (q = 0 where not computed).
+    values: ``[n_places, N]``; lisa: ``(q, p)`` each ``[n_places, N]`` (q = 0 where not computed; a place
+    is coloured where p < alpha, e.g. p = 0 where the BH ``significant`` mask is set, else 1);
+    legend_title: the significance rule, shown above the legend.
     """
     N = values.shape[1]
     rows = 2 if lisa is not None else 1
@@ -270,7 +274,8 @@ def feature_maps_figure(geom: RegionGeometry, values: np.ndarray, titles: Sequen
                                   ("ns", "not signif."))]
         W, H = fig.get_size_inches()
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1 - (right - 0.05) / W, (h / 2 + 0.05) / H),
-                   fontsize=7.5, handletextpad=0.2, borderaxespad=0.0)
+                   fontsize=7.5, handletextpad=0.2, borderaxespad=0.0,
+                   title=legend_title or None, title_fontsize=7)
     return to_png(fig)
 
 

@@ -11,15 +11,23 @@ ALPHA = 0.05
 
 
 def _q_values(ds: xr.Dataset) -> tuple[xr.DataArray, str]:
-    """The FDR q-values of the real statistic and the name of their source variable."""
+    """The FDR q-values of the real statistic and the name of their source variable.
+
+    ``q_greater`` (BH over features per region of the one-sided permutation p ``p_greater``) when
+    stored; files without permutations fall back to ``q_bh_norm`` (BH of the analytical ``p_norm``);
+    older files that only have ``q_bh`` (BH of esda's folded ``p_sim``) are read as such and named
+    so in captions.
+    """
     perms = int(ds.attrs.get("permutations", 0) or 0)
-    if "q_bh" in ds and perms > 0:
-        return ds["q_bh"], "q_bh"
+    if "q_greater" in ds and perms > 0:
+        return ds["q_greater"], "q_greater"
+    if "q_bh" in ds and perms > 0:  # older files: BH of the folded p_sim
+        return ds["q_bh"], "q_bh (folded p_sim)"
     if "q_bh_norm" in ds:
         return ds["q_bh_norm"], "q_bh_norm"
     from mechflow.spatial import fdr_bh  # compute from raw p-values when only those were stored
 
-    p = ds["p_sim"] if ("p_sim" in ds and perms > 0) else ds["p_norm"]
+    p = ds["p_greater"] if ("p_greater" in ds and perms > 0) else ds["p_norm"]
     p = p.transpose(..., feature_dim(ds))
     return p.copy(data=fdr_bh(p.values)), f"BH({p.name})"
 
@@ -31,10 +39,12 @@ def significant_positive(ds: xr.Dataset, alpha: float = ALPHA) -> xr.DataArray:
 
 
 def significant_positive_control(ds: xr.Dataset, alpha: float = ALPHA) -> xr.DataArray | None:
-    """The same for the shuffled-coordinates control (``I_shuffled``, ``q_bh_norm_shuffled``), if stored."""
-    if "I_shuffled" not in ds or "q_bh_norm_shuffled" not in ds:
+    """The same for the shuffled-coordinates control (``I_shuffled``, ``q_greater_shuffled``: the same
+    one-sided permutation test as the real data), if stored; None for files without it (older files
+    tested the control differently, so their control is not compared)."""
+    if "I_shuffled" not in ds or "q_greater_shuffled" not in ds:
         return None
-    return (ds["q_bh_norm_shuffled"] < alpha) & (ds["I_shuffled"] > ds["EI"])
+    return (ds["q_greater_shuffled"] < alpha) & (ds["I_shuffled"] > ds["EI"])
 
 
 def q_source(ds: xr.Dataset) -> str:

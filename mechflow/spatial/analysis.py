@@ -15,7 +15,8 @@ import xarray as xr
 
 from mechflow.data.regions import region_crs
 from mechflow.spatial.datasets import lisa_dataset, moran_dataset
-from mechflow.spatial.fdr import fdr_bh
+
+CONTROL_VARS = ("I", "z_norm", "p_norm", "p_greater", "q_greater")
 
 
 def crs_for(regions: np.ndarray, overrides: Mapping[str, str] | None) -> dict[str, str]:
@@ -39,8 +40,11 @@ def spatial_analysis(values: xr.DataArray, params: Mapping[str, Any]) -> tuple[x
 
     ``params``: k, transform, permutations, seed, crs (overrides), lisa_top_n, shuffled_control.
     Returns (moran, lisa); lisa is None when ``lisa_top_n`` is 0. With the control, ``moran`` also
-    holds ``I_shuffled``, ``z_norm_shuffled``, ``p_norm_shuffled`` and ``q_bh_norm_shuffled``
-    (analytical inference on coordinates shuffled within each region).
+    holds ``I_shuffled``, ``z_norm_shuffled``, ``p_norm_shuffled``, ``p_greater_shuffled`` and
+    ``q_greater_shuffled``: :func:`moran_dataset` run on coordinates shuffled within each region
+    (shuffle seed ``seed + 1``), with the same permutation test as the real data (same
+    ``permutations``, same permutation ``seed``), so real and control fractions of features with
+    ``q_greater < 0.05`` compare like with like.
     """
     lon = values["longitude"].values.astype(np.float64)
     lat = values["latitude"].values.astype(np.float64)
@@ -50,11 +54,12 @@ def spatial_analysis(values: xr.DataArray, params: Mapping[str, Any]) -> tuple[x
     moran = moran_dataset(values, lon, lat, region, crs, permutations=int(params["permutations"]), **common)
     if params.get("shuffled_control", True):
         slon, slat = shuffle_within_regions(lon, lat, region, int(params["seed"]) + 1)
-        ctrl = moran_dataset(values, slon, slat, region, crs, permutations=0, **common)
-        for var in ("I", "z_norm", "p_norm"):
+        ctrl = moran_dataset(values, slon, slat, region, crs, permutations=int(params["permutations"]), **common)
+        for var in CONTROL_VARS:
             moran[f"{var}_shuffled"] = ctrl[var]
-        moran["q_bh_norm_shuffled"] = (ctrl["p_norm"].dims, fdr_bh(ctrl["p_norm"].values))
-        moran.attrs["control"] = "I_shuffled: coordinates permuted within each region (seed + 1), analytical inference"
+        moran.attrs["control"] = ("*_shuffled: coordinates permuted within each region (seed + 1), then the same "
+                                  "statistics and permutation test as the real data (same permutations and seed); "
+                                  "q_greater_shuffled = BH over features per region of p_greater_shuffled")
     lisa = None
     top_n = int(params.get("lisa_top_n", 0))
     if top_n > 0:

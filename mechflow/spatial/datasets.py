@@ -13,7 +13,9 @@ from mechflow.spatial.global_stats import global_autocorrelation
 from mechflow.spatial.local_stats import local_moran
 from mechflow.spatial.weights import knn_weights
 
-__all__ = ["moran_dataset", "lisa_dataset", "check_locations"]
+__all__ = ["moran_dataset", "lisa_dataset", "check_locations", "MORAN_ATTRS", "LISA_ATTRS", "LISA_ALPHA"]
+
+LISA_ALPHA = 0.05  # BH-FDR level of the LISA ``significant`` mask
 
 
 def check_locations(n: int, lon, lat, region, crs_by_region: Mapping[str, str]):
@@ -71,18 +73,23 @@ def moran_dataset(
     ``values``: DataArray ``[prompt, <feature-dim>]`` (``unit`` or ``feature``; its coordinate is
     kept); ``lon``/``lat``: WGS84 degrees per prompt; ``region``: str per prompt; weights are KNN
     in ``crs_by_region[region]``. Returns a Dataset with dims ``(region, <feature-dim>)``:
-    I, EI, VI_norm, z_norm, p_norm (two-tailed, esda default), z_rand, p_rand, z_sim, p_sim,
-    q_bh (BH over features within a region, from p_sim), q_bh_norm (from p_norm), geary_C,
-    geary_z_norm, geary_p_norm (one-tailed, as esda), geary_z_sim, geary_p_sim; and per region
-    ``n``, ``n_constant``, ``n_duplicates``.
+    I, EI, VI_norm, z_norm, p_norm (two-tailed, esda default), z_rand, p_rand, z_sim, p_sim
+    (esda's folded pseudo p), p_greater (one-sided permutation p for positive autocorrelation,
+    ``(#{I_sim >= I} + 1)/(P + 1)``), q_greater (BH over features within a region, from p_greater),
+    q_bh_norm (BH from p_norm), geary_C, geary_z_norm, geary_p_norm (one-tailed, as esda),
+    geary_z_sim, geary_p_sim (folded), geary_p_less (``(#{C_sim <= C} + 1)/(P + 1)``), geary_q_less
+    (BH of geary_p_less); and per region ``n``, ``n_constant``, ``n_duplicates``. The exact
+    definitions are in the Dataset attrs (:data:`MORAN_ATTRS`). Permutation variables are NaN when
+    ``permutations == 0``.
     """
     pdim, fdim, lon, lat, region, regions, crs_used = _prepare(values, lon, lat, region, crs_by_region)
     data = np.asarray(values.values, dtype=np.float64)
     F = data.shape[1]
-    names = ["I", "EI", "VI_norm", "z_norm", "p_norm", "z_rand", "p_rand", "z_sim", "p_sim"]
+    names = ["I", "EI", "VI_norm", "z_norm", "p_norm", "z_rand", "p_rand", "z_sim", "p_sim", "p_greater"]
     gnames = {"geary_C": "C", "geary_z_norm": "z_norm", "geary_p_norm": "p_norm",
-              "geary_z_sim": "z_sim", "geary_p_sim": "p_sim"}
-    out = {v: np.full((len(regions), F), np.nan) for v in [*names, "q_bh", "q_bh_norm", *gnames]}
+              "geary_z_sim": "z_sim", "geary_p_sim": "p_sim", "geary_p_less": "p_less"}
+    out = {v: np.full((len(regions), F), np.nan)
+           for v in [*names, "q_greater", "q_bh_norm", *gnames, "geary_q_less"]}
     counts = {v: np.zeros(len(regions), dtype=np.int64) for v in ("n", "n_constant", "n_duplicates")}
     for r, reg in enumerate(regions):
         idx = np.flatnonzero(region == reg)
@@ -94,7 +101,8 @@ def moran_dataset(
             out[v][r] = res["moran"][v]
         for v, g in gnames.items():
             out[v][r] = res["geary"][g]
-        out["q_bh"][r] = fdr_bh(res["moran"]["p_sim"])
+        out["q_greater"][r] = fdr_bh(res["moran"]["p_greater"])
+        out["geary_q_less"][r] = fdr_bh(res["geary"]["p_less"])
         out["q_bh_norm"][r] = fdr_bh(res["moran"]["p_norm"])
         counts["n"][r] = idx.size
         counts["n_constant"][r] = res["n_constant"]
@@ -106,10 +114,33 @@ def moran_dataset(
         coords=coords,
     )
     ds.attrs.update(_base_attrs(k, transform, crs_used, permutations, seed))
-    ds.attrs.update(p_norm="two-tailed (esda Moran default)", geary_p_norm="one-tailed (esda Geary)",
-                    p_sim="folded: (min(#sim>=obs, P-#sim>=obs)+1)/(P+1), as esda",
-                    q_bh="Benjamini-Hochberg over features within each region, from p_sim")
+    ds.attrs.update(MORAN_ATTRS)
     return ds
+
+
+MORAN_ATTRS = {
+    "p_norm": "two-tailed normal-approximation p of z_norm (esda Moran default)",
+    "p_sim": "esda's folded pseudo p: (min(#{I_sim>=I}, P-#{I_sim>=I})+1)/(P+1); ~Uniform(0,0.5] under "
+             "the null, not a one-sided p-value",
+    "p_greater": "one-sided permutation p for positive autocorrelation: (#{I_sim>=I}+1)/(P+1), "
+                 "same replicates as p_sim; NaN when permutations=0",
+    "q_greater": "Benjamini-Hochberg over the features of each region, from p_greater; "
+                 "significant = q_greater < 0.05",
+    "q_bh_norm": "Benjamini-Hochberg over the features of each region, from p_norm",
+    "geary_p_norm": "one-tailed in the direction of C-1 (esda Geary)",
+    "geary_p_sim": "esda's folded pseudo p of Geary's C: (min(#{C_sim>=C}, P-#{C_sim>=C})+1)/(P+1)",
+    "geary_p_less": "one-sided permutation p for positive autocorrelation (small C): (#{C_sim<=C}+1)/(P+1)",
+    "geary_q_less": "Benjamini-Hochberg over the features of each region, from geary_p_less",
+}
+
+LISA_ATTRS = {
+    "q": "1 HH, 2 LH, 3 LL, 4 HL (esda); 0 = not computed",
+    "p_sim": "esda's folded conditional-permutation pseudo p: (min(#{Ii_sim>=Ii}, P-#{Ii_sim>=Ii})+1)/(P+1)",
+    "p_local": "two-sided conditional-permutation p: min(1, 2 (#{Ii_sim>=Ii}+1)/(P+1)) if Ii >= E[Ii], "
+               "else min(1, 2 (#{Ii_sim<=Ii}+1)/(P+1)); the one-sided p in the observed direction, doubled",
+    "q_local": "Benjamini-Hochberg over the places of each region, per feature, from p_local",
+    "significant": "q_local < 0.05 (BH over places per feature, alpha 0.05)",
+}
 
 
 def lisa_dataset(
@@ -134,8 +165,10 @@ def lisa_dataset(
 
     Layout: dims ``(region, prompt, <feature-dim>)``. ``prompt`` keeps the input's prompt
     coordinate (all prompts), the feature dim is the union of the features chosen in any
-    region. ``Is``/``p_sim`` (float64) are NaN and ``q`` (int8) is 0 where a prompt is not in the
-    region or the feature was not chosen for it; ``selected`` ``[region, feature]`` (bool) and
+    region. ``Is``/``p_sim``/``p_local``/``q_local`` (float64) are NaN, ``q`` (int8) is 0 and
+    ``significant`` (bool) False where a prompt is not in the region or the feature was not chosen
+    for it. ``p_local`` is the doubled one-sided local p (see :data:`LISA_ATTRS`), ``q_local`` its
+    BH over the places of the region per feature, ``significant = q_local < 0.05``; ``selected`` ``[region, feature]`` (bool) and
     ``rank`` ``[region, feature]`` (int, 0 = highest I, -1 = not chosen) say which were, and
     ``prompt_region`` ``[prompt]`` gives each prompt's region. To read a map:
     ``ds.sel(region=r, feature=f).dropna("prompt", subset=["Is"])``.
@@ -172,6 +205,8 @@ def lisa_dataset(
     R, N, U = len(regions), data.shape[0], union.size
     Is = np.full((R, N, U), np.nan)
     ps = np.full((R, N, U), np.nan)
+    pl = np.full((R, N, U), np.nan)
+    ql = np.full((R, N, U), np.nan)
     q = np.zeros((R, N, U), dtype=np.int8)
     selected = np.zeros((R, U), dtype=bool)
     rank = np.full((R, U), -1, dtype=np.int64)
@@ -184,6 +219,8 @@ def lisa_dataset(
         js = np.array([col[int(c)] for c in cols])
         Is[r, idx[:, None], js[None, :]] = res["Is"]
         ps[r, idx[:, None], js[None, :]] = res["p_sim"]
+        pl[r, idx[:, None], js[None, :]] = res["p_local"]
+        ql[r, idx[:, None], js[None, :]] = fdr_bh(res["p_local"].T).T  # BH over the region's places
         q[r, idx[:, None], js[None, :]] = res["q"]
         selected[r, js] = True
         rank[r, js] = np.arange(cols.size)
@@ -193,6 +230,9 @@ def lisa_dataset(
             "Is": (("region", pdim, fdim), Is),
             "q": (("region", pdim, fdim), q),
             "p_sim": (("region", pdim, fdim), ps),
+            "p_local": (("region", pdim, fdim), pl),
+            "q_local": (("region", pdim, fdim), ql),
+            "significant": (("region", pdim, fdim), ql < LISA_ALPHA),
             "selected": (("region", fdim), selected),
             "rank": (("region", fdim), rank),
             "prompt_region": (pdim, region),
@@ -200,6 +240,6 @@ def lisa_dataset(
         coords={"region": regions, pdim: prompt_coord, fdim: fids[union]},
     )
     ds.attrs.update(_base_attrs(k, transform, crs_used, permutations, seed))
-    ds.attrs.update(q="1 HH, 2 LH, 3 LL, 4 HL (esda); 0 = not computed",
-                    selection=f"top_n={top_n} by global Moran's I" if top_n is not None else "given")
+    ds.attrs.update(LISA_ATTRS)
+    ds.attrs.update(selection=f"top_n={top_n} by global Moran's I" if top_n is not None else "given")
     return ds

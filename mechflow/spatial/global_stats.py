@@ -15,6 +15,11 @@ Conventions (esda 2.x, default arguments):
 - ``p_sim = (larger + 1) / (permutations + 1)`` where ``larger`` counts replicates ``>=`` the
   observed statistic and is folded to ``permutations - larger`` when that is smaller.
 - ``z_sim = (stat - mean(sim)) / std(sim)`` with ``ddof=0``; ``p_z_sim = sf(|z_sim|)``.
+- Not in esda: one-sided, unfolded permutation p-values for *positive* spatial autocorrelation from
+  the same replicates, Moran ``p_greater = (#{I_sim >= I} + 1) / (P + 1)`` and Geary
+  ``p_less = (#{C_sim <= C} + 1) / (P + 1)`` (small C = positive autocorrelation). Under the null
+  they are (discrete) Uniform(0, 1]; the folded ``p_sim`` is roughly Uniform(0, 0.5], so it must not
+  be read as a one-sided p-value. NaN when ``permutations == 0``.
 - Constant columns (zero variance, e.g. dead features) give NaN statistics (esda returns
   NaN/inf with warnings); they are counted in ``n_constant``.
 """
@@ -165,7 +170,8 @@ class _TorchReplicates:
 
 def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C, engine=None,
              num_threads=1):
-    """Shared-permutation replicates; returns per-column (count>=obs, sum, sumsq) for I and C.
+    """Shared-permutation replicates; returns per-column (count>=obs, sum, sumsq) for I and C
+    (and, for C, count<=obs).
 
     Columns go in chunks of ``Fc`` and replicates in batches of ``B`` with ``B * Fc ~ chunk_size``:
     one row gather of the permuted columns ``[n, B * Fc]``, one sparse product for their spatial
@@ -191,7 +197,7 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     eng = _NumpyReplicates(*args) if engine == "numpy" else _TorchReplicates(*args, dev)
     s0 = float(A.sum())
     EI = -1.0 / (n - 1)
-    acc = {key: np.zeros(F) for key in ("nI", "sI", "qI", "nC", "sC", "qC")}
+    acc = {key: np.zeros(F) for key in ("nI", "sI", "qI", "nC", "lC", "sC", "qC")}
     with torch_threads(num_threads if engine == "torch" and dev.type == "cpu" else None):
         _accumulate(eng, acc, chunks, n, s0, EI, n_perm, B, want_geary, obs_I, obs_C)
     return acc, EI
@@ -211,11 +217,14 @@ def _accumulate(eng, acc, chunks, n, s0, EI, n_perm, B, want_geary, obs_I, obs_C
                 sim_C = (n - 1) * (sq - 2.0 * cross) / (2.0 * s0)
                 d = sim_C - 1.0
                 acc["nC"][a:b] += (sim_C >= obs_C[a:b]).sum(0)
+                acc["lC"][a:b] += (sim_C <= obs_C[a:b]).sum(0)
                 acc["sC"][a:b] += d.sum(0)
                 acc["qC"][a:b] += (d * d).sum(0)
 
 
-def _sim_summary(obs, count, s, q, shift, n_perm, constant):
+def _sim_summary(obs, count, s, q, shift, n_perm, constant, count_one_sided):
+    """esda's permutation summaries from ``count`` (#{sim >= obs}), plus the unfolded one-sided
+    ``p_one_sided = (count_one_sided + 1) / (P + 1)``."""
     mean_d = s / n_perm
     se = np.sqrt(np.maximum(q / n_perm - mean_d**2, 0.0))
     e_sim = mean_d + shift
@@ -228,6 +237,7 @@ def _sim_summary(obs, count, s, q, shift, n_perm, constant):
         "se_sim": se,
         "z_sim": z_sim,
         "p_z_sim": norm.sf(np.abs(z_sim)),
+        "p_one_sided": (np.rint(count_one_sided) + 1.0) / (n_perm + 1.0),
     }
     return {k: np.where(constant, np.nan, v) for k, v in out.items()}
 
@@ -272,18 +282,18 @@ def global_autocorrelation(
             z, z2ss, rc, A, permutations, seed, device, chunk_size, sim_dtype, geary,
             np.nan_to_num(moran["I"], nan=np.inf), np.nan_to_num(gear["C"], nan=np.inf), engine, num_threads,
         )
-        sm = _sim_summary(moran["I"], acc["nI"], acc["sI"], acc["qI"], EI, permutations, constant)
-        moran.update(p_sim=sm["p_sim"], EI_sim=sm["E_sim"], seI_sim=sm["se_sim"],
+        sm = _sim_summary(moran["I"], acc["nI"], acc["sI"], acc["qI"], EI, permutations, constant, acc["nI"])
+        moran.update(p_sim=sm["p_sim"], p_greater=sm["p_one_sided"], EI_sim=sm["E_sim"], seI_sim=sm["se_sim"],
                      VI_sim=sm["se_sim"] ** 2, z_sim=sm["z_sim"], p_z_sim=sm["p_z_sim"])
         if geary:
-            sg = _sim_summary(gear["C"], acc["nC"], acc["sC"], acc["qC"], 1.0, permutations, constant)
-            gear.update(p_sim=sg["p_sim"], EC_sim=sg["E_sim"], seC_sim=sg["se_sim"],
+            sg = _sim_summary(gear["C"], acc["nC"], acc["sC"], acc["qC"], 1.0, permutations, constant, acc["lC"])
+            gear.update(p_sim=sg["p_sim"], p_less=sg["p_one_sided"], EC_sim=sg["E_sim"], seC_sim=sg["se_sim"],
                         VC_sim=sg["se_sim"] ** 2, z_sim=sg["z_sim"], p_z_sim=sg["p_z_sim"])
     else:
         nan = np.full(y.shape[1], np.nan)
-        for key in ("p_sim", "EI_sim", "seI_sim", "VI_sim", "z_sim", "p_z_sim"):
+        for key in ("p_sim", "p_greater", "EI_sim", "seI_sim", "VI_sim", "z_sim", "p_z_sim"):
             moran[key] = nan.copy()
-        for key in ("p_sim", "EC_sim", "seC_sim", "VC_sim", "z_sim", "p_z_sim"):
+        for key in ("p_sim", "p_less", "EC_sim", "seC_sim", "VC_sim", "z_sim", "p_z_sim"):
             gear[key] = nan.copy()
     return {"moran": moran, "geary": gear if geary else None,
             "n_constant": int(constant.sum()), "n": int(n)}
@@ -294,7 +304,7 @@ def global_moran(values, w: W, permutations: int = 999, seed: int = 0, two_taile
     """Global Moran's I of every column of ``values`` ``[n, F]`` (see module docstring).
 
     Returns a dict of float64 arrays ``[F]``: I, EI, VI_norm, seI_norm, z_norm, p_norm, VI_rand,
-    seI_rand, z_rand, p_rand, p_sim, EI_sim, seI_sim, VI_sim, z_sim, p_z_sim; plus ints
+    seI_rand, z_rand, p_rand, p_sim, p_greater, EI_sim, seI_sim, VI_sim, z_sim, p_z_sim; plus ints
     ``n_constant`` and ``n``.
     """
     r = global_autocorrelation(values, w, permutations, seed, two_tailed, geary=False,
@@ -307,7 +317,7 @@ def global_geary(values, w: W, permutations: int = 999, seed: int = 0, device=No
     """Global Geary's C of every column of ``values`` ``[n, F]`` (see module docstring).
 
     Returns a dict of float64 arrays ``[F]``: C, EC, VC_norm, seC_norm, z_norm, p_norm, VC_rand,
-    seC_rand, z_rand, p_rand, p_sim, EC_sim, seC_sim, VC_sim, z_sim, p_z_sim; plus ints
+    seC_rand, z_rand, p_rand, p_sim, p_less, EC_sim, seC_sim, VC_sim, z_sim, p_z_sim; plus ints
     ``n_constant`` and ``n``.
     """
     r = global_autocorrelation(values, w, permutations, seed, geary=True, device=device,

@@ -68,6 +68,12 @@ def local_moran(
     - ``q`` int8 ``[n, F]``: 1 HH, 2 LH, 3 LL, 4 HL (esda's default coding; 0 for constant columns);
     - ``p_sim`` float64 ``[n, F]``: folded pseudo p-value ``(larger + 1)/(P + 1)`` as esda's
       ``Moran_Local`` (NaN for constant columns, and when ``permutations == 0``);
+    - ``p_local`` float64 ``[n, F]`` (not in esda): unfolded permutation p-value in the direction of
+      the observed deviation, doubled: ``min(1, 2 (#{I_sim >= I_i} + 1)/(P + 1))`` when
+      ``I_i >= E[I_i]`` (E under the conditional permutation null), else the same with ``<=``. The
+      one-sided p in a direction chosen by the data is itself ~Uniform(0, 0.5] under the null (like
+      the folded ``p_sim``); doubling makes it a valid two-sided p-value (~Uniform(0, 1]), fit for
+      BH. NaN where ``p_sim`` is;
     - ``n_constant`` int.
 
     ``groups``: observations ``i % groups`` share one set of replicate draws (esda shares one set
@@ -94,24 +100,30 @@ def local_moran(
     Is[:, constant] = np.nan
     q[:, constant] = 0
     p_sim = np.full((n, F), np.nan)
+    p_local = np.full((n, F), np.nan)
     if permutations and F:
         self_w, card, w_row, Bbin = _row_structure(A)
         S = Bbin @ z  # observed sum of neighbour values (self excluded)
         dev = resolve_device(device)
         with torch_threads(num_threads if dev.type == "cpu" else None):
-            counts = _conditional_counts(z, S, self_w, card, w_row, permutations, seed,
+            ge, le = _conditional_counts(z, S, self_w, card, w_row, permutations, seed,
                                          dev, chunk_size, groups)
-        larger = fold_counts(counts, permutations)
+        larger = fold_counts(ge, permutations)
         p_sim = (larger + 1.0) / (permutations + 1.0)
         p_sim[:, constant] = np.nan
-    return {"Is": Is, "q": q, "p_sim": p_sim, "n_constant": int(constant.sum())}
+        # I_i - E[I_i] = (n-1)/sum(z^2) * z_i w_i (S_i - E[T_i]), E[T_i] = -c_i z_i / (n-1) (the sum
+        # of c_i of the other n-1 standardised values, which sum to -z_i)
+        upper = np.sign(z * w_row[:, None]) * (S + card[:, None] * z / (n - 1)) >= 0
+        p_local = np.minimum(1.0, 2.0 * (np.where(upper, ge, le) + 1.0) / (permutations + 1.0))
+        p_local[:, constant] = np.nan
+    return {"Is": Is, "q": q, "p_sim": p_sim, "p_local": p_local, "n_constant": int(constant.sum())}
 
 
 TIE_TOL = 1e-9  # |T - S| below this (standardised units) is a tie, counted as ">=" like esda
 
 
-def _conditional_counts(z, S, self_w, card, w_row, P, seed, dev, chunk_size, groups=16) -> np.ndarray:
-    """``[n, F]`` number of replicates with simulated ``I_i >= `` observed ``I_i``.
+def _conditional_counts(z, S, self_w, card, w_row, P, seed, dev, chunk_size, groups=16) -> tuple[np.ndarray, np.ndarray]:
+    """``[n, F]`` numbers of replicates with simulated ``I_i >= `` and ``<=`` observed ``I_i`` (ge, le).
 
     Simulated ``I_i = s z_i (w_i T + sw_i z_i)`` and observed ``I_i = s z_i (w_i S_i + sw_i z_i)``
     (s > 0), so ``I_sim >= I_obs`` iff ``T >= S_i`` when ``z_i w_i > 0``, ``T <= S_i`` when
@@ -135,6 +147,7 @@ def _conditional_counts(z, S, self_w, card, w_row, P, seed, dev, chunk_size, gro
     pp, ll = torch.meshgrid(torch.arange(P, device=dev), torch.arange(cmax, device=dev), indexing="ij")
     direction = np.sign(z * w_row[:, None])  # +1: count T >= S, -1: count T <= S, 0: all
     counts = np.empty((n, F), dtype=np.int64)
+    counts_le = np.empty((n, F), dtype=np.int64)
     plan = []
     for g in range(G):
         Jg = J[g]
@@ -151,6 +164,7 @@ def _conditional_counts(z, S, self_w, card, w_row, P, seed, dev, chunk_size, gro
         Sc = torch.from_numpy(np.ascontiguousarray(S[:, a:b])).to(dev)
         dc = torch.from_numpy(np.ascontiguousarray(direction[:, a:b])).to(dev)
         cnt = torch.zeros((n, b - a), dtype=torch.int64, device=dev)
+        cnt_le = torch.zeros((n, b - a), dtype=torch.int64, device=dev)
         for Jg, hp, hi, hrep, rows_by_card in plan:
             prefix = torch.zeros((P, cmax + 1, b - a), dtype=zc.dtype, device=dev)
             prefix[:, 1:] = zc[Jg[:, :cmax]].cumsum(1)  # prefix[p, c] = sum of the first c slots
@@ -161,16 +175,20 @@ def _conditional_counts(z, S, self_w, card, w_row, P, seed, dev, chunk_size, gro
                 le = torch.searchsorted(Ts, thr + TIE_TOL, side="right")
                 dr = dc[rows_t].T
                 cnt[rows_t] = torch.where(dr > 0, ge, torch.where(dr < 0, le, P)).T
+                cnt_le[rows_t] = torch.where(dr > 0, le, torch.where(dr < 0, ge, P)).T
             if hp.numel():
                 # exact correction for the pairs where i drew itself: slot c_i replaces it
                 T_old = prefix[hp, card_t[hi]]  # [h, Fc]
                 T_new = T_old - zc[hi] + zc[hrep]
                 S_h, d_h = Sc[hi], dc[hi]
 
-                def hit_count(T, S_h=S_h, d_h=d_h):
-                    return torch.where(d_h > 0, T >= S_h - TIE_TOL,
-                                       torch.where(d_h < 0, T <= S_h + TIE_TOL, True)).long()
+                def hit_count(T, sign, S_h=S_h, d_h=d_h):
+                    d = sign * d_h  # sign -1 swaps the tails: the "<=" count
+                    return torch.where(d > 0, T >= S_h - TIE_TOL,
+                                       torch.where(d < 0, T <= S_h + TIE_TOL, True)).long()
 
-                cnt.index_add_(0, hi, hit_count(T_new) - hit_count(T_old))
+                cnt.index_add_(0, hi, hit_count(T_new, 1) - hit_count(T_old, 1))
+                cnt_le.index_add_(0, hi, hit_count(T_new, -1) - hit_count(T_old, -1))
         counts[:, a:b] = cnt.cpu().numpy()
-    return counts
+        counts_le[:, a:b] = cnt_le.cpu().numpy()
+    return counts, counts_le

@@ -88,8 +88,10 @@ def build(ctx: Context, page: Page, sec: Section) -> None:
             f"<b>Moran's I by layer{label}.</b> Left: each violin is the distribution of Moran's I over the "
             "features of one feature set (white dot: median, black bar: interquartile range, tick: maximum); the "
             "thin grey violin beside it is the same features on shuffled coordinates. Right: the fraction of "
-            "features with significant positive autocorrelation (bars) and the same fraction on shuffled "
-            "coordinates (black tick, expected near 0). Hatched: random-init control model."),
+            "features with significant positive autocorrelation (bars: one-sided permutation test "
+            "p = (#{I_sim ≥ I} + 1)/(P + 1), Benjamini-Hochberg q < 0.05 over the features of a region) and the "
+            "same fraction on shuffled coordinates (black tick, expected near 0), tested the same way, as are "
+            "the random-init control models (hatched)."),
             f"moran-{dataset}", "Moran's I distributions per layer"))
         for region in regions:
             sub = page.section(f"{region}: significance and top features" + label, f"moran-{dataset}-{region}", level=3)

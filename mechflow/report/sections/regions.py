@@ -49,14 +49,22 @@ def map_sets(ctx: Context, dataset: str, region: str) -> tuple[list[dict], list[
     return chosen, [e for _, e in cands[ctx.max_map_sets:]]
 
 
+LISA_RULE = "BH-FDR 5% over places"
+LISA_RULE_OLD = "folded pseudo p < 0.05, uncorrected; older file"
+LEGEND_TITLE = {LISA_RULE: "BH-FDR 5%\nover places", LISA_RULE_OLD: "p_sim < 0.05\n(uncorrected)"}
+
+
 def _lisa_for(ctx: Context, e, dataset: str, region: str, ids: list, rows: np.ndarray):
-    """(q, p_sim) ``[n_region_places, N]`` of the mapped features, or None without a LISA file."""
+    """(q, p, rule): cluster codes and a p-like array ``[n_region_places, N]`` of the mapped features
+    (0 where ``significant``, BH over the places per feature, else 1; from ``p_sim`` for older files
+    without ``significant``) and the rule's caption text; None without a LISA file."""
     lisa = ctx.study.lisa(e)
     if lisa is None or region not in lisa["region"].values:
         return None
     fdim = feature_dim(lisa)
     sub = lisa.sel(region=region)
     have = set(sub[fdim].values.tolist())
+    new = "significant" in sub
     n = rows.size
     q = np.zeros((n, len(ids)), dtype=np.int64)
     p = np.ones((n, len(ids)))
@@ -65,8 +73,11 @@ def _lisa_for(ctx: Context, e, dataset: str, region: str, ids: list, rows: np.nd
         if fid in have:
             one = sub.sel({fdim: fid})
             q[:, j] = np.asarray(one["q"].values)[prows]
-            p[:, j] = np.nan_to_num(np.asarray(one["p_sim"].values, dtype=np.float64)[prows], nan=1.0)
-    return q, p
+            if new:
+                p[:, j] = np.where(np.asarray(one["significant"].values, dtype=bool)[prows], 0.0, 1.0)
+            else:
+                p[:, j] = np.nan_to_num(np.asarray(one["p_sim"].values, dtype=np.float64)[prows], nan=1.0)
+    return q, p, LISA_RULE if new else LISA_RULE_OLD
 
 
 def build(ctx: Context, page: Page, sec: Section) -> None:
@@ -79,7 +90,9 @@ def build(ctx: Context, page: Page, sec: Section) -> None:
                      "the convex hull of the places. Activation maps colour each place by the feature's value as a "
                      "z-score within the region (red above the regional mean, blue below): the deviations Moran's I "
                      "correlates between neighbours. LISA cluster maps show where local Moran's I is significant "
-                     f"(pseudo p < {LISA_ALPHA}): hot spots (High-High), cold spots (Low-Low) and spatial outliers."),
+                     f"({LISA_RULE}: Benjamini-Hochberg over the places of the region, per feature, of the "
+                     "two-sided conditional-permutation p-value): hot spots (High-High), cold spots (Low-Low) "
+                     "and spatial outliers."),
             _legend())
     for dataset in datasets:
         table = study.prompts(dataset)
@@ -132,12 +145,14 @@ def _feature_maps(ctx: Context, page: Page, sub: Section, e, dataset: str, regio
     I = m["I"].sel(region=region)
     titles = [f"{FEATURE_WORD.get(fdim, fdim)} {fid} · I = {float(I.sel({fdim: fid})):.3f}" for fid in ids]
     lisa = _lisa_for(ctx, e, dataset, region, ids, geom.index)
-    png = feature_maps_figure(geom, V, titles, lisa, LISA_ALPHA)
+    rule = lisa[2] if lisa is not None else ""
+    png = feature_maps_figure(geom, V, titles, lisa[:2] if lisa is not None else None, LISA_ALPHA,
+                              legend_title=LEGEND_TITLE.get(rule, ""))
     word = FEATURE_WORD.get(fdim, fdim)
     of = "" if e.get("kind") == "units" else f" of {ctx.series_label(e)}"
     cap = (f"The {len(ids)} {word}s{of} ({e.get('model')}, {e.get('hook')} layer {e['layer']}) "
            f"with the largest Moran's I in {region}. Top: activation as a z-score within {region}. ")
-    cap += ("Bottom: LISA clusters (pseudo p < 0.05)." if lisa is not None
+    cap += (f"Bottom: LISA clusters ({rule})." if lisa is not None
             else "No LISA file for this feature set (spatial.lisa_top_n = 0).")
     sub.add(page.figure(png, cap, f"maps-{dataset}-{region}-{ctx.series_key(e)}-{e['layer']}",
                         f"maps of top {word}s in {region}"))
