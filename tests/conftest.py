@@ -131,6 +131,21 @@ def triton_device():
 
 
 @pytest.fixture
+def threads():
+    """Set torch's intra-op thread count inside a test (for determinism checks); restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+
+    def use(n: int) -> None:
+        torch.set_num_threads(n)
+        assert torch.get_num_threads() == n
+
+    yield use
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def workdir(tmp_path) -> Path:
     return tmp_path
 

@@ -542,19 +542,6 @@ def test_a_finished_run_leaves_no_checkpoints_unless_kept(tmp_path, keep):
 
 # ---- the same config gives bit-identical results at any thread count ---------------------------
 
-@pytest.fixture
-def threads():
-    """Set torch's intra-op thread count inside a test; restored after it."""
-    before = torch.get_num_threads()
-
-    def use(n: int) -> None:
-        torch.set_num_threads(n)
-        assert torch.get_num_threads() == n
-
-    yield use
-    torch.set_num_threads(before)
-
-
 def test_sparse_decode_gradient_is_bit_identical_across_runs_and_threads(threads):
     """The CPU decoder's weight gradient: W_dec[indices]'s backward (index_put_ with atomic adds) was not."""
     g = torch.Generator().manual_seed(0)

@@ -264,19 +264,6 @@ def test_tokens_to_prompts_takes_each_prompts_max():
 
 # ---- the same config gives bit-identical results at any thread count ---------------------------
 
-@pytest.fixture
-def threads():
-    """Set torch's intra-op thread count inside a test; restored after it."""
-    before = torch.get_num_threads()
-
-    def use(n: int) -> None:
-        torch.set_num_threads(n)
-        assert torch.get_num_threads() == n
-
-    yield use
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("init", ["svd", "kmeans", "random"])
 def test_fit_is_bit_identical_at_1_and_2_threads(init, threads):
     # a long sample axis (1,200): MKL splits A @ G's contraction among threads, so a fit at the

@@ -459,19 +459,6 @@ def test_cuda_matches_cpu(w300, data300):
 # ----------------------------------------------------------------------------- determinism
 
 
-@pytest.fixture
-def threads():
-    """Set torch's intra-op thread count inside a test; restored after it."""
-    before = torch.get_num_threads()
-
-    def use(n: int) -> None:
-        torch.set_num_threads(n)
-        assert torch.get_num_threads() == n
-
-    yield use
-    torch.set_num_threads(before)
-
-
 def test_spatial_step_is_bit_identical_at_1_and_2_threads(two_regions, threads):
     from mechflow.spatial.analysis import spatial_analysis
 

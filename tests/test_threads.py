@@ -8,19 +8,6 @@ import torch
 from mechflow.kernels.threads import RowBlockMatmul, torch_threads
 
 
-@pytest.fixture
-def threads():
-    """Set torch's intra-op thread count inside a test; restored after it."""
-    before = torch.get_num_threads()
-
-    def use(n: int) -> None:
-        torch.set_num_threads(n)
-        assert torch.get_num_threads() == n
-
-    yield use
-    torch.set_num_threads(before)
-
-
 def test_torch_threads_sets_and_restores(threads):
     threads(2)
     with torch_threads(1):
