@@ -134,12 +134,7 @@ def _one_line(error: jsonschema.ValidationError) -> str:
 
 def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> None:
     """Fill ``default`` values of object properties in place (recursing into objects and maps)."""
-    if "$ref" in schema:
-        ref = schema["$ref"].removeprefix("#/").split("/")
-        target: Any = root
-        for part in ref:
-            target = target[part]
-        schema = target
+    schema = _deref(schema, root)
     if not isinstance(instance, dict):
         return
     for key, sub in schema.get("properties", {}).items():
