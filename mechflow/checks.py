@@ -21,6 +21,7 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".", data_che
 
     ``data_checks=False`` leaves out those that build the prompt sets (seconds for GeoNames).
     """
+    _check_names(config)
     n_layers = _model_layers(config, base_dir)
     _check_devices(config)
     _check_extracted_layers(config, n_layers)
@@ -95,6 +96,26 @@ def _extracted(config: dict[str, Any], hook: str, n_layers: int | None) -> set[i
     if n_layers is None:
         return {layer for layer in layers if layer >= 0} if all(layer >= 0 for layer in layers) else None
     return {layer + n_layers if layer < 0 else layer for layer in layers}
+
+
+def _check_names(config: dict[str, Any]) -> None:
+    """Prompt sets and models named in restriction lists exist, and every step keeps at least one pair."""
+    models, datasets = sorted(config["models"]), sorted(config["datasets"])
+    for name, ds in config["datasets"].items():
+        for m in ds.get("models") or []:
+            if m not in config["models"]:
+                raise ConfigError(f"config error at datasets.{name}.models: unknown model {m!r} (have {models})")
+    for section in ("spatial", "probes", "sae", "snmf"):
+        for d in config[section].get("datasets") or []:
+            if d not in config["datasets"]:
+                raise ConfigError(f"config error at {section}.datasets: unknown prompt set {d!r} (have {datasets})")
+        wanted = config[section].get("models") or models
+        chosen = config[section].get("datasets") or datasets
+        if config[section].get("datasets") and not any(
+            m in (config["datasets"][d].get("models") or models) for d in chosen for m in wanted
+        ):
+            raise ConfigError(f"config error at {section}.datasets: no model of {section}.models runs on {chosen} "
+                              "(see datasets.<name>.models)")
 
 
 def _check_downstream(config: dict[str, Any], n_layers: dict[str, int | None]) -> None:
@@ -196,6 +217,8 @@ def _check_sample_counts(config: dict[str, Any], regions: dict[str, Counter], ba
     if snmf["level"] != "pooled":
         return
     for dataset, counts in regions.items():
+        if snmf.get("datasets") and dataset not in snmf["datasets"]:
+            continue
         n = sum(counts.values())
         for name, run in snmf["runs"].items():
             if run["n_factors"] > n:

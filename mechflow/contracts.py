@@ -27,6 +27,7 @@ RESULT_PATHS: dict[str, str] = {
     "probes": "probes/{dataset}/{model}/{hook}.nc",
     "report": "report/index.html",
     "report_figures": "report/figures",
+    "report_table": "report/significance.md",
     "logs": "logs",
     "benchmarks": "benchmarks",
 }

@@ -217,12 +217,16 @@ def iter_pooled(
     progress: bool = True,
     window: int = 1024,
     exclude: Exclude = "auto",
+    keep_sink: bool = False,
 ):
     """Yield (prompt indices [b], pooled activations [b, n_layers_selected, units] float32 numpy).
 
     Batches never span two windows of ``window`` consecutive prompts, so a consumer can buffer one
     window and write it as one contiguous block. Indices refer to ``texts``. ``exclude``: see
     :func:`resolve_exclude`. The first batch's per-position norms are logged (a sink shows there).
+    ``keep_sink``: yield (indices, pooled, sink) instead, where sink [b, n_layers_selected, units] is
+    the activation at the position pooling left out (NaN for prompts where nothing was left out), so
+    the pooling with it can be rebuilt exactly (:func:`with_sink`).
     """
     if pooling not in POOLINGS:
         raise ExtractionError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
@@ -236,7 +240,36 @@ def iter_pooled(
             log_position_norms(store, mask, layer_ids, hook, excluded)
             first_batch = False
         pooled = torch.stack([pool(store[layer], mask, pooling, excluded) for layer in layer_ids], 1)
-        yield idx, pooled.float().cpu().numpy()
+        if keep_sink:
+            yield idx, pooled.float().cpu().numpy(), sink_rows(store, mask, layer_ids, excluded)
+        else:
+            yield idx, pooled.float().cpu().numpy()
+
+
+def sink_rows(store: dict[int, torch.Tensor], mask: torch.Tensor, layer_ids: Sequence[int], excluded: str) -> np.ndarray:
+    """The activation at the position pooling left out [b, n_layers, units] float32; NaN rows where nothing was."""
+    first = mask.to(torch.int64).argmax(1)
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    out = torch.stack([store[layer][rows, first] for layer in layer_ids], 1).float().cpu().numpy()
+    left_out = (mask.sum(1) > 1).cpu().numpy() if excluded == "first" else np.zeros(mask.shape[0], dtype=bool)
+    out[~left_out] = np.nan
+    return out
+
+
+def with_sink(pooled: np.ndarray, sink: np.ndarray, n_tokens: np.ndarray, pooling: str) -> np.ndarray:
+    """Rebuild pooling *with* the left-out position from a file written with ``keep_sink``.
+
+    pooled, sink [prompt, ...]; n_tokens [prompt] (tokens after truncation). mean: ``((n - 1) pooled
+    + sink) / n``; max: ``max(pooled, sink)``; rows whose sink is NaN (nothing left out) unchanged.
+    Equals extraction with ``exclude="none"`` up to float32 rounding.
+    """
+    if pooling not in ("mean", "max"):
+        raise ExtractionError(f"only mean and max pooling leave a position out, not {pooling!r}")
+    pooled = np.asarray(pooled, dtype=np.float64)
+    sink = np.asarray(sink, dtype=np.float64)
+    n = np.asarray(n_tokens, dtype=np.float64).reshape(-1, *([1] * (pooled.ndim - 1)))
+    rebuilt = ((n - 1) * pooled + sink) / n if pooling == "mean" else np.maximum(pooled, sink)
+    return np.where(np.isnan(sink), pooled, rebuilt)
 
 
 def position_norms(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
@@ -292,16 +325,23 @@ def _accepts_use_cache(model: torch.nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "use_cache", False))
 
 
+SINK_DESCRIPTION = ("activation at the position mean/max pooling left out (attrs pool_excluded); NaN where nothing "
+                    "was; mechflow.extract.with_sink rebuilds the pooling with it")
+
+
 class ActivationWriter:
     """Stream pooled activations [prompt, layer, unit] into a netCDF file, atomically.
 
     The file is created beside ``path`` under a hidden temporary name with all coordinates, filled
-    block by block, and renamed onto ``path`` only on a clean exit.
+    block by block, and renamed onto ``path`` only on a clean exit. ``keep_sink``: the file also
+    holds ``sink`` [prompt, layer, unit] (see :data:`SINK_DESCRIPTION`); ``activations`` stays the
+    file's primary variable (:func:`mechflow.io.open_dataarray` reads it).
     """
 
     def __init__(self, path: str | Path, prompts: xr.Dataset, layers: Sequence[int], attrs: dict[str, Any],
-                 dim: str = "prompt"):
+                 dim: str = "prompt", keep_sink: bool = False):
         self.path = Path(path)
+        self.keep_sink = keep_sink
         self.prompts = prompts  # the coordinates along ``dim`` (prompts, or tokens for token-level files)
         self.dim = dim
         self.layers = list(layers)
@@ -336,11 +376,19 @@ class ActivationWriter:
         self._var = self._file.create_variable("activations", (dim, "layer", "unit"), dtype="f4", chunks=chunks)
         for k, v in self.attrs.items():
             self._var.attrs[k] = v
+        if self.keep_sink:
+            self._sink = self._file.create_variable("sink", (dim, "layer", "unit"), dtype="f4", chunks=chunks)
+            self._sink.attrs["description"] = SINK_DESCRIPTION
 
-    def write_rows(self, start: int, block: np.ndarray) -> None:
-        """Write prompts ``start .. start + len(block)`` (positions in the prompt set); block [b, n_layers, units]."""
+    def write_rows(self, start: int, block: np.ndarray, sink: np.ndarray | None = None) -> None:
+        """Write prompts ``start .. start + len(block)`` (positions in the prompt set); block [b, n_layers, units]
+        (and, for a writer with ``keep_sink``, the left-out positions' activations ``sink``, same shape)."""
         self.create(block.shape[-1])
+        if self.keep_sink != (sink is not None):
+            raise ExtractionError("sink rows are written exactly when the writer keeps the sink")
         self._var[start : start + len(block), :, :] = block
+        if sink is not None:
+            self._sink[start : start + len(block), :, :] = sink
         self._written[start : start + len(block)] = True
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -367,13 +415,16 @@ def extract_to_file(
     progress: bool = True,
     window: int = 1024,
     exclude: Exclude = "auto",
+    keep_sink: bool = False,
 ) -> Path:
     """Extract pooled activations for every prompt and write ``activations`` [prompt, layer, unit].
 
     Memory holds one window of ``window`` prompts [window, layers, units]; each window is written
     as one contiguous block. Attrs record ``pooling``, ``exclude`` (as configured) and
     ``pool_excluded`` (``first`` or ``none``: what mean/max pooling left out); the coordinate
-    ``n_tokens`` [prompt] holds each prompt's token count after truncation.
+    ``n_tokens`` [prompt] holds each prompt's token count after truncation. ``keep_sink`` (only
+    where pooling leaves a position out) also writes that position's activation as ``sink``, so
+    the pooling without the fix can be rebuilt from the same file (:func:`with_sink`).
     """
     texts = [str(t) for t in prompts["text"].values]
     if not texts:
@@ -382,18 +433,24 @@ def extract_to_file(
     excluded = resolve_exclude(exclude, tokenizer) if pooling != "last" else "none"
     attrs = {**attrs, "hook": hook, "pooling": pooling, "exclude": exclude, "pool_excluded": excluded}
     prompts = prompts.assign_coords(n_tokens=("prompt", _token_lengths(tokenizer, texts, max_length, warn=False)[0]))
+    keep_sink = keep_sink and excluded != "none"
+    attrs["keep_sink"] = int(keep_sink)
     buf: np.ndarray | None = None
+    sbuf: np.ndarray | None = None
     w0, filled = 0, 0
-    with ActivationWriter(path, prompts, layer_ids, attrs) as writer:
-        for idx, block in iter_pooled(model, tokenizer, texts, hook, layer_ids, pooling, batch_size, max_length,
-                                      progress, window=window, exclude=exclude):
+    with ActivationWriter(path, prompts, layer_ids, attrs, keep_sink=keep_sink) as writer:
+        for idx, block, *sink in iter_pooled(model, tokenizer, texts, hook, layer_ids, pooling, batch_size, max_length,
+                                             progress, window=window, exclude=exclude, keep_sink=keep_sink):
             if buf is None:
                 buf = np.empty((min(window, len(texts)), *block.shape[1:]), dtype=np.float32)
+                sbuf = np.empty_like(buf) if keep_sink else None
                 writer.create(block.shape[-1])  # the (hidden) temporary exists from the first batch on
             buf[idx - w0] = block
+            if sbuf is not None:
+                sbuf[idx - w0] = sink[0]
             filled += len(idx)
             if filled == min(window, len(texts) - w0):  # window complete: one contiguous write
-                writer.write_rows(w0, buf[:filled])
+                writer.write_rows(w0, buf[:filled], None if sbuf is None else sbuf[:filled])
                 w0, filled = w0 + window, 0
     log.info("wrote %s: %d prompts x %d layers", path, len(texts), len(layer_ids))
     return Path(path)
@@ -469,22 +526,33 @@ def extract_tokens_to_file(
 
 def gather_shards(shard_paths: Sequence[str | Path], path: str | Path, prompts: xr.Dataset, attrs: dict[str, Any]) -> Path:
     """Concatenate shard files (each a contiguous slice of the prompts) into one activations file."""
-    from mechflow.io import open_dataarray
+    from mechflow.io import open_dataset
 
+    extra = {}  # per-prompt coordinates the extraction added (n_tokens), in shard order
+    for shard in shard_paths:
+        with open_dataset(shard) as ds:
+            for name, var in ds.coords.items():
+                if var.dims == ("prompt",) and name not in prompts.coords:
+                    extra.setdefault(name, []).append(var.values)
+    prompts = prompts.assign_coords({name: ("prompt", np.concatenate(parts)) for name, parts in extra.items()
+                                     if sum(map(len, parts)) == prompts.sizes["prompt"]})
     layers = None
     with ActivationWriter(path, prompts, [], attrs) as writer:
         for shard in shard_paths:
-            with open_dataarray(shard) as da:
+            with open_dataset(shard) as ds:
+                da = ds["activations"]
                 if layers is None:
                     layers = da["layer"].values.tolist()
                     writer.layers = layers
-                    writer.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("created", "shard")}, **attrs}
-                elif da["layer"].values.tolist() != layers:
-                    raise ExtractionError(f"shard {shard} has layers {da['layer'].values.tolist()}, expected {layers}")
+                    writer.keep_sink = "sink" in ds
+                    writer.attrs = {**{k: v for k, v in ds.attrs.items() if k not in ("created", "shard")}, **attrs}
+                elif da["layer"].values.tolist() != layers or ("sink" in ds) != writer.keep_sink:
+                    raise ExtractionError(f"shard {shard} has layers {da['layer'].values.tolist()} and "
+                                          f"{'a' if 'sink' in ds else 'no'} sink; the first shard had {layers}")
                 positions = np.searchsorted(prompts["prompt"].values, da["prompt"].values)
                 if not np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
                     raise ExtractionError(f"shard {shard} is not a contiguous slice of the prompts")
-                writer.write_rows(int(positions[0]), da.values)
+                writer.write_rows(int(positions[0]), da.values, ds["sink"].values if writer.keep_sink else None)
     return Path(path)
 
 

@@ -218,11 +218,15 @@ def open_dataset(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
 
 
 def open_dataarray(path: str | os.PathLike, **kwargs: Any) -> xr.DataArray:
-    """Open the single data variable of a mechflow file, with the file's attrs."""
+    """Open the data variable of a mechflow file, with the file's attrs: its single variable, or
+    ``activations`` in an activations file that also holds auxiliary variables (``sink``)."""
     ds = open_dataset(path, **kwargs)
-    if len(ds.data_vars) != 1:
+    if len(ds.data_vars) == 1:
+        (name,) = ds.data_vars
+    elif "activations" in ds.data_vars:
+        name = "activations"
+    else:
         raise ValueError(f"{path} holds {sorted(ds.data_vars)}; use open_dataset for several variables")
-    (name,) = ds.data_vars
     da = ds[name]
     da.attrs = {**ds.attrs, **da.attrs}
     return da
@@ -243,14 +247,38 @@ def load_dataset(path: str | os.PathLike) -> xr.Dataset:
 FeatureSetKind = Literal["units", "sae", "snmf"]
 
 
-def load_feature_set(path: str | Path, kind: FeatureSetKind, layer: int | None = None) -> xr.DataArray:
-    """Read a feature set [prompt, <feature-dim>] from an activations, SAE features or semi-NMF file."""
+def has_sink(path: str | Path) -> bool:
+    """Whether an activations file holds the left-out pooling position (``extract.keep_sink``)."""
+    with open_dataset(path) as ds, _reading(Path(path)):
+        return "sink" in ds.data_vars
+
+
+def load_feature_set(path: str | Path, kind: FeatureSetKind, layer: int | None = None,
+                     sink: bool = False) -> xr.DataArray:
+    """Read a feature set [prompt, <feature-dim>] from an activations, SAE features or semi-NMF file.
+
+    ``sink=True`` (units only, from a file written with ``extract.keep_sink``): the pooling *with*
+    the position it left out, rebuilt by :func:`mechflow.extract.with_sink` (attrs ``pool_excluded``
+    becomes ``none (rebuilt)``).
+    """
     if kind == "units":
-        da = load_dataarray(path)
-        layers = da["layer"].values.tolist()
+        with open_dataset(path) as ds, _reading(Path(path)):
+            layers, stored = ds["layer"].values.tolist(), "sink" in ds.data_vars
+            if layer in layers and (stored or not sink):
+                name = "activations" if "activations" in ds.data_vars else next(iter(ds.data_vars))
+                da = ds[name].sel(layer=layer, drop=True).load()
+                da.attrs = {**ds.attrs, **da.attrs}
+                if sink:
+                    from mechflow.extract import with_sink
+
+                    rebuilt = with_sink(da.values, ds["sink"].sel(layer=layer, drop=True).values, ds["n_tokens"].values,
+                                        str(da.attrs["pooling"]))
+                    da = da.copy(data=rebuilt.astype(np.float32)).assign_attrs(pool_excluded="none (rebuilt)")
         if layer not in layers:
             raise ValueError(f"{path}: layer {layer} was not extracted (have {layers}); add it to extract.layers")
-        return da.sel(layer=layer, drop=True)
+        if sink and not stored:
+            raise ValueError(f"{path} holds no sink: extract with extract.keep_sink: true")
+        return da
     if kind == "sae":
         return load_dataarray(path)
     if kind == "snmf":

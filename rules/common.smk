@@ -49,6 +49,7 @@ LISA = path("lisa")
 PROBE_FILE = path("probes")
 REPORT_HTML = path("report")
 REPORT_FIGURES = path("report_figures")
+REPORT_TABLE = path("report_table")
 LOGS = path("logs")
 BENCHMARKS = path("benchmarks")
 
@@ -81,6 +82,14 @@ def models_of(section):
     return sorted(section["models"]) if section.get("models") else MODELS
 
 
+def pairs(section=None):
+    """(dataset, model) pairs a step runs on: its datasets and models lists (null = all), less the models a
+    prompt set leaves out (``datasets.<d>.models``). ``section=None``: every pair the study extracts."""
+    datasets = sorted(section["datasets"]) if section and section.get("datasets") else DATASETS
+    models = models_of(section) if section else MODELS
+    return [(d, m) for d in datasets for m in models if m in (config["datasets"][d].get("models") or MODELS)]
+
+
 def layers_for(hook):
     """The layers extracted for a hook ('all' or a list)."""
     return EXTRACT["hook_layers"].get(hook, EXTRACT["layers"])
@@ -93,30 +102,33 @@ def _study_jobs():
     """Every analysis job of the study, by step, as JSON-friendly entries (wildcards + output paths)."""
     sae = [
         dict(dataset=d, model=m, hook=SAE["hook"], layer=layer, run=r)
-        for d in DATASETS for m in models_of(SAE) for layer in SAE["layers"] for r in sorted(SAE["runs"])
+        for d, m in pairs(SAE) for layer in SAE["layers"] for r in sorted(SAE["runs"])
     ]
     snmf = [
         dict(dataset=d, model=m, hook=SNMF["hook"], layer=layer, run=r)
-        for d in DATASETS for m in models_of(SNMF) for layer in SNMF["layers"] for r in sorted(SNMF["runs"])
+        for d, m in pairs(SNMF) for layer in SNMF["layers"] for r in sorted(SNMF["runs"])
     ]
     spatial = []
     if SPATIAL["enabled"]:
         if SPATIAL["units"]:
             spatial += [
                 dict(dataset=d, model=m, hook=h, layer=layer, source="units")
-                for d in DATASETS for m in models_of(SPATIAL) for h in SPATIAL["hooks"] for layer in SPATIAL["layers"]
+                for d, m in pairs(SPATIAL) for h in SPATIAL["hooks"] for layer in SPATIAL["layers"]
             ]
-        spatial += [dict({k: v for k, v in j.items() if k != "run"}, source=f"sae-{j['run']}") for j in sae]
-        spatial += [dict({k: v for k, v in j.items() if k != "run"}, source=f"snmf-{j['run']}") for j in snmf]
+        analysed = set(pairs(SPATIAL))
+        spatial += [dict({k: v for k, v in j.items() if k != "run"}, source=f"sae-{j['run']}") for j in sae
+                    if (j["dataset"], j["model"]) in analysed]
+        spatial += [dict({k: v for k, v in j.items() if k != "run"}, source=f"snmf-{j['run']}") for j in snmf
+                    if (j["dataset"], j["model"]) in analysed]
     probes = [
         dict(dataset=d, model=m, hook=h)
-        for d in DATASETS for m in models_of(PROBES) for h in PROBES["hooks"]
+        for d, m in pairs(PROBES) for h in PROBES["hooks"]
     ] if PROBES["enabled"] else []
     return {
         "prompts": [dict(dataset=d, path=PROMPTS.format(dataset=d)) for d in DATASETS],
         "activations": [
             dict(dataset=d, model=m, hook=h, path=ACTIVATIONS.format(dataset=d, model=m, hook=h))
-            for d in DATASETS for m in MODELS for h in EXTRACT["hooks"]
+            for d, m in pairs() for h in EXTRACT["hooks"]
         ],
         "sae": [dict(j, dir=SAE_DIR.format(**j)) for j in sae],
         "snmf": [dict(j, path=SNMF_FILE.format(**j)) for j in snmf],
@@ -200,14 +212,15 @@ def extract_params(wildcards):
         "layers": layers_for(wildcards.hook),
         "pooling": EXTRACT["pooling"],
         "exclude": EXTRACT["exclude"],
+        "keep_sink": EXTRACT["keep_sink"],
         "batch_size": EXTRACT["batch_size"],
         "max_length": EXTRACT["max_length"],
     })
 
 
 def token_extract_params(wildcards):
-    """Token-level extraction does not pool: pooling is not among its parameters."""
-    return {k: v for k, v in extract_params(wildcards).items() if k != "pooling"}
+    """Token-level extraction does not pool: pooling (and the pooled sink) are not among its parameters."""
+    return {k: v for k, v in extract_params(wildcards).items() if k not in ("pooling", "keep_sink")}
 
 
 def settings(section, *keys):

@@ -10,6 +10,7 @@ rule report:
             caption="../docs/figure_caption.rst",
             category="Figures",
         ),
+        table=report(REPORT_TABLE, caption="../docs/table_caption.rst", category="Report"),
     params:
         manifest=canonical(JOBS),
         report=settings(REPORT),

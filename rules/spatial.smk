@@ -6,7 +6,7 @@ rule spatial:
         moran=MORAN,
         lisa=LISA,
     params:
-        spatial=canonical(dict(settings(SPATIAL, "k", "transform", "permutations", "seed", "lisa_top_n", "shuffled_control"), crs=CRS)),
+        spatial=canonical(dict(settings(SPATIAL, "k", "transform", "permutations", "seed", "lisa_top_n", "shuffled_control", "residualise"), crs=CRS)),
         code=code("spatial"),
     log:
         f"{LOGS}/spatial/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{source}}.log",

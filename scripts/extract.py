@@ -36,7 +36,7 @@ def main(sm) -> None:
                                p["max_length"], attrs, exclude=p["exclude"])
     else:
         extract_to_file(sm.output[0], model, tokenizer, prompts, p["hook"], p["layers"], p["pooling"],
-                        p["batch_size"], p["max_length"], attrs, exclude=p["exclude"])
+                        p["batch_size"], p["max_length"], attrs, exclude=p["exclude"], keep_sink=p["keep_sink"])
 
 
 run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

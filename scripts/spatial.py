@@ -1,9 +1,9 @@
-"""Rule spatial: Moran's I / Geary's C per region (+ shuffled control) and LISA for one feature set."""
+"""Rule spatial: Moran's I / Geary's C per region (+ controls: shuffled, residualised, with the sink) and LISA."""
 
 import xarray as xr
 
 from mechflow.contracts import upstream_attrs
-from mechflow.io import digest, load_feature_set, provenance_attrs, write_dataset
+from mechflow.io import digest, has_sink, load_feature_set, provenance_attrs, write_dataset
 from mechflow.spatial.analysis import spatial_analysis
 from mechflow.workflow import run_rule
 
@@ -13,7 +13,9 @@ def main(sm) -> None:
     kind = sm.wildcards.source.partition("-")[0]
     layer = int(sm.wildcards.layer)
     values = load_feature_set(sm.input[0], kind, layer)
-    moran, lisa = spatial_analysis(values, params)
+    # raw units from activations that kept the pooling's left-out position: also test the pooling with it
+    with_sink = load_feature_set(sm.input[0], kind, layer, sink=True) if kind == "units" and has_sink(sm.input[0]) else None
+    moran, lisa = spatial_analysis(values, params, with_sink=with_sink)
     prov = provenance_attrs(
         digest({"spatial": params, "code": sm.params.code}),
         **upstream_attrs(values.attrs),

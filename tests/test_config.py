@@ -45,6 +45,10 @@ def test_defaults_are_filled():
     (lambda c: c["models"]["smollm2"].update(spec="tests"), r"models.smollm2.spec: .*has no weights"),
     (lambda c: c["models"]["smollm2"].update(device="gpu"), r"models.smollm2.device: 'gpu' does not match"),
     (lambda c: c.update(models={"bad name!": {"spec": "x"}}), r"does not match"),
+    (lambda c: c["datasets"]["places"].update(models=["gpt9"]), r"datasets.places.models: unknown model 'gpt9'"),
+    (lambda c: c["sae"].update(datasets=["nowhere"]), r"sae.datasets: unknown prompt set 'nowhere'"),
+    (lambda c: c["probes"].update(datasets=["places-name-only"], models=["smollm2-random"]),
+     r"probes.datasets: no model of probes.models runs on \['places-name-only'\]"),
 ])
 def test_bad_configs_give_one_line_errors(mutate, message):
     cfg = copy.deepcopy(DEFAULT)
@@ -59,6 +63,8 @@ def test_bad_prompt_files_fail_at_config_time(tmp_path):
     nan.write_text("text,latitude,longitude,region\nLeeds,nan,-1.5,GB\n")
     cfg = copy.deepcopy(DEFAULT)
     cfg["datasets"] = {"mine": {"source": "csv", "path": str(nan)}}
+    for section in ("probes", "sae", "snmf"):
+        cfg[section].pop("datasets", None)  # the default study restricts them to its `places`
     with pytest.raises(ConfigError, match="datasets.mine: .*non-finite coordinates"):
         check(cfg)
     nan.write_text("text,latitude,longitude,region\n")

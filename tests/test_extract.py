@@ -243,3 +243,34 @@ def test_truncation_of_long_prompts_is_logged_with_a_count(tiny_llama, tmp_path,
     with caplog.at_level("WARNING", logger="mechflow.extract"):
         extract_to_file(tmp_path / "u.nc", model, tok, _prompts(), "resid", [0], "mean", 2, 32, {}, False)
     assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_kept_sink_rebuilds_the_pooling_without_the_fix(tiny_llama, tmp_path, pooling):
+    """A file written with keep_sink gives, from one extraction, the pooling with the left-out position
+    (what ``exclude="none"`` computes), also through shards and the gather."""
+    from mechflow.io import has_sink, load_feature_set
+
+    model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    prompts = _prompts()
+    kept = extract_to_file(tmp_path / "k.nc", model, tok, prompts, "resid", [0, 2], pooling, 2, 32, {}, False,
+                           exclude="first", keep_sink=True)
+    plain = extract_to_file(tmp_path / "n.nc", model, tok, prompts, "resid", [0, 2], pooling, 2, 32, {}, False,
+                            exclude="none")
+    assert has_sink(kept) and not has_sink(plain)
+    assert load_dataarray(kept).name == "activations"  # the primary variable, the sink beside it
+    for layer in (0, 2):
+        fixed = load_feature_set(kept, "units", layer)
+        rebuilt = load_feature_set(kept, "units", layer, sink=True)
+        reference = load_feature_set(plain, "units", layer)
+        np.testing.assert_allclose(rebuilt.values, reference.values, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(fixed.values[:2], reference.values[:2])  # the fix changes multi-token prompts
+        np.testing.assert_array_equal(fixed.values[2], reference.values[2])  # "bath": one token, nothing left out
+        assert rebuilt.attrs["pool_excluded"] == "none (rebuilt)" and fixed.attrs["pool_excluded"] == "first"
+    shards = [extract_to_file(tmp_path / f"s{s}.nc", model, tok, prompts.isel(prompt=shard_slice(5, s, 2)), "resid",
+                              [0, 2], pooling, 2, 32, {}, False, exclude="first", keep_sink=True) for s in range(2)]
+    gathered = gather_shards(shards, tmp_path / "g.nc", prompts, {"shards": 2})
+    np.testing.assert_allclose(load_feature_set(gathered, "units", 2, sink=True).values,
+                               load_feature_set(kept, "units", 2, sink=True).values, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="keep_sink"):
+        load_feature_set(plain, "units", 0, sink=True)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import REPO, VENV_BIN, run_snakemake
 
-from mechflow.io import load_dataarray
+from mechflow.io import load_dataarray, load_dataset
 
 ACT = "results/activations/{dataset}/{model}/{hook}.nc"
 
@@ -66,9 +66,11 @@ def planned_wildcards(cwd: Path, configfile: Path) -> dict[str, set[str]]:
 def tiny_config(n: int = 30, analyses: bool = False, **extract) -> dict:
     """configs/tiny.yaml with n places per region; without analyses it stops at the activations."""
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-    cfg["datasets"]["tiny"]["max_per_region"] = n
+    for ds in cfg["datasets"].values():
+        ds["max_per_region"] = n
     cfg["extract"].update(extract)
     if not analyses:
+        del cfg["datasets"]["tiny-name"]  # the name-only control only matters to the analyses
         cfg["spatial"] = {"enabled": False}
         cfg["probes"] = {"enabled": False}
         cfg["sae"]["runs"] = {}
@@ -81,8 +83,8 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     cfg = tiny_config(analyses=True)
     write_config(workdir, cfg)
     proc = run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
-    assert "mechflow study: datasets tiny; models minilm; 11 jobs in the whole study (prompts 1, extract 1, extract_tokens 1, " \
-           "sae 1, snmf 1, spatial 4, probes 1, report 1)" in proc.stderr, proc.stderr[-3000:]
+    assert "mechflow study: datasets tiny, tiny-name; models minilm; 15 jobs in the whole study (prompts 2, extract 2, " \
+           "extract_tokens 1, sae 1, snmf 1, spatial 6, probes 1, report 1)" in proc.stderr, proc.stderr[-3000:]
     act = load_dataarray(workdir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
     assert act.dims == ("prompt", "layer", "unit") and act.shape == (60, 6, 384)
     for rel in ("results/spatial/tiny/minilm/resid/layer4/units/moran.nc", "results/spatial/tiny/minilm/resid/layer4/sae-topk/lisa.nc",
@@ -93,6 +95,16 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     for key in ("mechflow_version", "created", "config_digest", "model", "model_digest", "hook", "pooling", "max_length"):
         assert key in act.attrs, key
     assert np.isfinite(act.values).all()
+    # the controls of the evidence table, from this one run: pooling with the [CLS] sink, residualised,
+    # shuffled, and the name-only prompt set
+    moran = load_dataset(workdir / "results/spatial/tiny/minilm/resid/layer4/units/moran.nc")
+    for var in ("I_with_sink", "q_greater_with_sink", "I_resid", "q_greater_resid", "I_shuffled"):
+        assert var in moran and np.isfinite(moran[var].values).any(), var
+    assert moran.attrs["residualised_on"] == "admin1_code,n_tokens"
+    assert "I_with_sink" not in load_dataset(workdir / "results/spatial/tiny/minilm/resid/layer4/sae-topk/moran.nc")
+    table = (workdir / "results/report/significance.md").read_text()
+    assert table.count("| tiny / minilm | units |") == 4 and "| tiny / minilm | SAE topk | 4 |" in table
+    assert "tiny-name" not in table  # a companion: its numbers are the name-only column, not rows of their own
     assert (workdir / "results/logs/extract/tiny/minilm/resid.log").stat().st_size > 0
     assert (workdir / "results/benchmarks/extract/tiny/minilm/resid.tsv").exists()
 
@@ -111,7 +123,7 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     # a changed downstream parameter reruns only its step and what depends on it, never extraction
     cfg["spatial"]["permutations"] = 199
     write_config(workdir, cfg)
-    assert planned_jobs(workdir) == {"spatial": 4, "report": 1, "all": 1}
+    assert planned_jobs(workdir) == {"spatial": 6, "report": 1, "all": 1}
     cfg["spatial"]["permutations"] = 99
     cfg["sae"]["runs"]["topk"]["k"] = 4
     write_config(workdir, cfg)
@@ -122,7 +134,7 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     write_config(workdir, cfg)
     plan = planned_jobs(workdir)
     # pooled units, SAE, their spatial analyses, probes and report; token-level semi-NMF does not pool
-    assert plan == {"extract": 1, "sae": 1, "spatial": 3, "probes": 1, "report": 1, "all": 1}
+    assert plan == {"extract": 2, "sae": 1, "spatial": 5, "probes": 1, "report": 1, "all": 1}
     # a changed prompt-set parameter reruns everything
     cfg["extract"]["pooling"] = "mean"
     cfg["datasets"]["tiny"]["template"] = "{name} in {admin1_name}"
@@ -213,6 +225,7 @@ def test_default_model_extracts_through_the_workflow(workdir):
     """The embedded default (SmolLM2 GGUF) through the real rules, on a few places of each region."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["datasets"]["places"]["max_per_region"] = 6
+    cfg["datasets"].pop("places-name-only")
     cfg["extract"]["layers"] = [0, 5, -1]
     cfg["models"].pop("smollm2-random")
     for section in ("spatial", "probes", "report"):

@@ -19,7 +19,7 @@ from mechflow.io import atomic_path, atomic_write_text
 from mechflow.report.html import Page, Section, esc, note, table, tag
 from mechflow.report.loaders import Study
 from mechflow.report.plotting import style
-from mechflow.report.sections import autocorrelation, probing, regions, sae, snmf, summary
+from mechflow.report.sections import autocorrelation, evidence, probing, regions, sae, snmf, summary
 from mechflow.report.sections.context import Context
 
 __all__ = ["build_report", "esc", "SECTIONS"]
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 SECTIONS: tuple[tuple[str, str, Callable[[Context, Page, Section], None]], ...] = (
     ("summary", "Study summary", summary.build),
     ("moran", "Spatial autocorrelation", autocorrelation.build),
+    ("evidence", "What survives the controls", evidence.build),
     ("regions", "Regions", regions.build),
     ("probes", "Location probes", probing.build),
     ("sae", "Sparse autoencoders", sae.build),
@@ -38,8 +39,9 @@ SECTIONS: tuple[tuple[str, str, Callable[[Context, Page, Section], None]], ...] 
 
 
 def build_report(manifest: Mapping[str, Any], out_dir: str | Path, base_dir: str | Path | None = None) -> Path:
-    """Write ``out_dir/index.html`` (self-contained: figures embedded as base64 PNG) and the same
-    figures as ``out_dir/figures/*.png``; return the path of ``index.html``.
+    """Write ``out_dir/index.html`` (self-contained: figures embedded as base64 PNG), the same
+    figures as ``out_dir/figures/*.png`` and the evidence table as ``out_dir/significance.md``;
+    return the path of ``index.html``.
 
     ``manifest``: ``{"study": {...}, "prompts": [...], "activations": [...], "spatial": [...],
     "probes": [...], "sae": [...], "snmf": [...], "benchmarks": [...]}``, every section optional
@@ -76,12 +78,24 @@ def build_report(manifest: Mapping[str, Any], out_dir: str | Path, base_dir: str
                      "leave them out. Run the workflow to produce them."),
                 table(["kind", "path"], sorted(set(study.missing))))
     page.sections[0].add(tag("p", f"Report built in {time.perf_counter() - t0:.1f} s.", cls="subtitle"))
-    return _write(page, Path(out_dir))
+    return _write(page, Path(out_dir), _evidence_markdown(study))
 
 
-def _write(page: Page, out_dir: Path) -> Path:
-    """Figures directory (swapped in whole), then index.html; each atomically."""
+def _evidence_markdown(study: Study) -> str:
+    """``significance.md``: the evidence table as markdown (for a README or a paper's supplement)."""
+    from mechflow.report.evidence import evidence_table, to_markdown
+
+    try:
+        df = evidence_table(study)
+    except Exception as err:  # noqa: BLE001 (the page's section shows the same error)
+        return f"The evidence table could not be built: {type(err).__name__}: {err}\n"
+    return to_markdown(df) if not df.empty else "No spatial results of a trained model to compare with controls.\n"
+
+
+def _write(page: Page, out_dir: Path, evidence_md: str = "") -> Path:
+    """Figures directory (swapped in whole), significance.md, then index.html; each atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "significance.md", evidence_md)
     with atomic_path(out_dir / "figures") as tmp:
         tmp.mkdir()
         for fig in page.figures:

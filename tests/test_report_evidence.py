@@ -1,0 +1,109 @@
+"""The evidence table: each column is the fraction a hand computation gives from the same moran files,
+companions are found from the study config, and the report writes the table as HTML and markdown."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from mechflow.io import write_dataset
+from mechflow.report import build_report
+from mechflow.report.evidence import COLUMNS, evidence_table, name_only_companion, random_companion, to_markdown
+from mechflow.report.loaders import Study
+from mechflow.spatial.analysis import spatial_analysis
+from mechflow.spatial.fdr import fdr_bh
+
+pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+PLACES = {"source": "geonames", "regions": ["GB", "IT"], "gazetteer": "cities500", "min_population": 0,
+          "max_per_region": 100, "seed": 0}
+CONFIG = {
+    "datasets": {"d": {**PLACES, "template": "{name}, {admin1_name}"}, "d-name": {**PLACES, "template": "{name}"},
+                 "other": {**PLACES, "seed": 1, "template": "{name}"}},
+    "models": {"m": {"spec": "package:x/m"}, "m-random": {"spec": "package:x/m", "random_init": True},
+               "n": {"spec": "package:x/n"}},
+}
+
+
+def _feature_set(seed: int, template_units: bool, n_gb=120, n_it=100) -> tuple[xr.DataArray, xr.DataArray]:
+    """Units [prompt, unit]: 0-2 follow the admin-1 unit and length (the template), 3-4 a smooth field,
+    5-9 noise; and the same pooled with a sink / n_tokens term (what the first token adds)."""
+    rng = np.random.default_rng(seed)
+    lon = np.r_[rng.uniform(-4.0, 0.5, n_gb), rng.uniform(8.0, 15.0, n_it)]
+    lat = np.r_[rng.uniform(51.0, 55.0, n_gb), rng.uniform(38.0, 46.0, n_it)]
+    region = np.array(["GB"] * n_gb + ["IT"] * n_it)
+    admin1 = np.where(region == "GB", np.where(lon < -1.75, "W", "E"), np.where(lat < 42.0, "S", "N"))
+    n_tokens = np.where(admin1 == "W", 6, 3) + rng.integers(0, 3, region.size)
+    v = rng.standard_normal((region.size, 10))
+    if template_units:
+        v[:, :3] += 2.0 * (admin1 == "W")[:, None] + 1.5 * (admin1 == "N")[:, None]
+    v[:, 3:5] += np.c_[np.cos(lat * 3.0) + np.sin(lon * 2.5)] * 2.0
+    da = xr.DataArray(v.astype(np.float32), dims=("prompt", "unit"), coords={
+        "prompt": np.arange(region.size), "unit": np.arange(10), "longitude": ("prompt", lon), "latitude": ("prompt", lat),
+        "region": ("prompt", region), "admin1_code": ("prompt", admin1), "n_tokens": ("prompt", n_tokens)})
+    sink = da + (30.0 / da["n_tokens"]).astype(np.float32) * xr.DataArray(np.linspace(1, 2, 10, dtype=np.float32), dims="unit")
+    return da, sink
+
+
+@pytest.fixture(scope="module")
+def evidence_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evidence")
+    params = dict(k=6, transform="r", permutations=99, seed=0, crs={}, lisa_top_n=0, shuffled_control=True,
+                  residualise=True)
+    manifest = {"spatial": [], "study": {"title": "evidence", "config": CONFIG}}
+    for dataset, model, seed, template in (("d", "m", 0, True), ("d", "m-random", 1, False), ("d-name", "m", 2, False)):
+        da, sink = _feature_set(seed, template)
+        moran, _ = spatial_analysis(da, params, with_sink=sink if (dataset, model) == ("d", "m") else None)
+        path = root / f"{dataset}_{model}.nc"
+        write_dataset(moran, path)
+        manifest["spatial"].append({"dataset": dataset, "model": model, "hook": "resid", "layer": 3, "kind": "units",
+                                    "run": None, "moran": str(path), "lisa": None})
+    return manifest
+
+
+def test_companions_come_from_the_config():
+    assert random_companion(CONFIG, "m") == "m-random" and random_companion(CONFIG, "n") is None
+    assert name_only_companion(CONFIG, "d") == "d-name"  # "other" samples other places (seed 1)
+    assert name_only_companion(CONFIG, "d-name") is None
+
+
+def test_each_column_equals_a_hand_computation(evidence_study):
+    df = evidence_table(Study(evidence_study))
+    assert list(df[["dataset", "model"]].drop_duplicates().itertuples(index=False, name=None)) == [("d", "m")]
+    assert df["region"].tolist() == ["GB", "IT"] and (df["n_features"] == 10).all()
+    files = {(e["dataset"], e["model"]): xr.load_dataset(e["moran"]) for e in evidence_study["spatial"]}
+    main = files["d", "m"]
+
+    def frac(ds, I, sig, region):
+        i = ds[I].sel(region=region).values
+        return float(sig.sel(region=region).values[np.isfinite(i)].mean())
+
+    for row in df.itertuples():
+        r = row.region
+        folded = main["p_sim_with_sink"].copy(data=fdr_bh(main["p_sim_with_sink"].values))
+        expect = {
+            "before": frac(main, "I_with_sink", (folded < 0.05) & (main.I_with_sink > main.EI), r),
+            "pooling": frac(main, "I", (main.p_sim.copy(data=fdr_bh(main.p_sim.values)) < 0.05) & (main.I > main.EI), r),
+            "one_sided": frac(main, "I", (main.q_greater < 0.05) & (main.I > main.EI), r),
+            "shuffled": frac(main, "I_shuffled", (main.q_greater_shuffled < 0.05) & (main.I_shuffled > main.EI), r),
+            "residualised": frac(main, "I_resid", (main.q_greater_resid < 0.05) & (main.I_resid > main.EI), r),
+        }
+        for name, other in (("random_init", files["d", "m-random"]), ("name_only", files["d-name", "m"])):
+            expect[name] = frac(other, "I", (other.q_greater < 0.05) & (other.I > other.EI), r)
+        other = files["d-name", "m"]
+        expect["name_only_residualised"] = frac(other, "I_resid", (other.q_greater_resid < 0.05) & (other.I_resid > other.EI), r)
+        for col, value in expect.items():
+            assert getattr(row, col) == pytest.approx(value), (col, r)
+    gb = df.set_index("region").loc["GB"]
+    assert gb.one_sided >= 0.5 and gb.residualised <= 0.2 + 1e-9  # the template units do not survive residualising
+    assert gb.shuffled <= 0.1
+
+
+def test_report_writes_the_table_as_html_and_markdown(evidence_study, tmp_path):
+    html = build_report(evidence_study, tmp_path).read_text(encoding="utf-8")
+    assert 'id="evidence"' in html and "d / m: significant fraction under each control" in html
+    md = (tmp_path / "significance.md").read_text()
+    assert md.count("| d / m | units | 3 |") == 2
+    for head, _ in COLUMNS.values():
+        assert head in md
+    assert to_markdown(evidence_table(Study(evidence_study))) == md
