@@ -7,6 +7,7 @@ streamed batch by batch into the output file, so memory stays bounded by one bat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -111,32 +112,36 @@ class _StopForward(Exception):
 
 @dataclass
 class _Recorder:
-    """Forward hooks that keep each selected layer's activations of the current batch."""
+    """Forward hooks that keep each selected (hook, layer)'s activations of the current batch.
 
-    layers: list[int]
+    ``hook_layers``: hook name -> layer indices. With ``stop_early``, the forward pass stops as soon
+    as every (hook, layer) was captured: later layers need not run.
+    """
+
+    hook_layers: dict[str, list[int]]
     stop_early: bool
 
     def __post_init__(self) -> None:
-        self.store: dict[int, torch.Tensor] = {}
+        self.store: dict[tuple[str, int], torch.Tensor] = {}
         self.handles: list[Any] = []
+        self.total = sum(len(v) for v in self.hook_layers.values())
 
-    def attach(self, model: torch.nn.Module, hook: str) -> None:
-        sites = capture_sites(model, hook)
-        last = max(self.layers)
-        for layer in self.layers:
-            site = sites[layer]
-            stop = self.stop_early and layer == last
+    def attach(self, model: torch.nn.Module) -> None:
+        for hook, layers in self.hook_layers.items():
+            sites = capture_sites(model, hook)
+            for layer in layers:
+                site = sites[layer]
 
-            def keep(tensor: Any, layer: int = layer, stop: bool = stop) -> None:
-                self.store[layer] = tensor[0] if isinstance(tensor, tuple) else tensor
-                if stop:
-                    raise _StopForward
+                def keep(tensor: Any, key: tuple[str, int] = (hook, layer)) -> None:
+                    self.store[key] = tensor[0] if isinstance(tensor, tuple) else tensor
+                    if self.stop_early and len(self.store) == self.total:
+                        raise _StopForward
 
-            if site.what == "output":
-                h = site.module.register_forward_hook(lambda mod, args, out, keep=keep: keep(out))
-            else:
-                h = site.module.register_forward_pre_hook(lambda mod, args, keep=keep: keep(args[0]))
-            self.handles.append(h)
+                if site.what == "output":
+                    h = site.module.register_forward_hook(lambda mod, args, out, keep=keep: keep(out))
+                else:
+                    h = site.module.register_forward_pre_hook(lambda mod, args, keep=keep: keep(args[0]))
+                self.handles.append(h)
 
     def detach(self) -> None:
         for h in self.handles:
@@ -152,21 +157,24 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def _iter_captures(model, tokenizer, texts: Sequence[str], hook: str, layer_ids: list[int], batch_size: int,
+def _iter_captures(model, tokenizer, texts: Sequence[str], hook_layers: dict[str, list[int]], batch_size: int,
                    max_length: int, progress: bool, window: int, lengths: np.ndarray):
-    """Yield (prompt indices [b], attention mask [b, tokens], {layer: activations [b, tokens, units]}).
+    """Yield (prompt indices [b], attention mask [b, tokens], {(hook, layer): activations [b, tokens, units]}).
 
-    Prompts are taken in windows of ``window`` consecutive prompts; within a window, batches are
-    formed from prompts sorted by token length (less padding), and no batch spans two windows.
+    One forward pass per batch captures every hook and layer of ``hook_layers``. Prompts are taken in
+    windows of ``window`` consecutive prompts; within a window, batches are formed from prompts
+    sorted by token length (less padding), and no batch spans two windows.
     """
     if batch_size < 1 or window < 1:
         raise ExtractionError("batch_size and window must be >= 1")
     device = next(model.parameters()).device
     base = _base_model(model)
-    recorder = _Recorder(layer_ids, stop_early=True)
-    recorder.attach(base, hook)
+    recorder = _Recorder(hook_layers, stop_early=True)
+    recorder.attach(base)
+    wanted = [(h, layer) for h, layers in hook_layers.items() for layer in layers]
     try:
-        bar = tqdm(total=len(texts), desc=f"extract {hook}", unit="prompt", disable=not progress, mininterval=2.0)
+        bar = tqdm(total=len(texts), desc=f"extract {'+'.join(hook_layers)}", unit="prompt", disable=not progress,
+                   mininterval=2.0)
         for w0 in range(0, len(texts), window):
             order = w0 + np.argsort(lengths[w0 : w0 + window], kind="stable")
             for start in range(0, len(order), batch_size):
@@ -178,9 +186,10 @@ def _iter_captures(model, tokenizer, texts: Sequence[str], hook: str, layer_ids:
                     base(**enc, use_cache=False) if _accepts_use_cache(base) else base(**enc)
                 except _StopForward:
                     pass
-                missing = [layer for layer in layer_ids if layer not in recorder.store]
+                missing = [key for key in wanted if key not in recorder.store]
                 if missing:
-                    raise ExtractionError(f"hook {hook!r} captured nothing at layers {missing}")
+                    hooks = sorted({h for h, _ in missing})
+                    raise ExtractionError(f"hook(s) {hooks} captured nothing at layers {sorted({la for _, la in missing})}")
                 yield idx, enc["attention_mask"], recorder.store
                 bar.update(len(idx))
         bar.close()
@@ -205,6 +214,50 @@ def _token_lengths(tokenizer, texts: Sequence[str], max_length: int, warn: bool 
     return lengths, ids
 
 
+def iter_pooled_hooks(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    hook_layers: dict[str, str | Sequence[int]],
+    pooling: Pooling = "mean",
+    batch_size: int = 32,
+    max_length: int = 64,
+    progress: bool = True,
+    window: int = 1024,
+    exclude: Exclude = "auto",
+    keep_sink: bool = False,
+):
+    """Yield (prompt indices [b], {hook: pooled [b, n_layers_of_hook, units]}, {hook: sink or None}) from
+    one forward pass per batch for every hook of ``hook_layers`` (hook -> ``"all"`` or layer indices).
+
+    Batches never span two windows of ``window`` consecutive prompts, so a consumer can buffer one
+    window and write it as one contiguous block. Indices refer to ``texts``. ``exclude``: see
+    :func:`resolve_exclude`. The first batch's per-position norms are logged (a sink shows there).
+    ``keep_sink``: the sink arrays [b, n_layers_of_hook, units] hold the activation at the position
+    pooling left out (NaN for prompts where nothing was left out), so the pooling with it can be
+    rebuilt exactly (:func:`with_sink`); else None.
+    """
+    if pooling not in POOLINGS:
+        raise ExtractionError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+    if not hook_layers:
+        raise ExtractionError("no hooks to extract")
+    total = n_layers(model)
+    ids = {hook: resolve_layers(layers, total) for hook, layers in hook_layers.items()}
+    excluded = resolve_exclude(exclude, tokenizer)
+    lengths, _ = _token_lengths(tokenizer, texts, max_length)
+    first_batch = True
+    for idx, mask, store in _iter_captures(model, tokenizer, texts, ids, batch_size, max_length, progress, window, lengths):
+        pooled, sinks = {}, {}
+        for hook, layer_ids in ids.items():
+            acts = {layer: store[hook, layer] for layer in layer_ids}
+            if first_batch:
+                log_position_norms(acts, mask, layer_ids, hook, excluded)
+            pooled[hook] = torch.stack([pool(acts[layer], mask, pooling, excluded) for layer in layer_ids], 1).float().cpu().numpy()
+            sinks[hook] = sink_rows(acts, mask, layer_ids, excluded) if keep_sink else None
+        first_batch = False
+        yield idx, pooled, sinks
+
+
 def iter_pooled(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -219,31 +272,14 @@ def iter_pooled(
     exclude: Exclude = "auto",
     keep_sink: bool = False,
 ):
-    """Yield (prompt indices [b], pooled activations [b, n_layers_selected, units] float32 numpy).
-
-    Batches never span two windows of ``window`` consecutive prompts, so a consumer can buffer one
-    window and write it as one contiguous block. Indices refer to ``texts``. ``exclude``: see
-    :func:`resolve_exclude`. The first batch's per-position norms are logged (a sink shows there).
-    ``keep_sink``: yield (indices, pooled, sink) instead, where sink [b, n_layers_selected, units] is
-    the activation at the position pooling left out (NaN for prompts where nothing was left out), so
-    the pooling with it can be rebuilt exactly (:func:`with_sink`).
-    """
-    if pooling not in POOLINGS:
-        raise ExtractionError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
-    layer_ids = resolve_layers(layers, n_layers(model))
-    excluded = resolve_exclude(exclude, tokenizer)
-    lengths, _ = _token_lengths(tokenizer, texts, max_length)
-    first_batch = True
-    for idx, mask, store in _iter_captures(model, tokenizer, texts, hook, layer_ids, batch_size, max_length, progress,
-                                           window, lengths):
-        if first_batch:
-            log_position_norms(store, mask, layer_ids, hook, excluded)
-            first_batch = False
-        pooled = torch.stack([pool(store[layer], mask, pooling, excluded) for layer in layer_ids], 1)
+    """Yield (prompt indices [b], pooled activations [b, n_layers_selected, units] float32 numpy) of one
+    hook (:func:`iter_pooled_hooks` for several in one pass); with ``keep_sink``, (indices, pooled, sink)."""
+    for idx, pooled, sinks in iter_pooled_hooks(model, tokenizer, texts, {hook: layers}, pooling, batch_size, max_length,
+                                                progress, window, exclude, keep_sink):
         if keep_sink:
-            yield idx, pooled.float().cpu().numpy(), sink_rows(store, mask, layer_ids, excluded)
+            yield idx, pooled[hook], sinks[hook]
         else:
-            yield idx, pooled.float().cpu().numpy()
+            yield idx, pooled[hook]
 
 
 def sink_rows(store: dict[int, torch.Tensor], mask: torch.Tensor, layer_ids: Sequence[int], excluded: str) -> np.ndarray:
@@ -314,9 +350,9 @@ def iter_tokens(
     """
     layer_ids = resolve_layers(layers, n_layers(model))
     lengths, _ = _token_lengths(tokenizer, texts, max_length)
-    for idx, mask, store in _iter_captures(model, tokenizer, texts, hook, layer_ids, batch_size, max_length, progress,
+    for idx, mask, store in _iter_captures(model, tokenizer, texts, {hook: layer_ids}, batch_size, max_length, progress,
                                            window, lengths):
-        stacked = torch.stack([store[layer] for layer in layer_ids], 2).float().cpu().numpy()  # [b, T, L, U]
+        stacked = torch.stack([store[hook, layer] for layer in layer_ids], 2).float().cpu().numpy()  # [b, T, L, U]
         keep = mask.bool().cpu().numpy()
         yield idx, [stacked[i][keep[i]] for i in range(len(idx))]
 
@@ -401,6 +437,76 @@ class ActivationWriter:
         return bool(self._atomic.__exit__(exc_type, exc, tb))
 
 
+def extract_hooks_to_files(
+    paths: dict[str, str | Path],
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: xr.Dataset,
+    hook_layers: dict[str, str | Sequence[int]],
+    pooling: Pooling,
+    batch_size: int,
+    max_length: int,
+    attrs: dict[str, Any],
+    progress: bool = True,
+    window: int = 1024,
+    exclude: Exclude = "auto",
+    keep_sink: bool = False,
+) -> dict[str, Path]:
+    """Extract pooled activations of several hooks in one forward pass per batch; write each hook's
+    ``activations`` [prompt, layer, unit] to ``paths[hook]``.
+
+    ``hook_layers``: hook -> ``"all"`` or layer indices (the same keys as ``paths``). Memory holds one
+    window of ``window`` prompts per hook; each window is written as one contiguous block. Attrs
+    record ``hook``, ``pooling``, ``exclude`` (as configured), ``pool_excluded`` (``first`` or
+    ``none``: what mean/max pooling left out) and ``keep_sink``; the coordinate ``n_tokens`` [prompt]
+    holds each prompt's token count after truncation. ``keep_sink`` (only where pooling leaves a
+    position out) also writes that position's activation as ``sink``, so the pooling without the
+    fix can be rebuilt from the same file (:func:`with_sink`). Every file is written atomically,
+    and none is left behind when any fails.
+    """
+    if set(paths) != set(hook_layers):
+        raise ExtractionError(f"paths for hooks {sorted(paths)} but layers for {sorted(hook_layers)}")
+    texts = [str(t) for t in prompts["text"].values]
+    if not texts:
+        raise ExtractionError("the prompt set is empty")
+    total = n_layers(model)
+    layer_ids = {hook: resolve_layers(layers, total) for hook, layers in hook_layers.items()}
+    excluded = resolve_exclude(exclude, tokenizer) if pooling != "last" else "none"
+    keep_sink = keep_sink and excluded != "none"
+    prompts = prompts.assign_coords(n_tokens=("prompt", _token_lengths(tokenizer, texts, max_length, warn=False)[0]))
+    n_win = min(window, len(texts))
+    with contextlib.ExitStack() as stack:
+        writers = {
+            hook: stack.enter_context(ActivationWriter(
+                paths[hook], prompts, layer_ids[hook],
+                {**attrs, "hook": hook, "pooling": pooling, "exclude": exclude, "pool_excluded": excluded,
+                 "keep_sink": int(keep_sink)}, keep_sink=keep_sink))
+            for hook in paths
+        }
+        bufs: dict[str, np.ndarray] = {}
+        sbufs: dict[str, np.ndarray] = {}
+        w0, filled = 0, 0
+        for idx, pooled, sinks in iter_pooled_hooks(model, tokenizer, texts, layer_ids, pooling, batch_size, max_length,
+                                                    progress, window=window, exclude=exclude, keep_sink=keep_sink):
+            for hook, block in pooled.items():
+                if hook not in bufs:
+                    bufs[hook] = np.empty((n_win, *block.shape[1:]), dtype=np.float32)
+                    if keep_sink:
+                        sbufs[hook] = np.empty_like(bufs[hook])
+                    writers[hook].create(block.shape[-1])  # the (hidden) temporary exists from the first batch on
+                bufs[hook][idx - w0] = block
+                if keep_sink:
+                    sbufs[hook][idx - w0] = sinks[hook]
+            filled += len(idx)
+            if filled == min(window, len(texts) - w0):  # window complete: one contiguous write per hook
+                for hook, writer in writers.items():
+                    writer.write_rows(w0, bufs[hook][:filled], sbufs[hook][:filled] if keep_sink else None)
+                w0, filled = w0 + window, 0
+    for hook, path in paths.items():
+        log.info("wrote %s: %d prompts x %d layers", path, len(texts), len(layer_ids[hook]))
+    return {hook: Path(p) for hook, p in paths.items()}
+
+
 def extract_to_file(
     path: str | Path,
     model: torch.nn.Module,
@@ -417,43 +523,10 @@ def extract_to_file(
     exclude: Exclude = "auto",
     keep_sink: bool = False,
 ) -> Path:
-    """Extract pooled activations for every prompt and write ``activations`` [prompt, layer, unit].
-
-    Memory holds one window of ``window`` prompts [window, layers, units]; each window is written
-    as one contiguous block. Attrs record ``pooling``, ``exclude`` (as configured) and
-    ``pool_excluded`` (``first`` or ``none``: what mean/max pooling left out); the coordinate
-    ``n_tokens`` [prompt] holds each prompt's token count after truncation. ``keep_sink`` (only
-    where pooling leaves a position out) also writes that position's activation as ``sink``, so
-    the pooling without the fix can be rebuilt from the same file (:func:`with_sink`).
-    """
-    texts = [str(t) for t in prompts["text"].values]
-    if not texts:
-        raise ExtractionError("the prompt set is empty")
-    layer_ids = resolve_layers(layers, n_layers(model))
-    excluded = resolve_exclude(exclude, tokenizer) if pooling != "last" else "none"
-    attrs = {**attrs, "hook": hook, "pooling": pooling, "exclude": exclude, "pool_excluded": excluded}
-    prompts = prompts.assign_coords(n_tokens=("prompt", _token_lengths(tokenizer, texts, max_length, warn=False)[0]))
-    keep_sink = keep_sink and excluded != "none"
-    attrs["keep_sink"] = int(keep_sink)
-    buf: np.ndarray | None = None
-    sbuf: np.ndarray | None = None
-    w0, filled = 0, 0
-    with ActivationWriter(path, prompts, layer_ids, attrs, keep_sink=keep_sink) as writer:
-        for idx, block, *sink in iter_pooled(model, tokenizer, texts, hook, layer_ids, pooling, batch_size, max_length,
-                                             progress, window=window, exclude=exclude, keep_sink=keep_sink):
-            if buf is None:
-                buf = np.empty((min(window, len(texts)), *block.shape[1:]), dtype=np.float32)
-                sbuf = np.empty_like(buf) if keep_sink else None
-                writer.create(block.shape[-1])  # the (hidden) temporary exists from the first batch on
-            buf[idx - w0] = block
-            if sbuf is not None:
-                sbuf[idx - w0] = sink[0]
-            filled += len(idx)
-            if filled == min(window, len(texts) - w0):  # window complete: one contiguous write
-                writer.write_rows(w0, buf[:filled], None if sbuf is None else sbuf[:filled])
-                w0, filled = w0 + window, 0
-    log.info("wrote %s: %d prompts x %d layers", path, len(texts), len(layer_ids))
-    return Path(path)
+    """Extract pooled activations of one hook and write ``activations`` [prompt, layer, unit] (see
+    :func:`extract_hooks_to_files`, which does several hooks in one pass)."""
+    return extract_hooks_to_files({hook: path}, model, tokenizer, prompts, {hook: layers}, pooling, batch_size,
+                                  max_length, attrs, progress, window, exclude, keep_sink)[hook]
 
 
 def token_coords(prompts: xr.Dataset, tokenizer: Any, max_length: int, exclude: Exclude = "auto") -> xr.Dataset:

@@ -26,6 +26,14 @@ HOOKS = sorted(
     | ({SAE["hook"]} if SAE["runs"] else set())
     | ({SNMF["hook"]} if SNMF["runs"] else set())
 )
+#: hooks read as pooled activations: one extraction job per (dataset, model) writes them all in one pass
+POOLED_HOOKS = sorted(
+    set(EXTRACT["hooks"])
+    | (set(SPATIAL["hooks"]) if SPATIAL["enabled"] and SPATIAL["units"] else set())
+    | (set(PROBES["hooks"]) if PROBES["enabled"] else set())
+    | ({SAE["hook"]} if SAE["runs"] else set())
+    | ({SNMF["hook"]} if SNMF["runs"] and SNMF["level"] == "pooled" else set())
+)
 #: settings that change how a job runs, never what it computes
 RESOURCE_KEYS = ("threads", "mem_mb", "gpu")
 #: region -> projected CRS: inline regions' crs, then spatial.crs overrides (presets fill the rest)
@@ -179,16 +187,16 @@ def spatial_input(wildcards):
 
 def study_summary():
     """What this study runs, printed at the start of a run: datasets, models, jobs per step."""
-    pooled = {e["path"] for e in JOBS["activations"]}
-    pooled |= {ACTIVATIONS.format(**e) for step in ("sae", "probes") for e in JOBS[step]}
-    pooled |= {ACTIVATIONS.format(**e) for e in JOBS["spatial"] if e["kind"] == "units"}
+    pooled = {(e["dataset"], e["model"]) for e in JOBS["activations"]}
+    pooled |= {(e["dataset"], e["model"]) for step in ("sae", "probes") for e in JOBS[step]}
+    pooled |= {(e["dataset"], e["model"]) for e in JOBS["spatial"] if e["kind"] == "units"}
     tokens = {TOKENS.format(**e) for e in JOBS["snmf"] if SNMF["level"] == "tokens"}
-    pooled |= {ACTIVATIONS.format(**e) for e in JOBS["snmf"] if SNMF["level"] != "tokens"}
+    pooled |= {(e["dataset"], e["model"]) for e in JOBS["snmf"] if SNMF["level"] != "tokens"}
     steps = Counter(prompts=len(DATASETS))
     if EXTRACT["shards"] == 1:
-        steps["extract"] = len(pooled)
+        steps["extract"] = len(pooled)  # one job per (dataset, model): every pooled hook in one pass
     else:
-        steps["extract_shard"], steps["gather_activations"] = len(pooled) * EXTRACT["shards"], len(pooled)
+        steps["extract_shard"], steps["gather_activations"] = len(pooled) * EXTRACT["shards"], len(pooled) * len(POOLED_HOOKS)
     steps["extract_tokens"] = len(tokens)
     for step in ("sae", "snmf", "spatial", "probes"):
         steps[step] = len(JOBS[step])
@@ -205,11 +213,11 @@ def study_summary():
 
 
 def extract_params(wildcards):
+    """Pooled extraction of every hook of POOLED_HOOKS in one pass (hook -> layers)."""
     model = config["models"][wildcards.model]
     return canonical({
         "model": {k: model[k] for k in ("spec", "dtype", "device", "random_init", "init_seed")},
-        "hook": wildcards.hook,
-        "layers": layers_for(wildcards.hook),
+        "hooks": {hook: layers_for(hook) for hook in POOLED_HOOKS},
         "pooling": EXTRACT["pooling"],
         "exclude": EXTRACT["exclude"],
         "keep_sink": EXTRACT["keep_sink"],
@@ -219,8 +227,9 @@ def extract_params(wildcards):
 
 
 def token_extract_params(wildcards):
-    """Token-level extraction does not pool: pooling (and the pooled sink) are not among its parameters."""
-    return {k: v for k, v in extract_params(wildcards).items() if k not in ("pooling", "keep_sink")}
+    """Token-level extraction of one hook; it does not pool: pooling and the pooled sink are not among its parameters."""
+    params = {k: v for k, v in extract_params(wildcards).items() if k not in ("pooling", "keep_sink", "hooks")}
+    return canonical(dict(params, hook=wildcards.hook, layers=layers_for(wildcards.hook)))
 
 
 def settings(section, *keys):

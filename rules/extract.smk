@@ -1,20 +1,20 @@
 if EXTRACT["shards"] == 1:
 
     rule extract:
-        """Run the model over every prompt and pool activations at one hook point."""
+        """Run the model over every prompt once and pool activations at every hook point the study reads."""
         input:
             prompts=PROMPTS,
             model=model_files,
         output:
-            ACTIVATIONS,
+            **{hook: ACTIVATIONS.replace("{hook}", hook) for hook in POOLED_HOOKS},
         params:
             extract=extract_params,
             shard=None,
             code=code("extract"),
         log:
-            f"{LOGS}/extract/{{dataset}}/{{model}}/{{hook}}.log",
+            f"{LOGS}/extract/{{dataset}}/{{model}}.log",
         benchmark:
-            f"{BENCHMARKS}/extract/{{dataset}}/{{model}}/{{hook}}.tsv"
+            f"{BENCHMARKS}/extract/{{dataset}}/{{model}}.tsv"
         threads: EXTRACT["threads"]
         resources:
             mem_mb=EXTRACT["mem_mb"],
@@ -32,15 +32,15 @@ else:
             prompts=PROMPTS,
             model=model_files,
         output:
-            temp(SHARD),
+            **{hook: temp(SHARD.replace("{hook}", hook)) for hook in POOLED_HOOKS},
         params:
             extract=extract_params,
             shard=lambda wc: [int(wc.shard), EXTRACT["shards"]],
             code=code("extract"),
         log:
-            f"{LOGS}/extract/{{dataset}}/{{model}}/{{hook}}.shard{{shard}}.log",
+            f"{LOGS}/extract/{{dataset}}/{{model}}.shard{{shard}}.log",
         benchmark:
-            f"{BENCHMARKS}/extract/{{dataset}}/{{model}}/{{hook}}.shard{{shard}}.tsv"
+            f"{BENCHMARKS}/extract/{{dataset}}/{{model}}.shard{{shard}}.tsv"
         threads: EXTRACT["threads"]
         resources:
             mem_mb=EXTRACT["mem_mb"],

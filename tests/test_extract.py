@@ -274,3 +274,30 @@ def test_kept_sink_rebuilds_the_pooling_without_the_fix(tiny_llama, tmp_path, po
                                load_feature_set(kept, "units", 2, sink=True).values, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="keep_sink"):
         load_feature_set(plain, "units", 0, sink=True)
+
+
+def test_several_hooks_in_one_forward_pass_equal_one_pass_each(tiny_llama, tmp_path):
+    from mechflow.extract import _base_model, extract_hooks_to_files
+
+    model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
+    prompts = _prompts()
+    calls = []
+    handle = _base_model(model).register_forward_pre_hook(lambda mod, args: calls.append(1))
+    try:
+        paths = extract_hooks_to_files({"resid": tmp_path / "r.nc", "mlp_hidden": tmp_path / "m.nc"}, model, tok, prompts,
+                                       {"resid": "all", "mlp_hidden": [1]}, "mean", 2, 32, {"model": "tiny"}, False,
+                                       exclude="first", keep_sink=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # 5 prompts in batches of 2: one forward pass per batch for both hooks
+    for hook, layers in (("resid", "all"), ("mlp_hidden", [1])):
+        alone = extract_to_file(tmp_path / f"{hook}-alone.nc", model, tok, prompts, hook, layers, "mean", 2, 32,
+                                {"model": "tiny"}, False, exclude="first", keep_sink=True)
+        both, single = xr.load_dataset(paths[hook]), xr.load_dataset(alone)
+        np.testing.assert_array_equal(both["activations"].values, single["activations"].values)
+        np.testing.assert_array_equal(both["sink"].values, single["sink"].values)
+        assert both.attrs["hook"] == hook and both["n_tokens"].values.tolist() == single["n_tokens"].values.tolist()
+    with pytest.raises(ExtractionError):  # one bad hook: neither file is written
+        extract_hooks_to_files({"resid": tmp_path / "x.nc", "mlp_hidden": tmp_path / "y.nc"}, model, tok, prompts,
+                               {"resid": [0], "mlp_hidden": [9]}, "mean", 2, 32, {}, False)
+    assert not (tmp_path / "x.nc").exists() and not (tmp_path / "y.nc").exists()

@@ -105,8 +105,8 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     table = (workdir / "results/report/significance.md").read_text()
     assert table.count("| tiny / minilm | units |") == 4 and "| tiny / minilm | SAE topk | 4 |" in table
     assert "tiny-name" not in table  # a companion: its numbers are the name-only column, not rows of their own
-    assert (workdir / "results/logs/extract/tiny/minilm/resid.log").stat().st_size > 0
-    assert (workdir / "results/benchmarks/extract/tiny/minilm/resid.tsv").exists()
+    assert (workdir / "results/logs/extract/tiny/minilm.log").stat().st_size > 0
+    assert (workdir / "results/benchmarks/extract/tiny/minilm.tsv").exists()
 
     assert planned_jobs(workdir) == {}  # right after a run: nothing to do
     # the same study written by a tool: keys in another order, every default written out, integers where
@@ -150,7 +150,7 @@ def test_sharded_extraction_gathers_to_the_unsharded_result(workdir):
     sharded = load_dataarray(workdir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
     shard_dir = workdir / "results/activations/tiny/minilm/resid.shards"
     assert not shard_dir.exists() or not list(shard_dir.glob("*.nc"))  # temp() shards are gone
-    assert (workdir / "results/logs/extract/tiny/minilm/resid.shard2.log").exists()  # the shards did run
+    assert (workdir / "results/logs/extract/tiny/minilm.shard2.log").exists()  # the shards did run
     whole_dir = workdir / "whole"
     whole_dir.mkdir()
     write_config(whole_dir, tiny_config(n=25, layers=[0, -1]))
