@@ -15,7 +15,7 @@ def main(sm) -> None:
     values = load_feature_set(sm.input[0], kind, layer)
     # raw units from activations that kept the pooling's left-out position: also test the pooling with it
     with_sink = load_feature_set(sm.input[0], kind, layer, sink=True) if kind == "units" and has_sink(sm.input[0]) else None
-    moran, lisa = spatial_analysis(values, params, with_sink=with_sink)
+    moran, lisa = spatial_analysis(values, params, with_sink=with_sink, num_threads=sm.threads)
     prov = provenance_attrs(
         digest({"spatial": params, "code": sm.params.code}),
         **upstream_attrs(values.attrs),

@@ -74,21 +74,21 @@ def spatial_analysis(values: xr.DataArray, params: Mapping[str, Any], with_sink:
     region = values["region"].values.astype(str)
     crs = crs_for(region, params.get("crs"))
     common = dict(k=int(params["k"]), transform=str(params["transform"]), seed=int(params["seed"]))
-    if num_threads is not None:
-        common["num_threads"] = int(num_threads)
     perms = int(params["permutations"])
-    moran = moran_dataset(values, lon, lat, region, crs, permutations=perms, **common)
+    # threads change how fast, never what: the permutation engine is bit-identical at any thread count
+    glob = dict(common, permutations=perms, num_threads=int(num_threads or 1))
+    moran = moran_dataset(values, lon, lat, region, crs, **glob)
     if params.get("shuffled_control", True):
         slon, slat = shuffle_within_regions(lon, lat, region, int(params["seed"]) + 1)
-        _add_control(moran, moran_dataset(values, slon, slat, region, crs, permutations=perms, **common), "shuffled")
+        _add_control(moran, moran_dataset(values, slon, slat, region, crs, **glob), "shuffled")
     if params.get("residualise", True) and any(c in values.coords for c in TEMPLATE_COVARIATES):
         resid = residualise_within_regions(values)
-        _add_control(moran, moran_dataset(resid, lon, lat, region, crs, permutations=perms, **common), "resid")
+        _add_control(moran, moran_dataset(resid, lon, lat, region, crs, **glob), "resid")
         moran.attrs["residualised_on"] = resid.attrs["residualised_on"]
     if with_sink is not None:
         if with_sink.shape != values.shape:
             raise ValueError(f"with_sink {with_sink.shape} must have the feature set's shape {values.shape}")
-        _add_control(moran, moran_dataset(with_sink, lon, lat, region, crs, permutations=perms, **common), "with_sink")
+        _add_control(moran, moran_dataset(with_sink, lon, lat, region, crs, **glob), "with_sink")
     lisa = None
     top_n = int(params.get("lisa_top_n", 0))
     if top_n > 0:

@@ -67,6 +67,7 @@ def moran_dataset(
     permutations: int = 999,
     seed: int = 0,
     device=None,
+    num_threads: int | None = 1,
 ) -> xr.Dataset:
     """Global Moran's I and Geary's C per region for every feature.
 
@@ -80,7 +81,8 @@ def moran_dataset(
     geary_z_sim, geary_p_sim (folded), geary_p_less (``(#{C_sim <= C} + 1)/(P + 1)``), geary_q_less
     (BH of geary_p_less); and per region ``n``, ``n_constant``, ``n_duplicates``. The exact
     definitions are in the Dataset attrs (:data:`MORAN_ATTRS`). Permutation variables are NaN when
-    ``permutations == 0``.
+    ``permutations == 0``. ``num_threads``: CPU threads of the permutation test (see
+    :func:`~mechflow.spatial.global_stats.global_autocorrelation`; the results do not depend on it).
     """
     pdim, fdim, lon, lat, region, regions, crs_used = _prepare(values, lon, lat, region, crs_by_region)
     data = np.asarray(values.values, dtype=np.float64)
@@ -96,7 +98,8 @@ def moran_dataset(
         if idx.size <= k:
             raise ValueError(f"region {reg!r} has {idx.size} prompts; KNN weights need more than k={k}")
         w = knn_weights(lon[idx], lat[idx], k=k, crs=crs_used[reg], transform=transform)
-        res = global_autocorrelation(data[idx], w, permutations=permutations, seed=seed, device=device)
+        res = global_autocorrelation(data[idx], w, permutations=permutations, seed=seed, device=device,
+                                     num_threads=num_threads)
         for v in names:
             out[v][r] = res["moran"][v]
         for v, g in gnames.items():

@@ -2,11 +2,24 @@
 
 Analytical parts (I, EI, VI_norm, z_norm, p_norm, the randomisation moments, Geary's C and its
 moments) are computed in float64 and equal esda's to rounding. The permutation test draws one
-permutation of the observations per replicate and applies it to every column at once, so each
-replicate is a row gather plus one sparse-times-dense product over all F columns; statistics are
-accumulated per column (counts, sums, sums of squares), so memory stays ``O(n * chunk_size)``
-whatever the number of permutations. Replicates use their own seeded generator (torch), so the
-permutation outputs (``p_sim``, ``z_sim``, ...) agree with esda in distribution, not bit for bit.
+permutation of the observations per replicate and applies it to every column at once; each
+replicate needs, per column, the cross term ``z_p' W z_p`` (Moran) and ``sum_i rc_i z_p[i]^2``
+(Geary; ``rc`` = row + column sums of W), and statistics are accumulated per column (counts, sums,
+sums of squares), so memory does not grow with the number of permutations. Three engines compute
+the replicates (``engine=``):
+
+- ``"fused"`` (CPU default): a numba kernel (:mod:`mechflow.spatial._perm_numba`) that gathers the
+  permuted rows straight from cache-sized column tiles and multiplies them by W in one pass, on
+  ``num_threads`` threads, without materialising the permuted matrix. Bit-identical for any
+  thread count.
+- ``"numpy"`` (the reference): a numpy row gather of the permuted matrix and a single-threaded
+  scipy CSR product per replicate batch.
+- ``"torch"`` (CUDA default; also runs on CPU): the same products with torch sparse CSR.
+
+``"fused"`` and ``"numpy"`` draw the same permutations for a seed (a numpy Generator, one
+permutation per replicate in order) and differ only in summation order (float32 rounding by
+default, ``sim_dtype=torch.float64`` for float64); ``"torch"`` draws its own (torch generator). So
+the permutation outputs (``p_sim``, ``z_sim``, ...) agree with esda in distribution, not bit for bit.
 
 Conventions (esda 2.x, default arguments):
 - Moran ``p_norm``/``p_rand``: two-tailed (``2 * sf(|z|)``) when ``two_tailed=True`` (esda's
@@ -42,7 +55,9 @@ from mechflow.spatial._sparse import (
     weights_csr,
 )
 
-__all__ = ["global_moran", "global_geary", "global_autocorrelation"]
+__all__ = ["global_moran", "global_geary", "global_autocorrelation", "ENGINES"]
+
+ENGINES = ("fused", "numpy", "torch")  # permutation-test engines; CPU default "fused", CUDA default "torch"
 
 
 def _observed(y: np.ndarray, A: sp.csr_matrix, w: W, two_tailed: bool):
@@ -168,33 +183,77 @@ class _TorchReplicates:
             yield cross, sq
 
 
+class _FusedReplicates:
+    """CPU engine (default): the numba kernel of :mod:`mechflow.spatial._perm_numba` on all columns
+    (tiles of 64) per batch of replicates, on ``num_threads`` threads (None: numba's setting).
+    Draws the same permutations as :class:`_NumpyReplicates` for a seed."""
+
+    def __init__(self, zs: np.ndarray, A: sp.csr_matrix, rc: np.ndarray, dtype: torch.dtype, seed: int,
+                 num_threads: int | None):
+        from mechflow.spatial import _perm_numba  # numba is imported (and the kernel loaded) on first use
+
+        self.kernel = _perm_numba
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        self.n, self.F = zs.shape
+        A = sp.csr_matrix(A)
+        self.Zt = _perm_numba.tile_columns(zs, np_dtype)
+        self.indptr = A.indptr.astype(np.int64)
+        self.indices = A.indices.astype(np.uint32)
+        self.data = A.data.astype(np_dtype)
+        row_w = _perm_numba.equal_row_weights(A.indptr, A.data)
+        self.row_w = (np.zeros(0) if row_w is None else row_w).astype(np_dtype)
+        self.rc = rc.astype(np_dtype)
+        self.rng = np.random.default_rng(int(seed))
+        self.num_threads = num_threads
+
+    def draw(self, nb: int) -> np.ndarray:
+        """``[nb, n]`` independent uniform permutations of ``range(n)`` (the numpy engine's stream)."""
+        return self.rng.permuted(np.tile(np.arange(self.n), (nb, 1)), axis=1)
+
+    def replicates(self, perms: np.ndarray, want_sq: bool):
+        """One chunk (all F columns): ``cross [nb, F]`` and ``sq [nb, F]`` (None unless ``want_sq``)."""
+        perms = np.ascontiguousarray(perms, dtype=np.uint32)
+        with self.kernel.numba_threads(self.num_threads):
+            cross, sq = self.kernel.replicates(self.Zt, self.indptr, self.indices, self.data, self.row_w, self.rc,
+                                               perms, want_sq)
+        yield cross[:, : self.F], (sq[:, : self.F] if want_sq else None)
+
+
 def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C, engine=None,
              num_threads=1):
     """Shared-permutation replicates; returns per-column (count>=obs, sum, sumsq) for I and C
     (and, for C, count<=obs).
 
-    Columns go in chunks of ``Fc`` and replicates in batches of ``B`` with ``B * Fc ~ chunk_size``:
-    one row gather of the permuted columns ``[n, B * Fc]``, one sparse product for their spatial
-    lag, and a column sum of their product give the cross term ``z_p' W z_p`` of every replicate;
-    Geary's C also needs ``sum_i (r_i + c_i) z_p[i]^2`` (row + column sums of W). ``engine``:
-    ``"numpy"`` (default on CPU) or ``"torch"`` (default on CUDA; also runs on CPU, at ``num_threads``
-    intra-op threads: its products round differently for each thread count).
+    ``engine``: ``"fused"`` (default on CPU): batches of up to 256 replicates (fewer for very
+    wide inputs), all columns per kernel call, on ``num_threads`` numba threads; ``chunk_size`` is not
+    used. ``"numpy"`` and ``"torch"`` (default on CUDA; also runs on CPU, at ``num_threads`` intra-op
+    threads): columns go in chunks of ``Fc`` and replicates in batches of ``B`` with
+    ``B * Fc ~ chunk_size``: one row gather of the permuted columns ``[n, B * Fc]``, one sparse
+    product for their spatial lag, and a column sum of their product give the cross term
+    ``z_p' W z_p`` of every replicate; Geary's C also needs ``sum_i (r_i + c_i) z_p[i]^2`` (row +
+    column sums of W).
     """
     n, F = z.shape
     dev = resolve_device(device)
-    engine = engine or ("numpy" if dev.type == "cpu" else "torch")
-    if engine not in ("numpy", "torch"):
-        raise ValueError(f"engine must be 'numpy' or 'torch', got {engine!r}")
+    engine = engine or ("fused" if dev.type == "cpu" else "torch")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     order = locality_order(A)
     with np.errstate(divide="ignore", invalid="ignore"):
         zs = np.where(z2ss > 0, z / np.sqrt(z2ss), 0.0)[order]
-    if chunk_size is None:
-        chunk_size = 256 if dev.type == "cpu" else max(256, int(2**30 // (16 * n)))
-    Fc = min(F, chunk_size)
-    B = max(1, min(n_perm, chunk_size // Fc))
-    chunks = [(s, min(F, s + Fc)) for s in range(0, F, Fc)]
-    args = (zs, A[order][:, order], rc[order], chunks, sim_dtype, seed)
-    eng = _NumpyReplicates(*args) if engine == "numpy" else _TorchReplicates(*args, dev)
+    A_ord, rc_ord = A[order][:, order], rc[order]
+    if engine == "fused":
+        chunks = [(0, F)]
+        B = max(1, min(n_perm, 256, 2**21 // max(F, 1)))
+        eng = _FusedReplicates(zs, A_ord, rc_ord, sim_dtype, seed, num_threads)
+    else:
+        if chunk_size is None:
+            chunk_size = 256 if dev.type == "cpu" else max(256, int(2**30 // (16 * n)))
+        Fc = min(F, chunk_size)
+        B = max(1, min(n_perm, chunk_size // Fc))
+        chunks = [(s, min(F, s + Fc)) for s in range(0, F, Fc)]
+        args = (zs, A_ord, rc_ord, chunks, sim_dtype, seed)
+        eng = _NumpyReplicates(*args) if engine == "numpy" else _TorchReplicates(*args, dev)
     s0 = float(A.sum())
     EI = -1.0 / (n - 1)
     acc = {key: np.zeros(F) for key in ("nI", "sI", "qI", "nC", "lC", "sC", "qC")}
@@ -258,13 +317,17 @@ def global_autocorrelation(
     """Moran's I and (optionally) Geary's C for every column of ``values`` ``[n, F]``.
 
     ``w`` is used with its current transform (set ``w.transform`` beforehand; esda's
-    ``transformation`` argument does the same). ``device``: torch device for the permutation
-    test (``None``: CUDA when available, else CPU); ``sim_dtype`` of the replicates (float32 is
-    ample for counting; the observed statistics are always float64). ``chunk_size``: columns per
-    sparse product (memory ``~ n * chunk_size`` per replicate). ``engine``: ``"numpy"`` (CPU default)
-    or ``"torch"`` (CUDA default; also runs on CPU) for the permutation replicates. ``num_threads``:
-    intra-op threads of the torch engine on CPU (default 1, so the results are bit-identical
-    whatever ``torch.set_num_threads`` says; None leaves that setting).
+    ``transformation`` argument does the same). ``device``: torch device for the ``"torch"``
+    engine (``None``: CUDA when available, else CPU; it also picks the default engine);
+    ``sim_dtype`` of the replicates (float32 is ample for counting; the observed statistics are
+    always float64). ``engine``: ``"fused"`` (CPU default: numba kernel, see
+    :mod:`mechflow.spatial._perm_numba`), ``"numpy"`` (the reference) or ``"torch"`` (CUDA default;
+    also runs on CPU). ``chunk_size``: columns per sparse product of the numpy/torch engines (memory
+    ``~ n * chunk_size`` per replicate); the fused engine tiles columns itself. ``num_threads``:
+    threads of the permutation test on CPU, for the fused engine (numba threads, capped at
+    ``NUMBA_NUM_THREADS``; its results do not depend on the count) and the torch engine (intra-op
+    threads; its products round differently for each count, hence the default 1); the numpy engine
+    is single-threaded. None leaves numba's / torch's setting.
 
     Returns ``{"moran": {...}, "geary": {...} or None, "n_constant": int, "n": int}``; each inner
     dict maps statistic names (esda's attribute names) to float64 arrays ``[F]``.
@@ -300,7 +363,8 @@ def global_autocorrelation(
 
 
 def global_moran(values, w: W, permutations: int = 999, seed: int = 0, two_tailed: bool = True,
-                 device=None, chunk_size: int | None = None) -> dict:
+                 device=None, chunk_size: int | None = None, engine: str | None = None,
+                 num_threads: int | None = 1) -> dict:
     """Global Moran's I of every column of ``values`` ``[n, F]`` (see module docstring).
 
     Returns a dict of float64 arrays ``[F]``: I, EI, VI_norm, seI_norm, z_norm, p_norm, VI_rand,
@@ -308,12 +372,12 @@ def global_moran(values, w: W, permutations: int = 999, seed: int = 0, two_taile
     ``n_constant`` and ``n``.
     """
     r = global_autocorrelation(values, w, permutations, seed, two_tailed, geary=False,
-                               device=device, chunk_size=chunk_size)
+                               device=device, chunk_size=chunk_size, engine=engine, num_threads=num_threads)
     return {**r["moran"], "n_constant": r["n_constant"], "n": r["n"]}
 
 
 def global_geary(values, w: W, permutations: int = 999, seed: int = 0, device=None,
-                 chunk_size: int | None = None) -> dict:
+                 chunk_size: int | None = None, engine: str | None = None, num_threads: int | None = 1) -> dict:
     """Global Geary's C of every column of ``values`` ``[n, F]`` (see module docstring).
 
     Returns a dict of float64 arrays ``[F]``: C, EC, VC_norm, seC_norm, z_norm, p_norm, VC_rand,
@@ -321,5 +385,5 @@ def global_geary(values, w: W, permutations: int = 999, seed: int = 0, device=No
     ``n_constant`` and ``n``.
     """
     r = global_autocorrelation(values, w, permutations, seed, geary=True, device=device,
-                               chunk_size=chunk_size)
+                               chunk_size=chunk_size, engine=engine, num_threads=num_threads)
     return {**r["geary"], "n_constant": r["n_constant"], "n": r["n"]}

@@ -79,7 +79,9 @@ def local_moran(
     ``groups``: observations ``i % groups`` share one set of replicate draws (esda shares one set
     among all observations); more groups weaken the dependence between observations' p-values at
     ``groups`` times the (small) sorting cost. ``chunk_size``: columns per block. ``num_threads``:
-    intra-op threads of the permutation test on CPU (default 1; None leaves torch's setting).
+    intra-op threads of the permutation test on CPU (default 1; None leaves torch's setting); the
+    results do not depend on it, and its small torch ops gain little from more threads (on
+    oversubscribed cores 2 threads were several times slower than 1).
     """
     if permutations < 0:
         raise ValueError(f"permutations must be >= 0, got {permutations}")
@@ -120,6 +122,14 @@ def local_moran(
 
 
 TIE_TOL = 1e-9  # |T - S| below this (standardised units) is a tie, counted as ">=" like esda
+
+
+def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row sorted ascending, contiguous. On CPU numpy's (SIMD) sort, several times faster than torch's,
+    which also computes indices; the sorted values are the same."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(np.ascontiguousarray(x.numpy()), axis=1))
+    return x.contiguous().sort(dim=1).values
 
 
 def _conditional_counts(z, S, self_w, card, w_row, P, seed, dev, chunk_size, groups=16) -> tuple[np.ndarray, np.ndarray]:
@@ -166,10 +176,10 @@ def _conditional_counts(z, S, self_w, card, w_row, P, seed, dev, chunk_size, gro
         cnt = torch.zeros((n, b - a), dtype=torch.int64, device=dev)
         cnt_le = torch.zeros((n, b - a), dtype=torch.int64, device=dev)
         for Jg, hp, hi, hrep, rows_by_card in plan:
-            prefix = torch.zeros((P, cmax + 1, b - a), dtype=zc.dtype, device=dev)
-            prefix[:, 1:] = zc[Jg[:, :cmax]].cumsum(1)  # prefix[p, c] = sum of the first c slots
+            cums = zc[Jg[:, :cmax]].cumsum_(1)  # cums[p, c - 1] = sum of the first c slots (c >= 1)
             for c, rows_t in rows_by_card:
-                Ts, _ = prefix[:, c].T.contiguous().sort(dim=1)  # [Fc, P], contiguous for searchsorted
+                Tc = cums[:, c - 1] if c else torch.zeros((P, b - a), dtype=zc.dtype, device=dev)
+                Ts = _sorted_rows(Tc.T)  # [Fc, P], contiguous for searchsorted
                 thr = Sc[rows_t].T.contiguous()  # [Fc, n_c]
                 ge = P - torch.searchsorted(Ts, thr - TIE_TOL, side="left")
                 le = torch.searchsorted(Ts, thr + TIE_TOL, side="right")
@@ -178,17 +188,17 @@ def _conditional_counts(z, S, self_w, card, w_row, P, seed, dev, chunk_size, gro
                 cnt_le[rows_t] = torch.where(dr > 0, le, torch.where(dr < 0, ge, P)).T
             if hp.numel():
                 # exact correction for the pairs where i drew itself: slot c_i replaces it
-                T_old = prefix[hp, card_t[hi]]  # [h, Fc]
+                T_old = cums[hp, card_t[hi] - 1]  # [h, Fc] (a hit has c_i >= 1)
                 T_new = T_old - zc[hi] + zc[hrep]
                 S_h, d_h = Sc[hi], dc[hi]
-
-                def hit_count(T, sign, S_h=S_h, d_h=d_h):
-                    d = sign * d_h  # sign -1 swaps the tails: the "<=" count
-                    return torch.where(d > 0, T >= S_h - TIE_TOL,
-                                       torch.where(d < 0, T <= S_h + TIE_TOL, True)).long()
-
-                cnt.index_add_(0, hi, hit_count(T_new, 1) - hit_count(T_old, 1))
-                cnt_le.index_add_(0, hi, hit_count(T_new, -1) - hit_count(T_old, -1))
+                lo, hi_ = S_h - TIE_TOL, S_h + TIE_TOL
+                d_ge = (T_new >= lo).long() - (T_old >= lo).long()  # change of "T >= S" for the pair
+                d_le = (T_new <= hi_).long() - (T_old <= hi_).long()
+                # z_i w_i > 0 counts T >= S, < 0 counts T <= S (the "<=" count swaps them), 0 always counts
+                pos, neg = d_h > 0, d_h < 0
+                zero = torch.zeros_like(d_ge)
+                cnt.index_add_(0, hi, torch.where(pos, d_ge, torch.where(neg, d_le, zero)))
+                cnt_le.index_add_(0, hi, torch.where(pos, d_le, torch.where(neg, d_ge, zero)))
         counts[:, a:b] = cnt.cpu().numpy()
         counts_le[:, a:b] = cnt_le.cpu().numpy()
     return counts, counts_le
