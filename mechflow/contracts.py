@@ -21,6 +21,7 @@ RESULT_PATHS: dict[str, str] = {
     "shard": "activations/{dataset}/{model}/{hook}.shards/{shard}.nc",
     "sae_dir": "sae/{dataset}/{model}/{hook}/layer{layer}/{run}",
     "sae_checkpoints": "checkpoints/sae/{dataset}/{model}/{hook}/layer{layer}/{run}",
+    "sae_splice": "sae/{dataset}/{model}/{hook}/layer{layer}/{run}/splice.nc",
     "snmf": "snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.nc",
     "moran": "spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/moran.nc",
     "lisa": "spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/lisa.nc",
@@ -39,7 +40,7 @@ PRODUCERS: dict[str, str] = {
 }
 
 #: files of one SAE run directory (``sae_dir``)
-SAE_FILES: tuple[str, ...] = ("sae.safetensors", "cfg.json", "features.nc", "training.nc")
+SAE_FILES: tuple[str, ...] = ("sae_weights.safetensors", "cfg.json", "features.nc", "training.nc")
 
 #: per-prompt coordinates carried from the prompt set into every [prompt, ...] file (where present):
 #: admin1_code (GeoNames prompt sets) and n_tokens (tokens after truncation, added by extraction)

@@ -248,6 +248,23 @@ def count_layers(resolved: ResolvedModel) -> int | None:
     return None
 
 
+def is_causal_lm(resolved: ResolvedModel) -> bool:
+    """Whether a model loads as a causal LM (with its LM head), from config.json or the GGUF header (no weights).
+
+    GGUF files hold decoder LMs (``general.architecture`` is llama, gpt2, ...); a folder says so in
+    ``architectures``, or by a ``model_type`` that is a causal LM and not also a masked LM (as :func:`_is_causal_lm`).
+    """
+    if resolved.gguf_file:
+        return _gguf_metadata_value(resolved.directory / resolved.gguf_file, "general.architecture") is not None
+    config = resolved.directory / "config.json"
+    if not config.exists():
+        return False
+    import json
+    from types import SimpleNamespace
+
+    return _is_causal_lm(SimpleNamespace(**json.loads(config.read_text(encoding="utf-8"))))
+
+
 #: width of each hook's activations: config.json keys, GGUF metadata key suffixes
 _HOOK_WIDTH_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "resid": (("hidden_size", "n_embd", "d_model"), ".embedding_length"),

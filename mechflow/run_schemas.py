@@ -184,6 +184,9 @@ def write_run_schemas(path: str | Path = SCHEMA_PATH) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(f"usage: python -m mechflow.run_schemas [config.schema.yaml]\n\n{__doc__.strip()}")
+        return 0
     path = Path(args[0]) if args else SCHEMA_PATH
     changed = write_run_schemas(path)
     print(f"{path}: {'generated entries rewritten' if changed else 'generated entries already up to date'}")

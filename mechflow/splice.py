@@ -129,3 +129,35 @@ def splice_losses(
         "pool_excluded": excluded,
         "per_prompt": sums,
     }
+
+
+def splice_dataset(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Any,
+    layer: int,
+    reconstruct: Reconstruct,
+    batch_size: int = 32,
+    max_length: int = 64,
+    exclude: Exclude = "auto",
+    attrs: dict[str, Any] | None = None,
+):
+    """:func:`splice_losses` of a prompt set (an xarray Dataset with ``text`` on dim ``prompt``) as a Dataset:
+    scalars ``ce_clean``, ``ce_spliced``, ``ce_zero``, ``loss_recovered``, ``kl_spliced``, ``kl_zero`` (nats
+    per predicted token), ``n_predictions``; per prompt ``[prompt]`` the CE / KL sums and ``n_scored``."""
+    import xarray as xr
+
+    texts = [str(t) for t in prompts["text"].values]
+    res = splice_losses(model, tokenizer, texts, layer, reconstruct, batch_size, max_length, exclude)
+    per = res["per_prompt"]
+    scalars = {k: ((), res[k]) for k in ("ce_clean", "ce_spliced", "ce_zero", "loss_recovered", "kl_spliced", "kl_zero")}
+    per_prompt = {f"{k}_sum": ("prompt", per[k]) for k in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero")}
+    coords = {name: var for name, var in prompts.coords.items() if var.dims == ("prompt",) or name == "prompt"}
+    return xr.Dataset(
+        {**scalars, "n_predictions": ((), res["n_tokens"]), **per_prompt, "n_scored": ("prompt", per["count"])},
+        coords=coords,
+        attrs={**(attrs or {}), "layer": int(layer), "pool_excluded": res["pool_excluded"],
+               "loss_recovered": "(ce_zero - ce_spliced) / (ce_zero - ce_clean); next-token cross-entropy in nats per "
+                                 "predicted token, the residual stream after block `layer` replaced by the reconstruction "
+                                 "(spliced) or by zeros (zero) at every real token but the one pooling leaves out"},
+    )

@@ -51,6 +51,7 @@ TOKENS = path("tokens")
 SHARD = path("shard")
 SAE_DIR = path("sae_dir")
 SAE_CHECKPOINTS = path("sae_checkpoints")
+SAE_SPLICE = path("sae_splice")
 SNMF_FILE = path("snmf")
 MORAN = path("moran")
 LISA = path("lisa")
@@ -106,6 +107,14 @@ def layers_for(hook):
 # ---- the job manifest ------------------------------------------------------------------------------
 
 
+def splices(model):
+    """Whether the SAEs of ``model`` get a loss-recovered splice: resid SAEs of a causal LM, when asked for."""
+    from mechflow.models import is_causal_lm, resolve_model
+
+    return SAE["hook"] == "resid" and SAE["splice_prompts"] > 0 and is_causal_lm(resolve_model(config["models"][model]["spec"]))
+
+
+
 def _study_jobs():
     """Every analysis job of the study, by step, as JSON-friendly entries (wildcards + output paths)."""
     sae = [
@@ -138,7 +147,8 @@ def _study_jobs():
             dict(dataset=d, model=m, hook=h, path=ACTIVATIONS.format(dataset=d, model=m, hook=h))
             for d, m in pairs() for h in EXTRACT["hooks"]
         ],
-        "sae": [dict(j, dir=SAE_DIR.format(**j)) for j in sae],
+        "sae": [dict(j, dir=SAE_DIR.format(**j), splice=SAE_SPLICE.format(**j) if splices(j["model"]) else None)
+                for j in sae],
         "snmf": [dict(j, path=SNMF_FILE.format(**j)) for j in snmf],
         "spatial": [
             dict(j, run=j["source"].partition("-")[2] or None, kind=j["source"].partition("-")[0],
@@ -155,7 +165,7 @@ JOBS = _study_jobs()
 def outputs_of(step, entry):
     """The files one manifest entry stands for."""
     if step == "sae":
-        return [f"{entry['dir']}/{name}" for name in SAE_FILES]
+        return [f"{entry['dir']}/{name}" for name in SAE_FILES] + ([entry["splice"]] if entry.get("splice") else [])
     if step == "spatial":
         return [f for f in (entry["moran"], entry["lisa"]) if f]
     return [entry["path"]]
@@ -223,6 +233,18 @@ def extract_params(wildcards):
         "keep_sink": EXTRACT["keep_sink"],
         "batch_size": EXTRACT["batch_size"],
         "max_length": EXTRACT["max_length"],
+    })
+
+
+def splice_params(wildcards):
+    """The model as extraction runs it, and the splice's prompt budget (sae.splice_prompts)."""
+    model = config["models"][wildcards.model]
+    return canonical({
+        "model": {k: model[k] for k in ("spec", "dtype", "device", "random_init", "init_seed")},
+        "exclude": EXTRACT["exclude"],
+        "batch_size": EXTRACT["batch_size"],
+        "max_length": EXTRACT["max_length"],
+        "max_prompts": SAE["splice_prompts"],
     })
 
 

@@ -21,3 +21,30 @@ rule sae:
         "../envs/mechflow.yaml"
     script:
         "../scripts/sae.py"
+
+
+rule sae_splice:
+    """Loss recovered: the SAE's reconstruction spliced into its model's residual stream, on held-out prompts."""
+    input:
+        features=f"{SAE_DIR}/features.nc",
+        weights=f"{SAE_DIR}/{SAE_FILES[0]}",
+        cfg=f"{SAE_DIR}/cfg.json",
+        prompts=PROMPTS,
+        model=model_files,
+    output:
+        SAE_SPLICE,
+    params:
+        splice=splice_params,
+        code=code("sae_splice"),
+    log:
+        f"{LOGS}/sae_splice/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.log",
+    benchmark:
+        f"{BENCHMARKS}/sae_splice/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.tsv"
+    threads: EXTRACT["threads"]
+    resources:
+        mem_mb=EXTRACT["mem_mb"],
+        gpu=EXTRACT["gpu"],
+    conda:
+        "../envs/mechflow.yaml"
+    script:
+        "../scripts/sae_splice.py"

@@ -1,4 +1,4 @@
-"""Rule sae: train one SAE run on one layer; writes sae.safetensors, cfg.json, features.nc, training.nc."""
+"""Rule sae: train one SAE run on one layer; writes sae_weights.safetensors, cfg.json, features.nc, training.nc."""
 
 from pathlib import Path
 

@@ -178,7 +178,7 @@ def test_library_entry_points_use_the_same_validator():
     with pytest.raises(ValueError, match="does not take"):
         build_sae("topk", 4, 8, 2, l1_coef=1.0)
     with pytest.raises(ValueError, match="'gba_freq_min'"):
-        build_sae("gba", 4, 8, gba_freq_min=0.9)
+        build_sae("gba", 4, 8, gba_freq_min=0.9, gba_freq_max=0.5)
     A = np.ones((10, 20))
     with pytest.raises(snmf.SNMFError, match="'ridge' must be a number >= 0"):
         snmf.fit(A, 2, ridge=-1.0)

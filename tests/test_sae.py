@@ -33,6 +33,7 @@ from mechflow.sae import (
     validate_run,
 )
 from mechflow.sae.data import BatchStream, DataArraySource, TensorSource
+from mechflow.sae.export import WEIGHTS_FILE
 from mechflow.sae.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_every_arch_trains_and_lowers_fvu(arch):
     model = train(x, arch=arch, n_features=64, k=4, steps=60, seed=0, batch_size=64, lr=5e-3, log_every=5)
     assert model.W_dec.shape == (64, 16) and model.W_enc.shape == (16, 64)
     h = model.history
-    assert set(h.data_vars) == {"loss", "fvu", "l0", "dead_fraction", "lr"} and h.sizes["step"] == 12
+    assert set(h.data_vars) == {"loss", "fvu", "l0", "dead_fraction", "dense_fraction", "lr"} and h.sizes["step"] == 12
     assert np.isfinite(h.fvu.values).all()
     assert h.fvu.values[-1] < h.fvu.values[0]
     ev = evaluate(model, x)
@@ -167,30 +168,136 @@ def test_topk_recovers_synthetic_features(synth):
     assert got >= 0.8, got
 
 
-def test_recovery_row_takes_a_per_arch_lr(monkeypatch):
+def test_recovery_row_trains_at_the_defaults():
     from mechflow.sae import synthetic
 
-    monkeypatch.setitem(synthetic.TABLE_SETTINGS, "topk", {"k": 4, "lr": 3e-3})
     x, true = make_synthetic(2000, n_true=32, seed=0)
-    row = synthetic.recovery_row("topk", x, true, x[:500], steps=3)
-    assert row["lr"] == 3e-3 and row["settings"] == {"k": 4}
-    meta = {"d": 64, "n_true": 32, "mean_active": 8, "n": 2000, "steps": 3, "seed": 0, "dead_after": 1280,
-            "machine": "m", "torch": "t", "threads": 1, "date": "d"}
-    assert "| 0.003 | k=4 |" in synthetic.markdown([row], meta)
+    row = synthetic.recovery_row("topk", x, true, x[:500], steps=3, k=4)
+    assert row["settings"] == {} and row["k"] == 4 and set(row["derived"]) >= {"lr", "dead_after", "auxk_coef"}
+    row["generator"] = "power-d64"
+    meta = {"machine": "m", "torch": "t", "jobs": 1, "date": "d"}
+    text = synthetic.markdown([row], meta)
+    assert "| topk | " in text and "(below)" in text and "power-d64, 3 steps" in text
+
+
+def test_generators_differ_in_their_laws():
+    from mechflow.sae.synthetic import GENERATORS, feature_frequencies
+
+    assert len({(g["d"], g["n_true"], g["freq_law"], g["mag_law"]) for g in GENERATORS.values()}) == len(GENERATORS) >= 3
+    for law in ("power", "exponential", "uniform"):
+        p = feature_frequencies(100, 5.0, law, 0.5)
+        assert p.shape == (100,) and float(p.sum()) == pytest.approx(5.0, rel=1e-4)
+    for mag in ("uniform", "exponential", "lognormal", "halfnormal"):
+        x, _ = make_synthetic(4000, d=8, n_true=16, mean_active=2, mag_law=mag, seed=1)
+        assert torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="freq_law"):
+        make_synthetic(10, freq_law="zipfian")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", [
-    "topk",
-    "batchtopk",
-    "gba",
-    "mp",
-])
-def test_recovery_reaches_0_9(arch):
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "gba", "mp", "jumprelu", "relu", "matryoshka"])
+def test_recovery_at_the_defaults(arch):
     from mechflow.sae.synthetic import recovery_table
 
-    (row,) = recovery_table([arch], steps=4000, n=200_000)
-    assert row["mmcs"] >= 0.9, row
+    (row,) = recovery_table([arch], steps=2000, generator="exp-d128")
+    assert row["mmcs"] >= (0.85 if arch == "relu" else 0.9), row
+
+
+# ---- defaults derived from the run ----------------------------------------------------------------
+
+def test_derived_defaults_scale_with_the_run():
+    from mechflow.sae.config import parse_run
+
+    short = parse_run({"arch": "gba", "n_features": 768, "k": 6, "steps": 2000}).resolve(n_rows=100_000, d_in=64)
+    long = parse_run({"arch": "gba", "n_features": 768, "k": 6, "steps": 200_000}).resolve(n_rows=100_000_000, d_in=256)
+    assert short["lr"] == pytest.approx(1.6e-2) and long["lr"] == pytest.approx(8e-3)  # GBA's lr_base * sqrt(64 / d_in)
+    assert short["dead_after"] == 1280 and long["dead_after"] == 200_000 * 256 // 400  # S / 400, >= 4 batches
+    tiny = parse_run({"arch": "topk", "steps": 10_000, "batch_size": 4096}).resolve(n_rows=5000, d_in=64)
+    assert tiny["dead_after"] == 4 * 4096  # at least 4 batches, else at most one pass over the data
+    assert parse_run({"arch": "topk", "steps": 10_000}).resolve(n_rows=5000, d_in=64)["dead_after"] == 5000
+    # GBA: >= 1280 samples per bias window, <= 2000 updates, the paper's rate x updates
+    assert (short["gba_interval"], short["gba_rate"]) == (5, pytest.approx(0.05))
+    assert (long["gba_interval"], long["gba_rate"]) == (100, pytest.approx(0.01))
+    assert short["gba_freq_max"] == pytest.approx(4 * 6 / 768) and short["gba_freq_min"] == pytest.approx(4 / 1280)
+    assert long["gba_freq_min"] == pytest.approx(6 / 768 / 8)
+    # values the run sets are kept
+    fixed = parse_run({"arch": "gba", "lr": 1e-3, "dead_after": 7, "gba_interval": 3, "gba_freq_max": 0.2})
+    r = fixed.resolve(n_rows=10_000, d_in=64)
+    assert (r["lr"], r["dead_after"], r["gba_interval"], r["gba_freq_max"]) == (1e-3, 7, 3, 0.2)
+    assert parse_run({"arch": "topk"}).resolve(1000, 16)["auxk_coef"] == 1 / 32
+    assert parse_run({"arch": "batchtopk"}).resolve(1000, 16)["auxk_coef"] == 1 / 8
+
+
+def test_trained_model_records_the_run_and_its_derived_values():
+    model = train(small_x(), arch="relu", n_features=32, k=3, steps=20, batch_size=32)
+    assert model.run["lr"] is None and model.run["l1_coef"] is None
+    assert model.resolved["lr"] == pytest.approx(4e-3 * 2) and model.resolved["dead_after"] == 128
+    assert float(model.history.lr.max()) == pytest.approx(model.resolved["lr"])
+
+
+def test_relu_and_jumprelu_controllers_reach_the_target_l0(synth):
+    x, _ = synth
+    for arch in ("relu", "jumprelu"):
+        model = train(x, arch=arch, n_features=256, k=6, steps=400, batch_size=256)
+        l0 = float(model.history.l0[-5:].mean())
+        assert 3 <= l0 <= 12, (arch, l0)
+
+
+def test_jumprelu_keeps_its_latents_alive(synth):
+    """The old JumpReLU lost ~40% of its latents (all pre-activations below the threshold: no gradient)."""
+    x, _ = synth
+    for warm in (0.75, 0.0):  # the default, and JumpReLU from the first step (log threshold, pre-act loss, L0 multiplier)
+        model = train(x, arch="jumprelu", n_features=256, k=8, steps=400, batch_size=256, topk_warmup=warm)
+        assert float(model.history.dead_fraction[-1]) < 0.1, warm
+        ev = evaluate(model, x[:10_000])
+        assert ev["dead_fraction"] < 0.1, (warm, ev)
+        assert float(model.threshold.min()) > 0 and torch.equal(model.threshold, model.log_threshold.detach().exp())
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+VAL_VARS = {f"{p}_{m}" for p in ("train", "val") for m in ("fvu", "l0", "dead_fraction", "dense_fraction")}
+
+
+def test_val_fraction_holds_out_blocks_and_records_metrics():
+    x = small_x(2000)
+    model = train(x, arch="topk", n_features=32, k=3, steps=40, batch_size=64, log_every=5, val_fraction=0.2,
+                  shuffle_block=100, val_every=10)
+    h = model.history
+    assert VAL_VARS <= set(h.data_vars)
+    evaluated = np.isfinite(h.val_fvu.values)
+    assert h.step.values[evaluated].tolist() == [10, 20, 30, 40]
+    assert set(model.metrics) == {"train", "val"} and set(model.metrics["val"]) == {"fvu", "l0", "dead_fraction",
+                                                                                      "dense_fraction"}
+    assert model.metrics["val"]["fvu"] == pytest.approx(float(h.val_fvu[-1]))
+    assert model.metrics["val"]["l0"] <= 3
+    # the held-out rows: 4 whole blocks of 100, never trained on; the same split for the same seed
+    from mechflow.sae.data import split_rows
+
+    tr, va = split_rows(2000, 0.2, 0, 100)
+    assert va.size == 400 and np.intersect1d(tr, va).size == 0 and len(set(va // 100)) == 4
+    assert np.array_equal(split_rows(2000, 0.2, 0, 100)[1], va) and not np.array_equal(split_rows(2000, 0.2, 1, 100)[1], va)
+    trained_on = train(torch.from_numpy(x.numpy()[tr]), arch="topk", n_features=32, k=3, steps=40, batch_size=64,
+                       log_every=5, shuffle_block=100)
+    assert torch.equal(trained_on.W_dec, model.W_dec)  # validation does not change training
+    ev = evaluate(model, x[va])
+    assert ev["fvu"] == pytest.approx(model.metrics["val"]["fvu"], rel=1e-6)
+
+
+def test_validation_matrix_and_errors():
+    x, xv = small_x(600), small_x(300, seed=5)
+    model = train(x, arch="relu", n_features=16, k=2, steps=20, batch_size=50, x_val=xv)
+    assert model.metrics["val"]["fvu"] == pytest.approx(evaluate(model, xv)["fvu"], rel=1e-6)
+    assert VAL_VARS <= set(model.history.data_vars)
+    plain = train(x, arch="relu", n_features=16, k=2, steps=20, batch_size=50)
+    assert set(plain.metrics) == {"train"} and not VAL_VARS & set(plain.history.data_vars)
+    assert torch.equal(plain.W_dec, model.W_dec)
+    with pytest.raises(ValueError, match="not both"):
+        train(x, arch="relu", n_features=16, steps=2, x_val=xv, val_fraction=0.1)
+    with pytest.raises(ValueError, match="d="):
+        train(x, arch="relu", n_features=16, steps=2, x_val=small_x(10, d=4))
+    with pytest.raises(ValueError, match="val_fraction"):
+        validate_run({"val_fraction": 1.0})
 
 
 # ---- determinism and resume ---------------------------------------------------------------------
@@ -331,10 +438,12 @@ def test_safetensors_roundtrip_is_bit_exact(tmp_path, arch):
     x = small_x()
     model = train(x, arch=arch, n_features=24, k=3, steps=8, seed=0, batch_size=32)
     save_sae(model, tmp_path)
-    tensors = load_file(str(tmp_path / "sae.safetensors"))
+    tensors = load_file(str(tmp_path / WEIGHTS_FILE))
     expected = {"W_enc": (16, 24), "b_enc": (24,), "W_dec": (24, 16), "b_dec": (16,)}
     if arch in ("jumprelu", "batchtopk", "matryoshka", "gba"):
         expected["threshold"] = (24,)
+    if arch == "mp":  # SAELens's decoder-only matching_pursuit
+        expected = {"W_dec": (24, 16), "b_dec": (16,)}
     assert {k: tuple(v.shape) for k, v in tensors.items()} == expected
     assert all(v.dtype == torch.float32 for v in tensors.values())
     loaded = load_sae(tmp_path)
@@ -342,16 +451,22 @@ def test_safetensors_roundtrip_is_bit_exact(tmp_path, arch):
         assert torch.equal(loaded.export_tensors()[name], value) and torch.equal(tensors[name], value)
     assert torch.equal(loaded.encode(x), model.encode(x)) and torch.equal(loaded(x), model(x))
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    for key in ("d_in", "d_sae", "architecture", "activation_fn_str", "dtype", "device", "hook_name", "hook_layer",
-                "model_name", "normalize_activations", "apply_b_dec_to_input"):
+    for key in ("d_in", "d_sae", "architecture", "dtype", "device", "normalize_activations", "apply_b_dec_to_input",
+                "sae_lens_version", "metadata"):
         assert key in cfg, key
+    for key in ("hook_name", "model_name", "sae_lens_version"):
+        assert key in cfg["metadata"], key
+    assert cfg["normalize_activations"] == "none" and cfg["mechflow"]["normalize_activations"] == "expected_average_only_in"
+    assert "prepend_bos" not in cfg["metadata"]
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (16, 24, "float32")
     if arch == "topk":
         assert cfg["architecture"] == "topk" and cfg["activation_fn_kwargs"] == {"k": 3} and cfg["k"] == 3
     if arch == "relu":
         assert cfg["architecture"] == "standard"
-    if arch in ("jumprelu", "batchtopk", "gba"):
+    if arch in ("jumprelu", "batchtopk", "gba", "matryoshka"):
         assert cfg["architecture"] == "jumprelu"
+    if arch == "mp":
+        assert cfg["architecture"] == "matching_pursuit" and cfg["max_iterations"] == 3
 
 
 def test_normalisation_is_folded_into_saved_weights():
@@ -387,7 +502,10 @@ def test_train_from_file_writes_the_data_contract(tmp_path):
            "checkpoint_every": 10}
     out = tmp_path / "sae"
     train_from_file(tmp_path / "acts.nc", 5, run, out, checkpoint_dir=tmp_path / "ckpt", config_digest="d1g")
-    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "features.nc", "sae.safetensors", "training.nc"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["cfg.json", "features.nc", WEIGHTS_FILE, "training.nc"])
+    from mechflow.contracts import SAE_FILES
+
+    assert set(SAE_FILES) == {p.name for p in out.iterdir()}
     feats = load_dataarray(out / "features.nc")
     assert feats.dims == ("prompt", "feature") and feats.shape == (300, 32) and feats.dtype == np.float32
     for c in ("text", "latitude", "longitude", "region", "place_id"):
@@ -395,13 +513,20 @@ def test_train_from_file_writes_the_data_contract(tmp_path):
     assert feats.attrs["config_digest"] == "d1g" and feats.attrs["model"] == "tiny-model"
     assert feats.attrs["hook"] == "resid_post" and int(feats.attrs["layer"]) == 5
     tr = load_dataset(out / "training.nc")
-    assert set(tr.data_vars) == {"loss", "fvu", "l0", "dead_fraction", "lr"} and tr.attrs["model_digest"] == "abc123"
+    assert set(tr.data_vars) == {"loss", "fvu", "l0", "dead_fraction", "dense_fraction", "lr"}
+    assert tr.attrs["model_digest"] == "abc123"
     model = load_sae(out)
     x = torch.from_numpy(acts[:, 1])
     torch.testing.assert_close(torch.from_numpy(feats.values), model.encode(x), rtol=0, atol=0)
     cfg = json.loads((out / "cfg.json").read_text())
-    assert (cfg["model_name"], cfg["hook_name"], cfg["hook_layer"]) == ("tiny-model", "resid_post", 5)
-    assert cfg["normalize_activations"] == "expected_average_only_in"
+    meta = cfg["metadata"]
+    assert (meta["model_name"], meta["hook_name"], meta["hf_hook_name"]) == ("tiny-model", "blocks.5.hook_resid_post",
+                                                                             "resid_post")
+    assert meta["pooling"] == "mean" and "prepend_bos" not in meta  # the file does not say whether a BOS was there
+    assert cfg["normalize_activations"] == "none"  # folded into the weights
+    assert cfg["mechflow"]["normalize_activations"] == "expected_average_only_in"
+    assert cfg["mechflow"]["resolved"]["lr"] == 1e-3 and cfg["mechflow"]["resolved"]["dead_after"] == 256
+    assert cfg["mechflow"]["run"]["dead_after"] is None
 
 
 def test_train_from_file_errors(tmp_path):
@@ -410,7 +535,7 @@ def test_train_from_file_errors(tmp_path):
         train_from_file(tmp_path / "acts.nc", 7, {"steps": 2}, tmp_path / "o")
     with pytest.raises(ValueError, match="unexpected keys"):
         train_from_file(tmp_path / "acts.nc", 3, {"stepz": 2}, tmp_path / "o")
-    assert not (tmp_path / "o" / "sae.safetensors").exists()
+    assert not (tmp_path / "o" / WEIGHTS_FILE).exists()
 
 
 # ---- checkpoints are keyed by what produced them; a finished run leaves none -------------------
@@ -420,7 +545,7 @@ FILE_RUN = {"arch": "topk", "n_features": 32, "k": 4, "steps": 30, "batch_size":
 
 def _sae_outputs(out: Path) -> dict[str, np.ndarray]:
     """Every array a run writes: the SAE tensors, the features and the training metrics."""
-    arrays = {k: v.numpy() for k, v in load_file(str(out / "sae.safetensors")).items()}
+    arrays = {k: v.numpy() for k, v in load_file(str(out / WEIGHTS_FILE)).items()}
     arrays["features"] = load_dataarray(out / "features.nc").values
     tr = load_dataset(out / "training.nc")
     arrays.update({f"training.{v}": tr[v].values for v in tr.data_vars})
@@ -532,7 +657,7 @@ def test_a_finished_run_leaves_no_checkpoints_unless_kept(tmp_path, keep):
     train_from_file(acts, 5, run, tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", progress=False)
     model = train(small_x(200), arch="topk", n_features=16, k=2, steps=12, checkpoint_every=4, keep_checkpoints=keep,
                   checkpoint_dir=tmp_path / "api")
-    assert (tmp_path / "out" / "sae.safetensors").exists() and model.history.sizes["step"] > 0
+    assert (tmp_path / "out" / WEIGHTS_FILE).exists() and model.history.sizes["step"] > 0
     for ckpt in (tmp_path / "ckpt", tmp_path / "api"):
         if keep:
             assert (ckpt / "latest.json").exists() and list(ckpt.glob("step_*"))
@@ -587,3 +712,18 @@ def test_train_from_file_is_bit_identical_at_1_and_2_threads(tmp_path, threads):
         train_from_file(acts, 5, run, tmp_path / name, checkpoint_dir=tmp_path / f"ckpt-{name}", progress=False)
     _assert_same_outputs(tmp_path / "a", tmp_path / "b")
     _assert_same_outputs(tmp_path / "a", tmp_path / "c")
+
+
+def test_saelens_metadata_helpers():
+    from mechflow.sae.export import transformer_lens_hook
+    from mechflow.sae.pipeline import prepend_bos
+
+    assert transformer_lens_hook("resid", 5) == "blocks.5.hook_resid_post"
+    assert transformer_lens_hook("mlp_hidden", 0) == "blocks.0.mlp.hook_post"
+    assert transformer_lens_hook("attn_out", 2) == "blocks.2.hook_attn_out"
+    assert transformer_lens_hook("custom", 2) == "custom"
+    assert prepend_bos({"exclude": "auto", "pooling": "mean", "pool_excluded": "first"}) is True
+    assert prepend_bos({"exclude": "bos", "pooling": "max", "pool_excluded": "none"}) is False
+    assert prepend_bos({"exclude": "first", "pooling": "mean", "pool_excluded": "first"}) is None
+    assert prepend_bos({"exclude": "auto", "pooling": "last", "pool_excluded": "none"}) is None
+    assert prepend_bos({}) is None

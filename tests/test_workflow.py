@@ -89,7 +89,7 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     assert act.dims == ("prompt", "layer", "unit") and act.shape == (60, 6, 384)
     for rel in ("results/spatial/tiny/minilm/resid/layer4/units/moran.nc", "results/spatial/tiny/minilm/resid/layer4/sae-topk/lisa.nc",
                 "results/spatial/tiny/minilm/mlp_hidden/layer3/snmf-k6/moran.nc",
-                "results/sae/tiny/minilm/resid/layer4/topk/sae.safetensors", "results/snmf/tiny/minilm/mlp_hidden/layer3/k6.nc",
+                "results/sae/tiny/minilm/resid/layer4/topk/sae_weights.safetensors", "results/snmf/tiny/minilm/mlp_hidden/layer3/k6.nc",
                 "results/probes/tiny/minilm/resid.nc", "results/report/index.html"):
         assert (workdir / rel).exists(), rel
     for key in ("mechflow_version", "created", "config_digest", "model", "model_digest", "hook", "pooling", "max_length"):
@@ -221,22 +221,33 @@ def test_inspect_cli_prints_dims_coords_attrs(workdir):
     assert "model_digest:" in out and "pooling: mean" in out and "text [prompt]" in out
 
 
-def test_default_model_extracts_through_the_workflow(workdir):
-    """The embedded default (SmolLM2 GGUF) through the real rules, on a few places of each region."""
+def test_default_model_extracts_and_splices_an_sae_through_the_workflow(workdir):
+    """The embedded default (SmolLM2 GGUF) through the real rules, on a few places of each region; a small
+    SAE on layer 5 with a validation split, and its loss recovered on the held-out prompts (sae_splice)."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["datasets"]["places"]["max_per_region"] = 6
+    cfg["datasets"]["places"]["max_per_region"] = 8
     cfg["datasets"].pop("places-name-only")
     cfg["extract"]["layers"] = [0, 5, -1]
     cfg["models"].pop("smollm2-random")
     for section in ("spatial", "probes", "report"):
         cfg[section] = {"enabled": False}
-    cfg["sae"]["runs"], cfg["snmf"]["runs"] = {}, {}
+    cfg["sae"]["runs"] = {"t": {"arch": "topk", "n_features": 64, "k": 4, "steps": 20, "batch_size": 8,
+                                "val_fraction": 0.25, "shuffle_block": 4}}
+    cfg["snmf"]["runs"] = {}
     write_config(workdir, cfg)
     run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
     act = load_dataarray(workdir / ACT.format(dataset="places", model="smollm2", hook="resid"))
-    assert act.shape == (18, 3, 576) and act["layer"].values.tolist() == [0, 5, 29]
+    assert act.shape == (24, 3, 576) and act["layer"].values.tolist() == [0, 5, 29]
     assert sorted(set(act["region"].values.tolist())) == ["GB", "IT", "NYMETRO"]
     assert act.attrs["model_class"] == "LlamaForCausalLM" and len(act.attrs["model_digest"]) == 64
+    sae_dir = workdir / "results/sae/places/smollm2/resid/layer5/t"
+    split = load_dataarray(sae_dir / "features.nc")["split"].values
+    assert (split == "validation").sum() == 8  # 2 of 6 blocks of 4 prompts held out
+    splice = load_dataset(sae_dir / "splice.nc")
+    assert splice.attrs["split"] == "validation" and splice.sizes["prompt"] == 8
+    assert splice["prompt"].values.tolist() == load_dataarray(sae_dir / "features.nc")["prompt"].values[split == "validation"].tolist()
+    assert float(splice["ce_zero"]) > float(splice["ce_clean"]) > 0 and np.isfinite(float(splice["loss_recovered"]))
+    assert splice.attrs["pool_excluded"] == "first"
 
 
 def test_a_configfile_is_the_whole_study_from_the_repo_root(tmp_path):
@@ -392,7 +403,7 @@ def test_changed_pooling_retrains_the_sae_from_scratch_and_equals_a_clean_run(wo
     np.testing.assert_array_equal(retrained.values, fresh.values)
     from safetensors.numpy import load_file
 
-    weights = [load_file(root / rel.replace("features.nc", "sae.safetensors")) for root in (workdir, clean)]
+    weights = [load_file(root / rel.replace("features.nc", "sae_weights.safetensors")) for root in (workdir, clean)]
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         np.testing.assert_array_equal(weights[0][name], weights[1][name])

@@ -83,6 +83,32 @@ def as_source(x: torch.Tensor | np.ndarray | xr.DataArray | RowSource) -> RowSou
     raise ValueError(f"SAE input must be a torch.Tensor, numpy array or xarray.DataArray [n, d], got {type(x).__name__}")
 
 
+class SubsetSource:
+    """Rows ``rows`` (sorted indices) of another source, as a source of their own; reads merge contiguous ranges."""
+
+    def __init__(self, source: RowSource, rows: np.ndarray, block: int = 256):
+        self.source, self.rows, self.block = source, np.asarray(rows, dtype=np.int64), int(block)
+        self.n_rows, self.d = int(self.rows.size), int(source.d)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return read_rows(self.source, self.rows[start:stop], self.block)
+
+
+def split_rows(n_rows: int, fraction: float, seed: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows), sorted: ``round(fraction * blocks)`` whole blocks of ``block`` contiguous
+    rows (at least one, and at least one block left for training) drawn by ``seed`` are held out."""
+    n_blocks = -(-n_rows // block)
+    if n_blocks < 2:
+        raise ValueError(f"cannot hold out a validation set: {n_rows} rows make {n_blocks} block(s) of {block} "
+                         "(shuffle_block); lower shuffle_block or pass a validation matrix")
+    n_val = min(max(1, round(fraction * n_blocks)), n_blocks - 1)
+    rng = np.random.Generator(np.random.PCG64([seed, 0x7A1]))
+    held = np.zeros(n_blocks, dtype=bool)
+    held[rng.choice(n_blocks, n_val, replace=False)] = True
+    block_of = np.arange(n_rows) // block
+    return np.flatnonzero(~held[block_of]), np.flatnonzero(held[block_of])
+
+
 def source_sha256(source: RowSource, rows_per_read: int = 65536) -> str:
     """sha256 of a source's shape and float32 rows (read in ranges, so memory stays bounded)."""
     h = hashlib.sha256(f"{source.n_rows}x{source.d}:float32:".encode())

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import numpy as np
 import torch
+
+#: a latent active on more than this fraction of the evaluated samples counts as dense
+DENSE_FREQ = 0.1
 
 
 def fvu(x: torch.Tensor, recon: torch.Tensor) -> float:
@@ -29,12 +35,43 @@ def mmcs(learned: torch.Tensor, true: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, batch: int = 4096) -> dict[str, float]:
-    """Inference FVU and L0 of ``model`` on ``x`` [n, d_in] (batched)."""
-    recons, l0s = [], []
-    for i in range(0, x.shape[0], batch):
-        xb = x[i : i + batch]
+def evaluate_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    """Inference metrics of ``model`` over row batches [b, d_in] (streamed; memory of one batch).
+
+    ``fvu``: sum of squared errors over the total variance of all rows; ``l0``: mean active latents
+    per row; ``dead_fraction``: latents active on no row; ``dense_fraction``: latents active on more
+    than :data:`DENSE_FREQ` of the rows; ``n``: rows.
+    """
+    n, sse, sq, counts = 0, 0.0, 0.0, None
+    total = None
+    active_sum = 0.0
+    for xb in batches:
         acts = model.encode(xb)
-        recons.append(model.decode(acts))
-        l0s.append((acts != 0).sum(1).double())
-    return {"fvu": fvu(x, torch.cat(recons)), "l0": float(torch.cat(l0s).mean())}
+        recon = model.decode(acts)
+        active = acts != 0
+        sse += float((xb - recon).double().pow(2).sum())
+        sq += float(xb.double().pow(2).sum())
+        total = xb.double().sum(0) if total is None else total + xb.double().sum(0)
+        c = active.sum(0)
+        counts = c if counts is None else counts + c
+        active_sum += float(active.sum())
+        n += xb.shape[0]
+    if n == 0:
+        raise ValueError("cannot evaluate on zero rows")
+    var = sq - float(total.pow(2).sum()) / n
+    if var <= 0:
+        raise ValueError("FVU is undefined for inputs with zero variance")
+    freq = counts.double() / n
+    return {"fvu": sse / var, "l0": active_sum / n, "dead_fraction": float((counts == 0).double().mean()),
+            "dense_fraction": float((freq > DENSE_FREQ).double().mean()), "n": n}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, batch: int = 4096) -> dict[str, float]:
+    """Inference FVU, L0, dead and dense fractions of ``model`` on ``x`` [n, d_in] (batched; see
+    :func:`evaluate_batches`)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    out = evaluate_batches(model, (x[i : i + batch] for i in range(0, x.shape[0], batch)))
+    out.pop("n")
+    return out

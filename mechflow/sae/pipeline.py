@@ -15,7 +15,7 @@ from mechflow.io import file_sha256, open_dataarray, provenance_attrs, write_dat
 from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder
 from mechflow.sae.data import DataArraySource
-from mechflow.sae.export import sae_cfg, save_sae
+from mechflow.sae.export import hf_model_id, sae_cfg, save_sae
 from mechflow.sae.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,28 @@ def encode_source(model: SparseAutoencoder, source: DataArraySource, batch: int 
     return out
 
 
-def features_dataarray(acts: np.ndarray, layer_da: xr.DataArray, attrs: dict[str, Any]) -> xr.DataArray:
-    """``features`` [prompt, feature] with the input's prompt coordinates carried over."""
+def features_dataarray(acts: np.ndarray, layer_da: xr.DataArray, attrs: dict[str, Any],
+                       val_rows: np.ndarray | None = None) -> xr.DataArray:
+    """``features`` [prompt, feature] with the input's prompt coordinates carried over, and ``split``
+    [prompt] (``train`` / ``validation``: the rows held out of training, ``val_rows``)."""
     coords: dict[str, Any] = {"prompt": layer_da["prompt"].values, "feature": np.arange(acts.shape[1], dtype=np.int64)}
     for name in PROMPT_COORDS:
         if name in layer_da.coords and layer_da[name].dims == ("prompt",):
             coords[name] = ("prompt", layer_da[name].values)
+    split = np.full(acts.shape[0], "train", dtype="<U10")
+    if val_rows is not None:
+        split[np.asarray(val_rows, dtype=np.int64)] = "validation"
+    coords["split"] = ("prompt", split)
     return xr.DataArray(acts, dims=("prompt", "feature"), coords=coords, name="features", attrs=attrs)
+
+
+def prepend_bos(attrs: dict[str, Any]) -> bool | None:
+    """Whether the activations were computed with a BOS token in front, where the extraction attrs say it:
+    with ``exclude`` auto / bos, mean or max pooling left out the first position iff the tokenizer adds a BOS.
+    None when unknown (then cfg.json leaves ``prepend_bos`` out)."""
+    if attrs.get("exclude") not in ("auto", "bos") or attrs.get("pooling") == "last":
+        return None
+    return {"first": True, "none": False}.get(str(attrs.get("pool_excluded", "")))
 
 
 def train_from_file(
@@ -66,9 +81,11 @@ def train_from_file(
     """Train the SAE ``run`` on one layer of an activations file; write the SAE directory.
 
     Reads ``activations`` [prompt, layer, unit] lazily, selects ``layer``, trains and writes
-    atomically into ``out_dir``: ``sae.safetensors``, ``cfg.json``, ``features.nc`` (``features``
-    [prompt, feature] float32 with text/latitude/longitude/region/place_id carried over) and
-    ``training.nc`` (dim ``step``: loss, fvu, l0, dead_fraction, lr), each with provenance attrs.
+    atomically into ``out_dir``: ``sae_weights.safetensors`` and ``cfg.json`` (SAELens format,
+    :mod:`mechflow.sae.export`), ``features.nc`` (``features`` [prompt, feature] float32 with
+    text/latitude/longitude/region/place_id carried over) and ``training.nc`` (dim ``step``: loss,
+    fvu, l0, dead_fraction, dense_fraction, lr; with a run's ``val_fraction`` also train_* / val_*
+    fvu, l0, dead_fraction, dense_fraction), each with provenance attrs.
 
     Training resumes from ``checkpoint_dir`` only when the checkpoint there was made by the same
     run settings, from the same file content (sha256) and layer, by the same ``code`` (the rule's
@@ -88,14 +105,20 @@ def train_from_file(
         trainer = Trainer(source, run, checkpoint_dir=checkpoint_dir, progress=progress, input_id=input_id, code=code,
                           num_threads=num_threads)
         run = trainer.run  # validated, defaults filled
+        n_train = source.n_rows - (0 if trainer.val_rows is None else len(trainer.val_rows))
+        if run["n_features"] > n_train:
+            log.warning("SAE %s: %d features from %d training vectors: a dictionary larger than its data can memorise "
+                        "it (compare train and validation FVU in training.nc; hold out rows with val_fraction, train "
+                        "on tokens, or use fewer features)", run["arch"], run["n_features"], n_train)
         model = trainer.fit()
         prov = provenance_attrs(config_digest, **{**upstream, "layer": int(layer), "sae_arch": run["arch"], "sae_run": run})
         write_dataset(model.history.assign_attrs(prov), out / "training.nc")
         with torch_threads(num_threads):
             features = encode_source(model, source)
-        write_dataarray(features_dataarray(features, layer_da, prov), out / "features.nc")
+        write_dataarray(features_dataarray(features, layer_da, prov, trainer.val_rows), out / "features.nc")
         cfg = sae_cfg(model, model_name=str(upstream.get("model", "")), hook_name=hook, hook_layer=int(layer),
-                      config_digest=config_digest,
+                      config_digest=config_digest, pooling=upstream.get("pooling"),
+                      prepend_bos=prepend_bos(da.attrs), hf_model=hf_model_id(str(da.attrs.get("model_spec", ""))),
                       extra={"provenance": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in prov.items()}})
         save_sae(model, out, cfg)
         trainer.clear_checkpoints()

@@ -42,20 +42,66 @@ def build(ctx: Context, page: Page, sec: Section) -> None:
                         "Training curves against step: loss (log scale), fraction of variance unexplained (FVU; 0 = "
                         "perfect reconstruction), L0 (mean number of active features per input) and the fraction "
                         "of dead features (never active in the recent window).", "sae-training", "SAE training curves"))
-    rows = []
+    rows, held_out = [], False
     for (title, hist), e in zip(runs, have):
         c = sae_cfg(ctx, e)
         run = (c.get("mechflow") or {}).get("run") or {}
+        metrics = (c.get("mechflow") or {}).get("metrics") or {}
         last = {v: float(hist[v].values[-1]) if v in hist and hist.sizes.get("step", 0) else np.nan
                 for v in ("loss", "fvu", "l0", "dead_fraction")}
+        train, val = metrics.get("train") or {}, metrics.get("val") or {}
+        held_out |= bool(val)
+
+        def both(key: str, fn=fmt, train=train, val=val, last=last) -> str:
+            t = train.get(key, last.get(key, np.nan))
+            return f"{fn(t)} / {fn(val[key])}" if key in val else fn(t)
+
         rows.append((title, c.get("architecture") or run.get("arch", "–"), fmt(c.get("d_in")), fmt(c.get("d_sae")),
                      run.get("k", (c.get("activation_fn_kwargs") or {}).get("k", "–")),
                      fmt(int(hist["step"].values[-1]) if hist.sizes.get("step", 0) else None),
-                     fmt(last["loss"]), fmt(last["fvu"]), fmt(last["l0"]), pct(last["dead_fraction"])))
-    sec.add(table(["run", "architecture", "d_in", "features", "k", "steps", "final loss", "final FVU", "final L0",
-                   "dead"], rows, numeric=[2, 3, 4, 5, 6, 7, 8, 9]))
+                     fmt(last["loss"]), both("fvu"), both("l0"), both("dead_fraction", pct),
+                     both("dense_fraction", pct) if "dense_fraction" in train or "dense_fraction" in val else "–"))
+    suffix = " (train / held-out)" if held_out else ""
+    sec.add(table(["run", "architecture", "d_in", "features", "k", "steps", "final loss", f"FVU{suffix}", f"L0{suffix}",
+                   f"dead{suffix}", f"dense{suffix}"], rows, numeric=[2, 3, 4, 5, 6, 7, 8, 9, 10]))
+    sec.add(tag("p", "Held-out: prompts of the run's validation split (val_fraction, whole blocks drawn by the run's "
+                     "seed; never trained on), evaluated with the final weights. A held-out FVU far above the training "
+                     "FVU means the dictionary memorised its training prompts. Dense: features active on more than 10% "
+                     "of inputs." if held_out else
+                     "No validation split (set val_fraction in the run): these numbers are on training data only.",
+                cls="subtitle"))
+    _splice_table(ctx, sec, have)
     for e in have:
         _cards(ctx, page, e)
+
+
+def _splice_table(ctx: Context, sec: Section, entries) -> None:
+    """Loss recovered per run where the workflow spliced the SAE into its model (``splice.nc``)."""
+    study = ctx.study
+    rows, splits, trained_on = [], set(), set()
+    for e in entries:
+        if not e.get("splice") or not study.exists("sae", e["splice"]):
+            continue
+        ds = study.dataset(e["splice"])
+        splits.add(str(ds.attrs.get("split", "?")))
+        trained_on.add(str(ds.attrs.get("sae_trained_on", "")))
+        rows.append((ctx.entry_title(e), fmt(int(ds["n_predictions"])), fmt(float(ds["ce_clean"])),
+                     fmt(float(ds["ce_spliced"])), fmt(float(ds["ce_zero"])),
+                     Markup(f"<b>{pct(float(ds['loss_recovered']))}</b>"), fmt(float(ds["kl_spliced"])),
+                     fmt(float(ds["kl_zero"]))))
+    if not rows:
+        return
+    sec.add(tag("h4", "Loss recovered in the model"),
+            table(["run", "predictions", "CE clean", "CE spliced", "CE zero-ablated", "loss recovered", "KL spliced",
+                   "KL zero"], rows, numeric=[1, 2, 3, 4, 5, 6, 7]),
+            tag("p", "Next-token cross-entropy (nats per predicted token) of prompts from the run's "
+                     f"{' / '.join(sorted(splits))} split, with the residual stream after the SAE's layer replaced by its "
+                     "reconstruction (spliced) or by zeros, at every real token but the one pooling leaves out; loss "
+                     "recovered = (CE zero − CE spliced) / (CE zero − CE clean), KL in nats from the clean model. "
+                     + ("These SAEs were trained on mean-pooled prompt vectors, not on single tokens, so the splice "
+                        "tests them outside their training distribution: a low number says a pooled dictionary is "
+                        "not a model of the token-level residual stream." if trained_on & {"mean", "max"} else ""),
+                cls="subtitle"))
 
 
 def _cards(ctx: Context, page: Page, e) -> None:

@@ -8,6 +8,7 @@ the scale of the activations.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from mechflow.kernels import sparse_decode, topk_encode
 from mechflow.runconfig import Check, RunConfig, config_fields, option
+from mechflow.sae.defaults import RunContext, dead_window, default_lr
 
 ARCH_DOC = "architecture (each has its own options below)"
 
@@ -24,11 +26,14 @@ ARCH_DOC = "architecture (each has its own options below)"
 class SAERunConfig(RunConfig):
     """The keys every SAE run takes (config ``sae.runs.<name>``); each architecture's config adds its own.
 
-    ``NEEDS_K``: the architecture uses ``k`` (then ``k <= n_features`` is checked).
+    ``NEEDS_K``: the model needs ``k`` (topk, batchtopk, mp, matryoshka; ``k <= n_features`` is checked);
+    ``USES_K``: the architecture uses ``min(k, n_features)`` as the target of its derived sparsity
+    settings (relu, jumprelu, gba), so the default k also serves small dictionaries.
     """
 
     LABEL: ClassVar[str] = "sae run"
     NEEDS_K: ClassVar[bool] = False
+    USES_K: ClassVar[bool] = False
     CHECKS: ClassVar[tuple[Check, ...]] = (
         Check("k", "k <= n_features (architectures that use k)", lambda c: c.k <= c.n_features,
               "k={k} is larger than n_features={n_features}; expected 1 <= k <= n_features",
@@ -41,11 +46,17 @@ class SAERunConfig(RunConfig):
 
     arch: str = option("topk", ARCH_DOC)
     n_features: int = option(4096, "dictionary size (d_sae)", minimum=1)
-    k: int = option(32, "active latents per sample (topk, batchtopk, matryoshka; batch average for the last two) or "
-                        "pursuit steps (mp), at most n_features; other architectures ignore it", minimum=1)
+    k: int = option(32, "active latents per sample: exact (topk), batch average (batchtopk, matryoshka), pursuit steps "
+                        "(mp), at most n_features for these; the L0 the sparsity coefficient is adapted to (relu, "
+                        "jumprelu, when l1_coef / l0_coef is null), the mean firing frequency k / n_features the "
+                        "group targets are set around (gba, when gba_freq_max / gba_freq_min are null), with k "
+                        "capped at n_features for these", minimum=1)
     steps: int = option(2000, "optimiser steps", minimum=1)
     batch_size: int = option(256, "samples per minibatch", minimum=1)
-    lr: float = option(1e-3, "Adam peak learning rate", exclusive_minimum=0)
+    lr: float | None = option(None, "Adam peak learning rate (null: derived, lr_base * sqrt(64 / d_in) with the "
+                                    "architecture's lr_base: 8e-3, 4e-3 for relu, 1.6e-2 for gba; see "
+                                    "mechflow.sae.defaults)",
+                              exclusive_minimum=0)
     seed: int = option(0, "seed of the initialisation and of the (seed, step) -> minibatch schedule", minimum=0)
     checkpoint_every: int = option(500, "steps between checkpoints (0: none); a killed run resumes from the last one",
                                    minimum=0)
@@ -59,18 +70,46 @@ class SAERunConfig(RunConfig):
     grad_clip: float = option(1.0, "max global gradient norm (0: no clipping)", minimum=0)
     adam_betas: tuple[float, float] = option((0.9, 0.999), "Adam (beta1, beta2)", minimum=0, exclusive_maximum=1)
     log_every: int = option(10, "steps between rows of training.nc (metrics averaged over the interval)", minimum=1)
+    val_fraction: float = option(0.0, "fraction of the rows held out for validation (whole shuffle_block blocks drawn "
+                                      "by seed; 0: none): FVU, L0, dead and dense fractions on them and on training "
+                                      "rows are recorded every val_every steps and at the end", minimum=0,
+                                 exclusive_maximum=1)
+    val_every: int | None = option(None, "steps between validation evaluations (null: the multiple of log_every "
+                                         "nearest steps / 20); the last step is always evaluated", minimum=1)
     normalize_activations: Literal["none", "expected_average_only_in"] = option(
         "expected_average_only_in", "expected_average_only_in scales inputs so E||x||^2 = d_in during training "
         "(folded into the saved weights); none leaves them as they are")
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = option(
         "geometric_median", "initial decoder bias: geometric median, mean or zeros of a data sample")
-    dead_after: int = option(100_000, "a latent that has not fired for this many samples counts as dead (AuxK, "
-                                      "dead_fraction)", minimum=1)
+    dead_after: int | None = option(None, "a latent that has not fired for this many samples counts as dead (AuxK, "
+                                          "JumpReLU's pre-activation loss, dead_fraction); null: derived from the run, "
+                                          "steps * batch_size / 400 clamped to [4 * batch_size, min(10M, n_rows)] "
+                                          "(see mechflow.sae.defaults)", minimum=1)
     shuffle_window: int = option(65_536, "rows held in memory at once while shuffling (bounds memory for files "
                                          "larger than RAM)", minimum=1)
     shuffle_block: int = option(256, "contiguous rows read together (match the file's chunking)", minimum=1)
     device: str = option("auto", "auto (cuda when present), cpu, cuda or cuda:<i>",
                          pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
+
+    #: ``lr`` when the run leaves it null: ``LR_BASE * sqrt(64 / d_in)`` (:func:`mechflow.sae.defaults.default_lr`)
+    LR_BASE: ClassVar[float] = 8e-3
+
+    def resolve(self, n_rows: int, d_in: int) -> dict[str, Any]:
+        """The complete run with every derived (null) key replaced by its value for data of ``n_rows`` x ``d_in``
+        (formulas: :mod:`mechflow.sae.defaults`); keys the run sets are kept as they are."""
+        run = self.to_dict()
+        ctx = RunContext(steps=self.steps, batch_size=self.batch_size, n_rows=int(n_rows), d_in=int(d_in),
+                         n_features=self.n_features, k=min(self.k, self.n_features))
+        if run["lr"] is None:
+            run["lr"] = default_lr(self.LR_BASE, d_in)
+        if run["dead_after"] is None:
+            run["dead_after"] = dead_window(ctx)
+        run.update(self.derive_options(ctx))
+        return run
+
+    def derive_options(self, ctx: RunContext) -> dict[str, Any]:
+        """Values of this architecture's null (derived) options for ``ctx``; only keys left null."""
+        return {}
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -89,13 +128,15 @@ class LossOut:
     """What one training step of an architecture reports.
 
     loss: scalar to minimise; fvu: batch fraction of variance unexplained (detached float);
-    l0: mean active latents per sample; fired: [n_features] bool, latents active in this batch.
+    l0: mean active latents per sample; fired: [n_features] bool, latents active in this batch;
+    counts: [n_features] samples of the batch each latent is active on (None: ``fired`` as 0/1).
     """
 
     loss: torch.Tensor
     fvu: float
     l0: float
     fired: torch.Tensor
+    counts: torch.Tensor | None = None
 
 
 def batch_fvu(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
@@ -107,8 +148,14 @@ def batch_fvu(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
 def reconstruction_only(x: torch.Tensor, acts: torch.Tensor, recon: torch.Tensor) -> LossOut:
     """LossOut of an architecture trained on reconstruction alone (loss = FVU)."""
     fvu = batch_fvu(x, recon)
+    return dense_loss_out(fvu, fvu, acts)
+
+
+def dense_loss_out(loss: torch.Tensor, fvu: torch.Tensor, acts: torch.Tensor) -> LossOut:
+    """LossOut of a step with dense activations ``acts`` [batch, n_features]."""
     active = acts > 0
-    return LossOut(fvu, float(fvu.detach()), float(active.sum(1).float().mean()), active.any(0))
+    counts = active.sum(0)
+    return LossOut(loss, float(fvu.detach()), float(active.sum(1).float().mean()), counts > 0, counts)
 
 
 def warm(coef: float, warmup: float, step: int, total_steps: int) -> float:
@@ -117,11 +164,40 @@ def warm(coef: float, warmup: float, step: int, total_steps: int) -> float:
     return float(coef) * (1.0 if n <= 0 else min(1.0, (step + 1) / n))
 
 
+class SparsityController(nn.Module):
+    """A sparsity coefficient adapted so the batch L0 reaches a target ``k`` (ReLU / JumpReLU with a null coefficient).
+
+    ``log c`` (a buffer, so checkpoints carry it) moves by ``rate * clamp(log(L0 / k), -1, 1)`` each
+    step: up while L0 is above ``k``, down while below. ``rate``:
+    :func:`mechflow.sae.defaults.controller_rate`.
+    """
+
+    def __init__(self, init: float, target: float, rate: float = 0.0):
+        super().__init__()
+        self.target, self.rate = float(target), float(rate)
+        self.register_buffer("log_coef", torch.tensor(math.log(init), dtype=torch.float64))
+
+    @property
+    def coef(self) -> float:
+        return float(self.log_coef.exp())
+
+    @torch.no_grad()
+    def update(self, l0: float, rate: float | None = None) -> None:
+        """One step of the controller from the batch L0 (``rate``: this step's, default the one given at init)."""
+        err = math.log(max(l0, 1e-3) / self.target)
+        self.log_coef += (self.rate if rate is None else rate) * min(max(err, -1.0), 1.0)
+
+
 def fired_from_sparse(vals: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
     """[n] bool: latents with a positive value among the sparse codes ``vals`` / ``idx`` [batch, k]."""
     fired = torch.zeros(n, dtype=torch.bool, device=vals.device)
     fired[idx[vals > 0]] = True
     return fired
+
+
+def counts_from_sparse(vals: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """[n] int64: samples on which each latent has a positive value among the sparse codes ``vals`` / ``idx``."""
+    return torch.bincount(idx[vals > 0], minlength=n)
 
 
 class SparseAutoencoder(nn.Module):
@@ -162,6 +238,8 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         # samples seen since each latent last fired (dead-latent tracking, AuxK)
         self.register_buffer("since_fired", torch.zeros(n_features, dtype=torch.int64))
+        # samples each latent fired on since the last row of the training history (dense_fraction)
+        self.register_buffer("fire_count", torch.zeros(n_features, dtype=torch.int64))
 
     # ---- initialisation -------------------------------------------------------------------
     @torch.no_grad()
@@ -174,6 +252,23 @@ class SparseAutoencoder(nn.Module):
         self.b_enc.zero_()
         if b_dec is not None:
             self.b_dec.copy_(b_dec)
+
+    @torch.no_grad()
+    def init_from_data(self, sample: torch.Tensor) -> None:
+        """Data-dependent initialisation after :meth:`init_weights` (``sample``: [n, d_in] rows as trained on)."""
+
+    @torch.no_grad()
+    def target_l0(self) -> int:
+        """``min(k, n_features)``: the L0 the derived sparsity settings aim at."""
+        return min(self.config.k, self.n_features)
+
+    @torch.no_grad()
+    def firing_quantile(self, sample: torch.Tensor) -> torch.Tensor:
+        """[n_features]: each latent's (1 - k / n_features) quantile of its initial pre-activations (less b_enc) on
+        ``sample``, so that a threshold there lets each latent fire on a fraction k / n_features of the rows."""
+        pre = (sample - self.b_dec) @ self.W_enc
+        q = 1.0 - self.target_l0() / self.n_features
+        return torch.quantile(pre.double(), q, dim=0).float()
 
     # ---- inference ------------------------------------------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,6 +287,10 @@ class SparseAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
     # ---- training -------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Adam parameter groups; a group's ``lr_scale`` multiplies the run's learning rate for it."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
     def training_loss(self, x: torch.Tensor, step: int, total_steps: int, dead: torch.Tensor) -> LossOut:
         """Loss of one minibatch ``x`` [batch, d_in]; ``dead`` [n_features] bool marks dead latents."""
         raise NotImplementedError
@@ -215,6 +314,12 @@ class SparseAutoencoder(nn.Module):
         return {"W_enc": self.W_enc.detach(), "b_enc": self.b_enc.detach(), "W_dec": self.W_dec.detach(),
                 "b_dec": self.b_dec.detach()}
 
+    @torch.no_grad()
+    def load_export(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Set the weights from tensors of :meth:`export_tensors` (names and shapes already checked)."""
+        for name, value in tensors.items():
+            getattr(self, name).copy_(value)
+
     def sae_lens_fields(self) -> dict[str, Any]:
         """architecture / activation_fn fields of a SAELens cfg.json for this SAE."""
         return {"architecture": "standard", "activation_fn_str": "relu", "activation_fn_kwargs": {}}
@@ -229,7 +334,7 @@ class SparseAutoencoder(nn.Module):
     # ---- helpers shared by the architectures -----------------------------------------------
     def _auxk(self, xc: torch.Tensor, err: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         """AuxK loss (Gao et al. 2024): the top ``k_aux`` dead latents reconstruct the residual ``err``."""
-        coef = float(self.opts.get("auxk_coef", 0.0))
+        coef = float(self.opts.get("auxk_coef") or 0.0)
         n_dead = int(dead.sum())
         if coef <= 0 or n_dead == 0:
             return xc.new_zeros(())

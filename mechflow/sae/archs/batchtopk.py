@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from mechflow.runconfig import option
-from mechflow.sae.archs.base import ARCH_DOC, LossOut, SparseAutoencoder, batch_fvu
+from mechflow.sae.archs.base import ARCH_DOC, SparseAutoencoder, batch_fvu, dense_loss_out
 from mechflow.sae.archs.topk import TopKConfig
 
 
@@ -16,7 +16,12 @@ from mechflow.sae.archs.topk import TopKConfig
 class BatchTopKConfig(TopKConfig):
     """Options of a BatchTopK SAE: TopK's AuxK, plus the inference threshold's moving average."""
 
+    AUXK_DEFAULT: ClassVar[float] = 1 / 8
+
     arch: str = option("batchtopk", ARCH_DOC)
+    topk_warmup: float = option(0.75, "fraction of steps trained with a per-sample TopK (k per sample) before the "
+                                     "batch-wide top k x batch (0: BatchTopK from the start)", minimum=0,
+                                exclusive_maximum=1)
     threshold_momentum: float = option(0.99, "momentum of the moving average of the smallest kept activation per "
                                              "batch, the inference threshold", minimum=0, maximum=1)
 
@@ -27,10 +32,11 @@ class BatchTopKSAE(SparseAutoencoder):
     Trained like TopK (same learning rate) with the AuxK loss of Gao et al. (2024) on dead latents.
     With one threshold for the whole batch, a latent whose activations stay below it gets no
     gradient at all (TopK instead fills every sample's k slots, so every latent keeps some): such
-    dormant latents fire too seldom to learn yet are not dead until ``dead_after`` samples pass
-    without a firing, so AuxK only revives them when that window is short, as in the reference
-    implementation (5 batches). Raise ``auxk_coef`` (1/8 in the synthetic recovery table) when
-    many latents are dormant.
+    dormant latents fire too seldom to learn, and the rare, weak features are the ones lost
+    (docs/sae_results.md). So the first ``topk_warmup`` fraction of the steps (default 3/4) keeps
+    the k largest activations of every sample (a TopK SAE), and the rest keeps the ``k * batch``
+    largest of the batch, which sets the inference threshold; ``topk_warmup=0`` is the paper's
+    BatchTopK from the first step. AuxK weight: 1/8 by default (``auxk_coef`` null).
 
     Inference uses a single threshold, an exponential moving average of the smallest kept
     activation per training batch, so it is a JumpReLU with one shared threshold.
@@ -46,7 +52,14 @@ class BatchTopKSAE(SparseAutoencoder):
         pre = self.pre_acts(x)
         return pre * (pre > self.threshold.clamp_min(0))
 
-    def _batch_topk(self, pre: torch.Tensor) -> torch.Tensor:
+    def per_sample_phase(self, step: int, total_steps: int) -> bool:
+        """Whether ``step`` is in the per-sample TopK phase (the first ``topk_warmup`` fraction of the steps)."""
+        return step < int(float(self.opts["topk_warmup"]) * total_steps)
+
+    def _batch_topk(self, pre: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+        if per_sample:  # TopK phase: k per sample; the inference threshold is not tracked yet
+            vals, idx = pre.topk(min(self.k, pre.shape[1]), dim=1)
+            return torch.zeros_like(pre).scatter(1, idx, vals.relu())
         acts = pre.relu()
         flat = acts.flatten()
         vals, idx = flat.topk(min(self.k * acts.shape[0], flat.numel()), sorted=False)
@@ -62,12 +75,11 @@ class BatchTopKSAE(SparseAutoencoder):
 
     def training_loss(self, x, step, total_steps, dead):
         xc = x - self.b_dec
-        acts = self._batch_topk(xc @ self.W_enc + self.b_enc)
+        acts = self._batch_topk(xc @ self.W_enc + self.b_enc, self.per_sample_phase(step, total_steps))
         recon = self.decode(acts)
         fvu = batch_fvu(x, recon)
         loss = fvu + self._auxk(xc, x - recon, dead)
-        active = acts > 0
-        return LossOut(loss, float(fvu.detach()), float(active.sum(1).float().mean()), active.any(0))
+        return dense_loss_out(loss, fvu, acts)
 
     def export_tensors(self):
         return {**super().export_tensors(), "threshold": self.threshold.clamp_min(0).detach()}

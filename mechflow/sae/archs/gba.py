@@ -10,27 +10,52 @@ from torch import nn
 
 from mechflow.runconfig import Check, option
 from mechflow.sae.archs.base import ARCH_DOC, SAERunConfig, SparseAutoencoder, reconstruction_only
+from mechflow.sae.defaults import RunContext, gba_frequencies, gba_interval, gba_rate
+
+#: the paper's constants (Chen et al. 2025), used by a model built without a run for the options left null
+PAPER = {"gba_freq_max": 0.5, "gba_freq_min": 1e-3, "gba_interval": 50, "gba_rate": 0.01}
 
 
 @dataclass(frozen=True, kw_only=True)
 class GBAConfig(SAERunConfig):
-    """Options of a GBA SAE: the groups' target firing frequencies and the bias rule. Defaults are the
-    paper's, set for runs of ~10^5 steps."""
+    """Options of a GBA SAE: the groups' target firing frequencies and the bias rule. Null values are derived
+    from the run (steps, batch_size, k / n_features: :mod:`mechflow.sae.defaults`); the paper's constants
+    (0.5 to 1e-3, interval 50, rate 0.01) are set for runs of ~10^5 steps."""
 
+    USES_K: ClassVar[bool] = True
+    LR_BASE: ClassVar[float] = 1.6e-2
     CHECKS: ClassVar[tuple[Check, ...]] = SAERunConfig.CHECKS + (
-        Check("gba_freq_min", "gba_freq_min <= gba_freq_max", lambda c: c.gba_freq_min <= c.gba_freq_max,
+        Check("gba_freq_min", "gba_freq_min <= gba_freq_max",
+              lambda c: c.gba_freq_min is None or c.gba_freq_max is None or c.gba_freq_min <= c.gba_freq_max,
               "gba_freq_min ({gba_freq_min}) must be <= gba_freq_max ({gba_freq_max})"),
     )
 
     arch: str = option("gba", ARCH_DOC)
     gba_groups: int = option(10, "groups of latents with geometrically spaced target frequencies (at most "
                                  "n_features are used)", minimum=1)
-    gba_freq_max: float = option(0.5, "target firing frequency of the first group", exclusive_minimum=0, maximum=1)
-    gba_freq_min: float = option(1e-3, "target firing frequency of the last group", exclusive_minimum=0, maximum=1)
-    gba_interval: int = option(50, "steps between bias updates", minimum=1)
-    gba_rate: float = option(0.01, "bias update rate (gamma)", exclusive_minimum=0, maximum=1)
+    gba_freq_max: float | None = option(None, "target firing frequency of the first group (null: min(0.5, 4 k / "
+                                              "n_features))", exclusive_minimum=0, maximum=1)
+    gba_freq_min: float | None = option(None, "target firing frequency of the last group (null: max(k / (8 n_features), "
+                                              "4 / samples per bias update), at most gba_freq_max)", exclusive_minimum=0,
+                                        maximum=1)
+    gba_interval: int | None = option(None, "steps between bias updates (null: max(ceil(1280 / batch_size), "
+                                            "round(steps / 2000)))", minimum=1)
+    gba_rate: float | None = option(None, "bias update rate gamma (null: clamp(20 / bias updates, 0.01, 0.1), the "
+                                          "paper's 0.01 x 2000 updates)", exclusive_minimum=0, maximum=1)
     gba_eps: float = option(0.0, "a latent firing at most this often counts as silent (its bias rises)", minimum=0,
                             maximum=1)
+
+    def derive_options(self, ctx: RunContext) -> dict[str, Any]:
+        interval = self.gba_interval if self.gba_interval is not None else gba_interval(ctx)
+        f_max, f_min = gba_frequencies(ctx, interval)
+        if self.gba_freq_max is not None:
+            f_max = self.gba_freq_max
+            f_min = min(f_min, f_max)
+        if self.gba_freq_min is not None:
+            f_min = self.gba_freq_min
+            f_max = max(f_max, f_min)
+        return {"gba_interval": interval, "gba_rate": self.gba_rate if self.gba_rate is not None else gba_rate(ctx, interval),
+                "gba_freq_max": f_max, "gba_freq_min": f_min}
 
 
 class GBASAE(SparseAutoencoder):
@@ -49,9 +74,10 @@ class GBASAE(SparseAutoencoder):
     ``b_m <- max(b_m - gamma r_m, -R)`` if ``p_m > p_k``, and ``b_m <- min(b_m + gamma rbar_k, 0)``
     if ``p_m <= gba_eps`` (``rbar_k``: mean positive peak of the group). The paper clamps biases to
     [-1, 0] for inputs of norm ~1; here ``R`` is the RMS norm of ``x - b_dec`` in the window, the
-    same for such inputs and independent of the input scale. Defaults are the paper's (10 groups,
-    0.5 to 1e-3, gamma 0.01 every 50 steps), set for runs of ~10^5 steps; short runs need a larger
-    ``gba_rate`` or a smaller ``gba_interval`` for the biases to settle.
+    same for such inputs and independent of the input scale. The paper's constants (0.5 to 1e-3,
+    gamma 0.01 every 50 steps) are set for runs of ~10^5 steps; the null defaults scale the interval
+    and rate with the run and set the targets around ``k / n_features``
+    (:func:`mechflow.sae.defaults.gba_interval`, ``gba_rate``, ``gba_frequencies``).
 
     Inference is SAELens JumpReLU: ``W_enc = W_dec.T * a``, ``b_enc = 0``, ``threshold = -a * b``.
     """
@@ -60,7 +86,8 @@ class GBASAE(SparseAutoencoder):
 
     def __init__(self, d_in: int, n_features: int, k: int | None = None, **opts: Any):
         super().__init__(d_in, n_features, k, **opts)
-        o = self.opts
+        o = {**self.opts, **{key: v for key, v in PAPER.items() if self.opts[key] is None}}
+        self._interval, self._rate = int(o["gba_interval"]), float(o["gba_rate"])
         self.n_groups = max(1, min(int(o["gba_groups"]), n_features))
         group = torch.arange(n_features) * self.n_groups // n_features
         ratio = (o["gba_freq_min"] / o["gba_freq_max"]) ** (group.double() / max(self.n_groups - 1, 1))
@@ -106,7 +133,7 @@ class GBASAE(SparseAutoencoder):
         # mean positive peak of the group (of all latents if none of the group fired)
         overall = peak.sum() / pos.sum().clamp_min(1)
         rbar = torch.where(count > 0, total / count.clamp_min(1), overall)[self.group]
-        gamma, bound = float(self.opts["gba_rate"]), (float(self.win_sq) / n) ** 0.5
+        gamma, bound = self._rate, (float(self.win_sq) / n) ** 0.5
         b = self.bias
         b.copy_(torch.where(p > self.target_freq, (b - gamma * peak).clamp_min(-bound), b))
         b.copy_(torch.where(p <= float(self.opts["gba_eps"]), (b + gamma * rbar).clamp_max(0), b))
@@ -117,7 +144,7 @@ class GBASAE(SparseAutoencoder):
     def after_step(self, step: int) -> None:
         super().after_step(step)
         self.out_scale.clamp_(min=0)
-        if (step + 1) % int(self.opts["gba_interval"]) == 0:
+        if (step + 1) % self._interval == 0:
             self._adapt()
         self.W_enc.copy_(self.W_dec.T * self.out_scale)
         self.threshold.copy_(-self.bias * self.out_scale)

@@ -1,29 +1,68 @@
 """JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with
-JumpReLU Sparse Autoencoders"): learned per-latent thresholds, L0 penalty, straight-through estimators."""
+JumpReLU Sparse Autoencoders"): learned per-latent thresholds, L0 penalty, straight-through estimators;
+log-parametrised thresholds and a pre-activation loss on dead latents as in Anthropic's January 2025
+circuits update (Conerly et al., "Dictionary learning optimization techniques")."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from mechflow.kernels import sparse_decode, topk_encode
 from mechflow.runconfig import option
-from mechflow.sae.archs.base import ARCH_DOC, LossOut, SAERunConfig, SparseAutoencoder, batch_fvu, warm
+from mechflow.sae.archs.base import (
+    ARCH_DOC,
+    LossOut,
+    SAERunConfig,
+    SparseAutoencoder,
+    batch_fvu,
+    counts_from_sparse,
+    dense_loss_out,
+    warm,
+)
+from mechflow.sae.defaults import controller_rate
+
+#: initial coefficient of the L0 controller (a null l0_coef)
+L0_INIT = 0.01
+#: the L0 multiplier moves by at most MULTIPLIER_RATE * L0_INIT * controller_rate(steps) per step
+MULTIPLIER_RATE = 10.0
+#: initial threshold of a model built without data and a null init_threshold
+INIT_THRESHOLD = 0.05
 
 
 @dataclass(frozen=True, kw_only=True)
 class JumpReLUConfig(SAERunConfig):
-    """Options of a JumpReLU SAE: the L0 penalty, its warm-up, the STE bandwidth, the initial threshold."""
+    """Options of a JumpReLU SAE: the L0 penalty (fixed, or adapted to an L0 of ``k``), its warm-up, the STE
+    bandwidth, the initial threshold, the pre-activation loss on dead latents."""
+
+    USES_K: ClassVar[bool] = True
 
     arch: str = option("jumprelu", ARCH_DOC)
-    l0_coef: float = option(1e-3, "weight of the L0 penalty (expected active latents per sample)", minimum=0)
-    l0_warmup: float = option(0.05, "fraction of steps over which the L0 weight ramps up linearly from 0", minimum=0,
+    l0_coef: float | None = option(None, "weight of the L0 penalty (expected active latents per sample); null: adapted "
+                                         "every step so the batch L0 reaches k (starting at 0.01; see "
+                                         "mechflow.sae.defaults)", minimum=0)
+    l0_warmup: float = option(0.05, "fraction of steps over which a fixed L0 weight ramps up linearly from 0", minimum=0,
                               maximum=1)
     bandwidth: float = option(0.05, "width of the rectangle kernel of the straight-through threshold gradient",
                               exclusive_minimum=0)
-    init_threshold: float = option(0.05, "initial threshold of every latent", exclusive_minimum=0)
+    init_threshold: float | None = option(None, "initial threshold of every latent (null: each latent's (1 - k / "
+                                                "n_features) quantile of its initial pre-activations on a data "
+                                                "sample, so the run starts at an L0 of about k)", exclusive_minimum=0)
+    topk_warmup: float = option(0.75, "fraction of steps trained as a TopK SAE (k, with AuxK) before the JumpReLU "
+                                     "phase, whose thresholds start at the TopK phase's mean k-th largest "
+                                     "pre-activation (0: JumpReLU from the start)", minimum=0, exclusive_maximum=1)
+    auxk_coef: float = option(1 / 32, "weight of the AuxK loss of Gao et al. 2024 in the TopK phase (the top k_aux "
+                                      "dead latents' pre-activations reconstruct the residual; 0: off)", minimum=0)
+    k_aux: int | None = option(None, "dead latents used by AuxK (null: d_in / 2)", minimum=1)
+    threshold_lr_scale: float = option(0.1, "learning rate of log_threshold relative to lr: Adam moves each log "
+                                            "threshold by about lr x this per step", exclusive_minimum=0)
+    preact_coef: float = option(0.01, "weight of the pre-activation loss on dead latents, mean over the batch of "
+                                     "sum_dead relu(threshold - pre) x decoder norm / RMS input norm: it raises a dead "
+                                     "latent's pre-activations until it fires again (0: off)", minimum=0)
 
 
 class _JumpReLUFn(torch.autograd.Function):
@@ -63,33 +102,113 @@ class _StepFn(torch.autograd.Function):
 
 
 class JumpReLUSAE(SparseAutoencoder):
-    """JumpReLU (Rajamanoharan et al. 2024): learned per-latent thresholds, L0 penalty, STE."""
+    """JumpReLU (Rajamanoharan et al. 2024): learned per-latent thresholds, L0 penalty, STE.
+
+    Three things keep latents alive and the L0 where it is asked for:
+
+    * the threshold is trained as ``log_threshold`` (``theta = exp(t)``, Conerly et al. 2025), so it stays
+      positive and Adam moves it by a fraction of itself per step (no clamp at a floor where it sticks);
+    * a latent silent for ``dead_after`` samples gets no gradient from the reconstruction or the STE (all
+      its pre-activations lie below its threshold); the pre-activation loss ``preact_coef * mean_batch
+      sum_dead relu(theta - pre) ||W_dec||`` / RMS input norm (Conerly et al. apply it to every latent with
+      a small weight; here only to dead ones) raises its pre-activations until it fires and learns again;
+    * a null ``l0_coef`` is adapted every step so the batch L0 reaches ``k``
+      (:class:`~mechflow.sae.archs.base.SparsityController`), instead of a coefficient whose L0 depends on
+      the data.
+
+    Inference: ``pre * (pre > threshold)`` with ``threshold = exp(log_threshold)`` (a buffer, exported).
+    """
 
     config_cls = JumpReLUConfig
 
     def __init__(self, d_in: int, n_features: int, k: int | None = None, **opts: Any):
         super().__init__(d_in, n_features, k, **opts)
-        self.threshold = nn.Parameter(torch.full((n_features,), float(self.opts["init_threshold"])))
+        init = float(self.opts["init_threshold"] or INIT_THRESHOLD)
+        self.log_threshold = nn.Parameter(torch.full((n_features,), math.log(init)))
+        self.register_buffer("threshold", torch.full((n_features,), init))
+        # the L0 multiplier of a null l0_coef; the TopK phase's mean k-th value; 0: TopK phase, 1: JumpReLU phase
+        self.register_buffer("multiplier", torch.tensor(L0_INIT, dtype=torch.float64))
+        self.register_buffer("kth_value", torch.tensor(-1.0, dtype=torch.float64))
+        self.register_buffer("phase", torch.zeros((), dtype=torch.int64))
+
+    def param_groups(self):
+        rest = [p for name, p in self.named_parameters() if p.requires_grad and name != "log_threshold"]
+        return [{"params": rest, "lr_scale": 1.0},
+                {"params": [self.log_threshold], "lr_scale": float(self.opts["threshold_lr_scale"])}]
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         super().after_step(step)
-        self.threshold.clamp_(min=1e-6)
+        self.threshold.copy_(self.log_threshold.exp())
+
+    @torch.no_grad()
+    def load_export(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_export(tensors)
+        self.log_threshold.copy_(self.threshold.log())
+
+    @torch.no_grad()
+    def init_from_data(self, sample):
+        """With a null init_threshold: each latent's threshold at its (1 - k / n_features) pre-activation quantile."""
+        if self.opts["init_threshold"] is None:
+            floor = float(self.opts["bandwidth"]) / 2
+            self.log_threshold.copy_(self.firing_quantile(sample).clamp_min(floor).log())
+            self.threshold.copy_(self.log_threshold.exp())
 
     def encode(self, x):
         pre = self.pre_acts(x)
         return pre * (pre > self.threshold)
 
+    def _topk_phase(self, x, dead):
+        """A step of the TopK phase (Gao et al. 2024, with AuxK); tracks the mean k-th largest pre-activation."""
+        xc = x - self.b_dec
+        vals, idx = topk_encode(xc, self.W_enc, self.b_enc, self.target_l0())
+        recon = sparse_decode(vals, idx, self.W_dec, self.b_dec)
+        fvu = batch_fvu(x, recon)
+        loss = fvu + self._auxk(xc, x - recon, dead)
+        with torch.no_grad():
+            kth = vals.detach().min(1).values.clamp_min(0).mean().double()
+            m = 0.99
+            self.kth_value.copy_(kth if self.kth_value < 0 else m * self.kth_value + (1 - m) * kth)
+        counts = counts_from_sparse(vals, idx, self.n_features)
+        return LossOut(loss, float(fvu.detach()), float((vals > 0).sum(1).float().mean()), counts > 0, counts)
+
+    @torch.no_grad()
+    def _start_jump_phase(self) -> None:
+        """Every threshold at the TopK phase's mean k-th largest pre-activation (BatchTopK's shared threshold)."""
+        floor = float(self.opts["bandwidth"]) / 2
+        theta = max(float(self.kth_value), floor)
+        self.log_threshold.fill_(math.log(theta))
+        self.threshold.fill_(theta)
+        self.phase.fill_(1)
+
     def training_loss(self, x, step, total_steps, dead):
+        switch = int(float(self.opts["topk_warmup"]) * total_steps)
+        if step < switch:
+            return self._topk_phase(x, dead)
+        if switch > 0 and int(self.phase) == 0:
+            self._start_jump_phase()
         pre = self.pre_acts(x)
-        theta, eps = self.threshold, float(self.opts["bandwidth"])
+        theta, eps = self.log_threshold.exp(), float(self.opts["bandwidth"])
         acts = _JumpReLUFn.apply(pre, theta, eps)
         recon = self.decode(acts)
         fvu = batch_fvu(x, recon)
         l0 = _StepFn.apply(pre, theta, eps).sum(1).mean()
-        loss = fvu + warm(self.opts["l0_coef"], self.opts["l0_warmup"], step, total_steps) * l0
-        active = acts > 0
-        return LossOut(loss, float(fvu.detach()), float(active.sum(1).float().mean()), active.any(0))
+        if self.opts["l0_coef"] is None:
+            coef = float(self.multiplier)
+        else:
+            coef = warm(self.opts["l0_coef"], self.opts["l0_warmup"], step - switch, total_steps - switch)
+        loss = fvu + coef * l0
+        pc = float(self.opts["preact_coef"])
+        if pc > 0 and bool(dead.any()):
+            scale = (x - x.mean(0, keepdim=True)).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+            gap = (theta.detach()[dead] - pre[:, dead]).relu() * self.W_dec[dead].norm(dim=1)
+            loss = loss + pc * gap.sum(1).mean() / scale
+        out = dense_loss_out(loss, fvu, acts)
+        if self.opts["l0_coef"] is None:
+            with torch.no_grad():  # dual ascent on the constraint L0 = k (the multiplier may go negative)
+                err = min(max(out.l0 / self.target_l0() - 1.0, -1.0), 1.0)
+                self.multiplier += MULTIPLIER_RATE * L0_INIT * controller_rate(total_steps) * err
+        return out
 
     def export_tensors(self):
         return {**super().export_tensors(), "threshold": self.threshold.detach()}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mechflow.runconfig import option
-from mechflow.sae.archs.base import ARCH_DOC, LossOut, batch_fvu
+from mechflow.sae.archs.base import ARCH_DOC, batch_fvu, dense_loss_out
 from mechflow.sae.archs.batchtopk import BatchTopKConfig, BatchTopKSAE
 
 
@@ -16,8 +16,8 @@ class MatryoshkaConfig(BatchTopKConfig):
 
     arch: str = option("matryoshka", ARCH_DOC)
     matryoshka_prefixes: tuple[float, ...] = option(
-        (0.0625, 0.125, 0.25, 0.5), "nested dictionary prefixes as fractions of n_features (the full dictionary is "
-        "always added)", exclusive_minimum=0, maximum=1)
+        (0.25, 0.5), "nested dictionary prefixes as fractions of n_features (the full dictionary is always added)",
+        exclusive_minimum=0, maximum=1)
 
 
 class MatryoshkaSAE(BatchTopKSAE):
@@ -38,7 +38,7 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def training_loss(self, x, step, total_steps, dead):
         xc = x - self.b_dec
-        acts = self._batch_topk(xc @ self.W_enc + self.b_enc)
+        acts = self._batch_topk(xc @ self.W_enc + self.b_enc, self.per_sample_phase(step, total_steps))
         recon = self.b_dec.expand_as(x)
         loss = x.new_zeros(())
         start = 0
@@ -48,8 +48,7 @@ class MatryoshkaSAE(BatchTopKSAE):
             start = m
         fvu = batch_fvu(x, recon)
         loss = loss / len(self.prefixes) + self._auxk(xc, x - recon, dead)
-        active = acts > 0
-        return LossOut(loss, float(fvu.detach()), float(active.sum(1).float().mean()), active.any(0))
+        return dense_loss_out(loss, fvu, acts)
 
     def sae_lens_fields(self):
         return {**super().sae_lens_fields(), "trained_as": "matryoshka_batchtopk", "matryoshka_prefixes": self.prefixes}

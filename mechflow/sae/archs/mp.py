@@ -27,7 +27,8 @@ class MPSAE(SparseAutoencoder):
 
     Each step picks the decoder atom with the largest inner product with the residual, adds that
     (non-negative) coefficient to the atom's activation and subtracts its contribution from the
-    residual. ``W_enc`` is exported as ``W_dec.T`` (the encoder uses the decoder atoms).
+    residual. The encoder uses the decoder atoms (``W_enc`` is kept equal to ``W_dec.T``); only the
+    decoder is exported, as SAELens's decoder-only ``matching_pursuit`` architecture.
     """
 
     config_cls = MPConfig
@@ -66,6 +67,17 @@ class MPSAE(SparseAutoencoder):
         """Pursuit on ``x / scale`` picks the same atoms with coefficients / scale: only b_dec moves."""
         self.b_dec.div_(scale)
 
+    def export_tensors(self):
+        """Decoder only, as SAELens's ``matching_pursuit`` architecture stores it (the encoder is ``W_dec.T``)."""
+        return {"W_dec": self.W_dec.detach(), "b_dec": self.b_dec.detach()}
+
+    @torch.no_grad()
+    def load_export(self, tensors):
+        super().load_export(tensors)
+        self.W_enc.copy_(self.W_dec.T)
+
     def sae_lens_fields(self):
-        return {"architecture": "mp", "activation_fn_str": "matching_pursuit", "activation_fn_kwargs": {"k": self.steps},
-                "k": self.steps}
+        """SAELens ``matching_pursuit``: exactly ``mp_steps`` greedy steps (no residual threshold, no early stop)."""
+        return {"architecture": "matching_pursuit", "max_iterations": self.steps, "residual_threshold": 0.0,
+                "stop_on_duplicate_support": False, "k": self.steps, "activation_fn_str": "matching_pursuit",
+                "activation_fn_kwargs": {"k": self.steps}}

@@ -4,27 +4,60 @@ L1 as in Anthropic's April 2024 update)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
 
 from mechflow.runconfig import option
-from mechflow.sae.archs.base import ARCH_DOC, LossOut, SAERunConfig, SparseAutoencoder, batch_fvu, warm
+from mechflow.sae.archs.base import (
+    ARCH_DOC,
+    SAERunConfig,
+    SparseAutoencoder,
+    SparsityController,
+    batch_fvu,
+    dense_loss_out,
+    warm,
+)
+from mechflow.sae.defaults import controller_rate
+
+#: initial coefficient of the L1 controller (a null l1_coef)
+L1_INIT = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReLUConfig(SAERunConfig):
-    """Options of a ReLU SAE: the L1 penalty and its warm-up."""
+    """Options of a ReLU SAE: the L1 penalty (fixed, or adapted to an L0 of ``k``) and its warm-up."""
+
+    USES_K: ClassVar[bool] = True
+    LR_BASE: ClassVar[float] = 4e-3
 
     arch: str = option("relu", ARCH_DOC)
-    l1_coef: float = option(5.0, "weight of the L1 penalty (activations x decoder row norms, relative to the batch's "
-                                 "RMS input norm)", minimum=0)
-    l1_warmup: float = option(0.05, "fraction of steps over which the L1 weight ramps up linearly from 0", minimum=0,
-                              maximum=1)
+    l1_coef: float | None = option(None, "weight of the L1 penalty (activations x decoder row norms, relative to the "
+                                         "batch's RMS input norm); null: adapted every step so the batch L0 reaches "
+                                         "k (starting at 0.1; see mechflow.sae.defaults)", minimum=0)
+    l1_warmup: float = option(0.05, "fraction of steps over which a fixed L1 weight ramps up linearly from 0",
+                              minimum=0, maximum=1)
 
 
 class ReLUSAE(SparseAutoencoder):
-    """ReLU SAE with an L1 penalty weighted by decoder row norms and a linear L1 warm-up."""
+    """ReLU SAE with an L1 penalty weighted by decoder row norms.
+
+    A fixed ``l1_coef`` ramps up linearly over ``l1_warmup``; a null one is adapted during training by
+    a :class:`~mechflow.sae.archs.base.SparsityController` so the batch L0 settles at ``k``.
+    """
 
     config_cls = ReLUConfig
     unit_norm_decoder = False
+
+    def __init__(self, d_in: int, n_features: int, k: int | None = None, **opts: Any):
+        super().__init__(d_in, n_features, k, **opts)
+        self.controller = SparsityController(L1_INIT, self.target_l0(), 0.0) if self.opts["l1_coef"] is None else None
+
+    @torch.no_grad()
+    def init_from_data(self, sample):
+        """With a null l1_coef: ``b_enc`` so that each latent starts firing on a fraction k / n_features of the rows."""
+        if self.controller is not None:
+            self.b_enc.copy_(-self.firing_quantile(sample))
 
     def encode(self, x):
         return self.pre_acts(x).relu()
@@ -35,6 +68,12 @@ class ReLUSAE(SparseAutoencoder):
         fvu = batch_fvu(x, recon)
         scale = (x - x.mean(0, keepdim=True)).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
         l1 = (acts * self.W_dec.norm(dim=1)).sum(1).mean() / scale
-        loss = fvu + warm(self.opts["l1_coef"], self.opts["l1_warmup"], step, total_steps) * l1
-        active = acts > 0
-        return LossOut(loss, float(fvu.detach()), float(active.sum(1).float().mean()), active.any(0))
+        if self.controller is None:
+            coef = warm(self.opts["l1_coef"], self.opts["l1_warmup"], step, total_steps)
+        else:
+            coef = self.controller.coef
+        loss = fvu + coef * l1
+        out = dense_loss_out(loss, fvu, acts)
+        if self.controller is not None:
+            self.controller.update(out.l0, controller_rate(total_steps))
+        return out

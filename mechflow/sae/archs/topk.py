@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from mechflow.kernels import sparse_decode, topk_encode
 from mechflow.runconfig import option
-from mechflow.sae.archs.base import ARCH_DOC, LossOut, SAERunConfig, SparseAutoencoder, batch_fvu, fired_from_sparse
+from mechflow.sae.archs.base import ARCH_DOC, LossOut, SAERunConfig, SparseAutoencoder, batch_fvu, counts_from_sparse
+from mechflow.sae.defaults import RunContext
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,9 +20,16 @@ class TopKConfig(SAERunConfig):
     NEEDS_K: ClassVar[bool] = True
 
     arch: str = option("topk", ARCH_DOC)
-    auxk_coef: float = option(1 / 32, "weight of the AuxK loss (dead latents reconstruct the residual; 0: off)",
-                              minimum=0)
+    #: auxk_coef when the run leaves it null
+    AUXK_DEFAULT: ClassVar[float] = 1 / 32
+
+    auxk_coef: float | None = option(None, "weight of the AuxK loss (dead latents reconstruct the residual; 0: off; "
+                                           "null: 1/32 for topk as in Gao et al. 2024, 1/8 for batchtopk and "
+                                           "matryoshka)", minimum=0)
     k_aux: int | None = option(None, "dead latents used by AuxK (null: d_in / 2)", minimum=1)
+
+    def derive_options(self, ctx: RunContext) -> dict[str, Any]:
+        return {} if self.auxk_coef is not None else {"auxk_coef": self.AUXK_DEFAULT}
 
 
 class TopKSAE(SparseAutoencoder):
@@ -40,7 +48,9 @@ class TopKSAE(SparseAutoencoder):
         fvu = batch_fvu(x, recon)
         loss = fvu + self._auxk(xc, x - recon, dead)
         l0 = float((vals > 0).sum(1).float().mean())
-        return LossOut(loss, float(fvu.detach()), l0, fired_from_sparse(vals, idx, self.n_features))
+        counts = counts_from_sparse(vals, idx, self.n_features)
+        return LossOut(loss, float(fvu.detach()), l0, counts > 0, counts)
 
     def sae_lens_fields(self):
-        return {"architecture": "topk", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": self.k}, "k": self.k}
+        return {"architecture": "topk", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": self.k}, "k": self.k,
+                "rescale_acts_by_decoder_norm": False}

@@ -1,0 +1,42 @@
+"""Rule sae_splice: loss recovered by a residual-stream SAE spliced into its model, on held-out prompts."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mechflow.contracts import upstream_attrs
+from mechflow.io import digest, load_dataarray, load_dataset, provenance_attrs, write_dataset
+from mechflow.models import load_model, resolve_model
+from mechflow.sae import load_sae
+from mechflow.splice import splice_dataset
+from mechflow.workflow import run_rule
+
+
+def main(sm) -> None:
+    p = dict(sm.params.splice)
+    feats = load_dataarray(sm.input.features)
+    split = feats["split"].values.astype(str) if "split" in feats.coords else np.full(feats.sizes["prompt"], "train")
+    held_out = split == "validation"
+    which = "validation" if held_out.any() else "train (the run has no validation split)"
+    rows = np.flatnonzero(held_out) if held_out.any() else np.arange(split.size)
+    if rows.size > p["max_prompts"]:  # a seeded sample keeps the job short on a CPU
+        rows = np.sort(np.random.default_rng(0).choice(rows, p["max_prompts"], replace=False))
+    prompts = load_dataset(sm.input.prompts).sel(prompt=feats["prompt"].values[rows])
+    m = p["model"]
+    model, tokenizer = load_model(resolve_model(m["spec"]), device=m["device"], dtype=m["dtype"],
+                                  random_init=m["random_init"], init_seed=m["init_seed"])
+    sae = load_sae(Path(sm.input.weights).parent, device=next(model.parameters()).device)
+
+    def reconstruct(h: torch.Tensor) -> torch.Tensor:
+        return sae(h.float())
+
+    attrs = provenance_attrs(digest({"splice": p, "code": sm.params.code}), **upstream_attrs(feats.attrs),
+                             layer=int(sm.wildcards.layer), sae_run=sm.wildcards.run, split=which,
+                             sae_trained_on=str(feats.attrs.get("pooling", "")))
+    ds = splice_dataset(model, tokenizer, prompts, int(sm.wildcards.layer), reconstruct, p["batch_size"], p["max_length"],
+                        p["exclude"], attrs)
+    write_dataset(ds, sm.output[0])
+
+
+run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,61 @@
+"""SAELens interop: every architecture's export loads with sae_lens's ``SAE.load_from_disk`` and encodes and
+decodes as mechflow does (skipped where sae_lens is not installed: ``pip install mechflow[saelens]``)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from mechflow.sae import ARCHITECTURES, load_sae, sae_cfg, save_sae, train
+from mechflow.sae.export import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE
+from mechflow.sae.synthetic import make_synthetic
+
+sae_lens = pytest.importorskip("sae_lens")
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, _ = make_synthetic(3000, d=16, n_true=48, mean_active=3, seed=0)
+    return x * 7 + 2  # off scale and off centre: the folded normalisation and b_dec matter
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_saelens_loads_the_export_and_agrees(tmp_path, data, arch):
+    model = train(data, arch=arch, n_features=48, k=3, steps=150, batch_size=64, seed=0)
+    cfg = sae_cfg(model, model_name="tiny", hook_name="resid", hook_layer=5, pooling="mean")
+    save_sae(model, tmp_path, cfg)
+    assert (tmp_path / WEIGHTS_FILE).exists() and not (tmp_path / LEGACY_WEIGHTS_FILE).exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lens = sae_lens.SAE.load_from_disk(str(tmp_path), device="cpu")
+    x = data[:500]
+    with torch.no_grad():
+        ours = model.encode(x)
+        theirs = lens.encode(x)
+        torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lens.decode(ours), model.decode(ours), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lens(x), model(x), rtol=1e-5, atol=1e-5)
+    meta = lens.cfg.metadata
+    assert meta.hook_name == "blocks.5.hook_resid_post" and meta.model_name == "tiny"
+    assert meta.pooling == "mean" and meta.hf_hook_name == "resid"
+    assert meta.prepend_bos is None  # unknown: not claimed
+    assert lens.cfg.normalize_activations == "none"
+    expected = {"mp": "matching_pursuit", "topk": "topk", "relu": "standard"}.get(arch, "jumprelu")
+    assert lens.cfg.architecture() == expected
+    if arch == "mp":
+        assert lens.cfg.max_iterations == model.steps and lens.cfg.residual_threshold == 0.0
+    # mechflow reads it back bit-exactly
+    back = load_sae(tmp_path)
+    assert torch.equal(back.encode(x), model.encode(x))
+
+
+def test_legacy_file_name_is_read(tmp_path, data):
+    model = train(data, arch="topk", n_features=24, k=2, steps=5, batch_size=64)
+    save_sae(model, tmp_path)
+    (tmp_path / WEIGHTS_FILE).rename(tmp_path / LEGACY_WEIGHTS_FILE)
+    assert torch.equal(load_sae(tmp_path).W_dec, model.W_dec)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["sae_lens_version"] == cfg["metadata"]["sae_lens_version"]
