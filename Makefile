@@ -51,3 +51,13 @@ bench: setup
 
 clean:
 	rm -rf results .snakemake
+
+# SLURM: a single-node cluster on this machine (scripts/dev/slurm_localhost.sh: apt's slurm-wlm + munge, as
+# root; idempotent), the SLURM plugin (.[slurm]), then tests/test_slurm.py: the tiny study through
+# profiles/slurm vs a local run (slow: 20-25 min on 2 cores). The cluster keeps running afterwards:
+# scripts/dev/slurm_localhost.sh stop
+.PHONY: test-slurm
+test-slurm: setup
+	scripts/dev/slurm_localhost.sh start
+	$(BIN)/python -c "import snakemake_executor_plugin_slurm" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[slurm]'
+	SLURM_CONF=$${MECHFLOW_SLURM_DIR:-/tmp/mechflow-slurm}/slurm.conf $(BIN)/python -m pytest -q -m slow tests/test_slurm.py
