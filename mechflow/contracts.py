@@ -36,7 +36,8 @@ RESULT_PATHS: dict[str, str] = {
 #: the rule that makes each kind of result (activations: gather_activations when extract.shards > 1)
 PRODUCERS: dict[str, str] = {
     "prompts": "prompts", "activations": "extract", "tokens": "extract_tokens", "shard": "extract_shard",
-    "sae_dir": "sae", "snmf": "snmf", "moran": "spatial", "lisa": "spatial", "probes": "probes", "report": "report",
+    "sae_dir": "sae", "sae_splice": "sae_splice", "snmf": "snmf", "moran": "spatial", "lisa": "spatial",
+    "probes": "probes", "report": "report",
 }
 
 #: files of one SAE run directory (``sae_dir``)

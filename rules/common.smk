@@ -210,6 +210,7 @@ def study_summary():
     steps["extract_tokens"] = len(tokens)
     for step in ("sae", "snmf", "spatial", "probes"):
         steps[step] = len(JOBS[step])
+    steps["sae_splice"] = sum(1 for e in JOBS["sae"] if e.get("splice"))
     steps["report"] = int(REPORT["enabled"])
     steps = {k: v for k, v in steps.items() if v}
     return (

@@ -113,7 +113,8 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     # the schema says number: plans nothing
     resolved = yaml.safe_load(subprocess.run([str(VENV_BIN / "mechflow"), "config", "--resolved", "study.yaml"],
                                              cwd=workdir, capture_output=True, text=True, check=True).stdout)
-    assert resolved["sae"]["runs"]["topk"]["lr"] == 0.001 and resolved["snmf"]["runs"]["k6"]["tol"] > 0  # defaults filled
+    topk = resolved["sae"]["runs"]["topk"]
+    assert topk["grad_clip"] == 1.0 and topk["lr"] is None and resolved["snmf"]["runs"]["k6"]["tol"] > 0  # defaults filled
     resolved["probes"]["alphas"] = [int(a) if a >= 1 else a for a in resolved["probes"]["alphas"]]
     (workdir / "study.yaml").write_text(yaml.safe_dump(reverse_keys(resolved), sort_keys=False))
     assert planned_jobs(workdir) == {}
