@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from mechflow.contracts import PROMPT_COORDS
 from mechflow.hooks import capture_sites, n_layers
 from mechflow.io import atomic_path
+from mechflow.sink import with_sink  # noqa: F401 (re-exported: rebuilds pooling with the left-out position)
 
 log = logging.getLogger(__name__)
 
@@ -290,22 +291,6 @@ def sink_rows(store: dict[int, torch.Tensor], mask: torch.Tensor, layer_ids: Seq
     left_out = (mask.sum(1) > 1).cpu().numpy() if excluded == "first" else np.zeros(mask.shape[0], dtype=bool)
     out[~left_out] = np.nan
     return out
-
-
-def with_sink(pooled: np.ndarray, sink: np.ndarray, n_tokens: np.ndarray, pooling: str) -> np.ndarray:
-    """Rebuild pooling *with* the left-out position from a file written with ``keep_sink``.
-
-    pooled, sink [prompt, ...]; n_tokens [prompt] (tokens after truncation). mean: ``((n - 1) pooled
-    + sink) / n``; max: ``max(pooled, sink)``; rows whose sink is NaN (nothing left out) unchanged.
-    Equals extraction with ``exclude="none"`` up to float32 rounding.
-    """
-    if pooling not in ("mean", "max"):
-        raise ExtractionError(f"only mean and max pooling leave a position out, not {pooling!r}")
-    pooled = np.asarray(pooled, dtype=np.float64)
-    sink = np.asarray(sink, dtype=np.float64)
-    n = np.asarray(n_tokens, dtype=np.float64).reshape(-1, *([1] * (pooled.ndim - 1)))
-    rebuilt = ((n - 1) * pooled + sink) / n if pooling == "mean" else np.maximum(pooled, sink)
-    return np.where(np.isnan(sink), pooled, rebuilt)
 
 
 def position_norms(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:

@@ -269,7 +269,7 @@ def load_feature_set(path: str | Path, kind: FeatureSetKind, layer: int | None =
                 da = ds[name].sel(layer=layer, drop=True).load()
                 da.attrs = {**ds.attrs, **da.attrs}
                 if sink:
-                    from mechflow.extract import with_sink
+                    from mechflow.sink import with_sink
 
                     rebuilt = with_sink(da.values, ds["sink"].sel(layer=layer, drop=True).values, ds["n_tokens"].values,
                                         str(da.attrs["pooling"]))
