@@ -54,6 +54,7 @@ include: "rules/sae.smk"
 include: "rules/snmf.smk"
 include: "rules/spatial.smk"
 include: "rules/probes.smk"
+include: "rules/lens.smk"
 include: "rules/report.smk"
 
 

@@ -26,6 +26,7 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".", data_che
     _check_devices(config)
     _check_extracted_layers(config, n_layers)
     _check_downstream(config, n_layers)
+    _check_lens(config, n_layers, base_dir)
     if not data_checks:
         return
     regions = _prompt_set_regions(config, base_dir)
@@ -96,6 +97,14 @@ def _extracted(config: dict[str, Any], hook: str, n_layers: int | None) -> set[i
     if n_layers is None:
         return {layer for layer in layers if layer >= 0} if all(layer >= 0 for layer in layers) else None
     return {layer + n_layers if layer < 0 else layer for layer in layers}
+
+
+def _check_lens(config: dict[str, Any], n_layers: dict[str, int | None], base_dir: str | Path) -> None:
+    """The lens step's prompt sets, models and layers (mechflow.lens.jobs.check_lens; nothing when it is off)."""
+    if (config.get("lens") or {}).get("enabled"):
+        from mechflow.lens.jobs import check_lens
+
+        check_lens(config, n_layers, base_dir)
 
 
 def _check_names(config: dict[str, Any]) -> None:

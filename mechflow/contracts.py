@@ -26,6 +26,11 @@ RESULT_PATHS: dict[str, str] = {
     "moran": "spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/moran.nc",
     "lisa": "spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/lisa.nc",
     "probes": "probes/{dataset}/{model}/{hook}.nc",
+    "lens_prompts": "lens/{dataset}/prompts.nc",
+    "tuned_lens": "lens/tuned/{model}/tuned_lens.safetensors",
+    "tuned_lens_training": "lens/tuned/{model}/training.nc",
+    "latent_language": "lens/{dataset}/{model}/latent_language.nc",
+    "consistency": "lens/{dataset}/{model}/consistency.nc",
     "report": "report/index.html",
     "report_figures": "report/figures",
     "report_table": "report/significance.md",
@@ -38,6 +43,8 @@ PRODUCERS: dict[str, str] = {
     "prompts": "prompts", "activations": "extract", "tokens": "extract_tokens", "shard": "extract_shard",
     "sae_dir": "sae", "sae_splice": "sae_splice", "snmf": "snmf", "moran": "spatial", "lisa": "spatial",
     "probes": "probes", "report": "report",
+    "lens_prompts": "lens_prompts", "tuned_lens": "tuned_lens", "tuned_lens_training": "tuned_lens",
+    "latent_language": "latent_language", "consistency": "consistency",
 }
 
 #: files of one SAE run directory (``sae_dir``)

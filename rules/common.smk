@@ -7,6 +7,7 @@ from collections import Counter
 from mechflow.checks import study_crs
 from mechflow.config import canonical
 from mechflow.contracts import SAE_FILES, result_path
+from mechflow.lens.jobs import lens_jobs, lens_sets
 from mechflow.workflow import script_code_digest
 
 ROOT = config["results"]  # every output lives under this folder
@@ -156,6 +157,7 @@ def _study_jobs():
             for j in spatial
         ],
         "probes": [dict(j, path=PROBE_FILE.format(**j)) for j in probes],
+        "lens": lens_jobs(config, ROOT),  # tuned lenses, latent-language and consistency files (rules/lens.smk)
     }
 
 
@@ -211,6 +213,7 @@ def study_summary():
     for step in ("sae", "snmf", "spatial", "probes"):
         steps[step] = len(JOBS[step])
     steps["sae_splice"] = sum(1 for e in JOBS["sae"] if e.get("splice"))
+    steps.update(Counter(e["kind"] for e in JOBS["lens"]), lens_prompts=len(lens_sets(config)) if JOBS["lens"] else 0)
     steps["report"] = int(REPORT["enabled"])
     steps = {k: v for k, v in steps.items() if v}
     return (

@@ -1,0 +1,174 @@
+"""The lens step in a study: its prompt sets, job-manifest entries, per-set settings and config checks.
+
+The Snakemake rules (``rules/lens.smk``) and the manifest (``rules/common.smk``) read the study
+config through these functions, so what runs, what the report reads and what is checked before a
+run come from one place. Lens prompt sets are the ``{dataset}`` wildcard of the lens files:
+
+- ``lens.latent_language.name`` (default ``words``): the word-translation prompts;
+- each GeoNames prompt set of the study named by ``lens.consistency.datasets`` (default: all),
+  turned into multiple-choice placename questions;
+- each user CSV of ``lens.consistency.questions`` (name -> path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mechflow.config import ConfigError
+from mechflow.contracts import result_path
+
+__all__ = ["lens_models", "consistency_sets", "lens_sets", "prompt_set_spec", "prompt_set_inputs", "lens_jobs", "check_lens",
+           "one_of", "model_params", "tuned_lens_inputs"]
+
+#: the model settings a lens job loads with (a change reruns it)
+MODEL_KEYS = ("spec", "dtype", "device", "random_init", "init_seed")
+
+
+def lens_models(config: dict[str, Any]) -> list[str]:
+    """Models the lens reads (``lens.models``, null = every model of the study)."""
+    lens = config.get("lens") or {}
+    return sorted(lens.get("models") or config["models"])
+
+
+def consistency_sets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Consistency question sets by name: ``{"kind": "places", "dataset": name}`` or ``{"kind": "csv", "path": ...}``."""
+    cons = (config.get("lens") or {}).get("consistency") or {}
+    chosen = cons.get("datasets")
+    names = chosen if chosen is not None else [d for d, ds in config["datasets"].items() if ds.get("source", "geonames") == "geonames"]
+    out = {d: {"kind": "places", "dataset": d} for d in sorted(names)}
+    out.update({name: {"kind": "csv", "path": path} for name, path in sorted((cons.get("questions") or {}).items())})
+    return out
+
+
+def lens_sets(config: dict[str, Any]) -> list[str]:
+    """Every lens prompt set of the study (empty when the lens is off)."""
+    lens = config.get("lens") or {}
+    if not lens.get("enabled"):
+        return []
+    words = [lens["latent_language"]["name"]] if lens["latent_language"]["enabled"] else []
+    return words + list(consistency_sets(config))
+
+
+def prompt_set_spec(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """Everything that defines one lens prompt set (the params of its ``lens_prompts`` job)."""
+    lens = config["lens"]
+    ll, cons = lens["latent_language"], lens["consistency"]
+    if ll["enabled"] and name == ll["name"]:
+        return {"kind": "words", "words": ll["words"], "pairs": ll["pairs"], "shots": ll["shots"],
+                "max_words": ll["max_words"], "seed": ll["seed"]}
+    sets = consistency_sets(config)
+    if name not in sets:
+        raise KeyError(f"{name!r} is not a lens prompt set of this study ({lens_sets(config)})")
+    common = {"shots": cons["shots"], "max_questions": cons["max_questions"], "seed": cons["seed"]}
+    if sets[name]["kind"] == "places":
+        return {"kind": "places", "dataset": config["datasets"][name], "question": cons["question"],
+                "options": cons["options"], **common}
+    return {"kind": "csv", "path": sets[name]["path"], **common}
+
+
+def prompt_set_inputs(config: dict[str, Any], name: str) -> list[str]:
+    """The files a lens prompt set is built from: the word list, the GeoNames gazetteer, or the question CSV."""
+    spec = prompt_set_spec(config, name)
+    if spec["kind"] == "words":
+        from mechflow.lens.words import shipped_words_path
+
+        return [str(spec["words"] or shipped_words_path())]
+    if spec["kind"] == "places":
+        from mechflow.data.prompts import geonames_path
+
+        return [str(geonames_path(spec["dataset"].get("gazetteer", "cities500")))]
+    return [str(spec["path"])]
+
+
+def one_of(names: list[str]) -> str:
+    """A wildcard constraint matching exactly these names (none: a pattern that matches nothing)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) or "(?!x)x"
+
+
+def model_params(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """The settings a lens job loads ``model`` with."""
+    return {k: config["models"][model][k] for k in MODEL_KEYS}
+
+
+def tuned_lens_inputs(config: dict[str, Any], root: str, model: str) -> list[str]:
+    """The tuned lens a read-out of ``model`` needs (none when only the logit lens is asked for)."""
+    return [result_path("tuned_lens", root, model=model)] if "tuned" in config["lens"]["lenses"] else []
+
+
+def lens_jobs(config: dict[str, Any], root: str) -> list[dict[str, Any]]:
+    """Manifest entries of the lens step: one per tuned lens (``kind: tuned_lens``, ``path`` = its training.nc,
+    ``weights``), latent-language file and consistency file (``dataset``, ``model``, ``path``)."""
+    if not lens_sets(config):
+        return []
+    lens = config["lens"]
+    jobs = []
+    for m in lens_models(config):
+        if "tuned" in lens["lenses"]:
+            jobs.append({"kind": "tuned_lens", "model": m, "path": result_path("tuned_lens_training", root, model=m),
+                         "weights": result_path("tuned_lens", root, model=m)})
+        if lens["latent_language"]["enabled"]:
+            d = lens["latent_language"]["name"]
+            jobs.append({"kind": "latent_language", "dataset": d, "model": m,
+                         "path": result_path("latent_language", root, dataset=d, model=m)})
+        for d in consistency_sets(config):
+            jobs.append({"kind": "consistency", "dataset": d, "model": m, "path": result_path("consistency", root, dataset=d, model=m)})
+    return jobs
+
+
+def check_lens(config: dict[str, Any], n_layers: dict[str, int | None], base_dir: str | Path = ".") -> None:
+    """What the schema cannot say about ``lens:``; ConfigError naming the key. Runs only when the lens is enabled."""
+    lens = config.get("lens") or {}
+    if not lens.get("enabled"):
+        return
+    for m in lens.get("models") or []:
+        if m not in config["models"]:
+            raise ConfigError(f"config error at lens.models: unknown model {m!r} (have {sorted(config['models'])})")
+    ll, cons = lens["latent_language"], lens["consistency"]
+    sets = consistency_sets(config)
+    if not ll["enabled"] and not sets:
+        raise ConfigError("config error at lens: the lens is enabled but reads nothing: enable lens.latent_language or "
+                          "name question sets (lens.consistency.datasets / lens.consistency.questions)")
+    for d in cons.get("datasets") or []:
+        if d not in config["datasets"]:
+            raise ConfigError(f"config error at lens.consistency.datasets: unknown prompt set {d!r} (have {sorted(config['datasets'])})")
+        if config["datasets"][d].get("source", "geonames") != "geonames":
+            raise ConfigError(f"config error at lens.consistency.datasets: {d!r} is not a GeoNames prompt set; put your own "
+                              "questions under lens.consistency.questions (CSV: question, options, answer)")
+    for name, path in (cons.get("questions") or {}).items():
+        if name in config["datasets"] or (ll["enabled"] and name == ll["name"]):
+            raise ConfigError(f"config error at lens.consistency.questions.{name}: the name is taken by a prompt set; choose another")
+        p = Path(path) if Path(path).is_absolute() else Path(base_dir) / path
+        if not p.exists():
+            raise ConfigError(f"config error at lens.consistency.questions.{name}: {p} does not exist")
+    if ll["enabled"]:
+        _check_words(ll, base_dir)
+        if ll["name"] in sets:
+            raise ConfigError(f"config error at lens.latent_language.name: {ll['name']!r} is also a consistency question set")
+    for m in lens_models(config):
+        n = n_layers.get(m)
+        bad = [layer for layer in cons.get("layers") or [] if n is not None and layer >= n]
+        if bad:
+            raise ConfigError(f"config error at lens.consistency.layers: layer(s) {bad} do not exist in model {m!r} ({n} layers)")
+
+
+def _check_words(ll: dict[str, Any], base_dir: str | Path) -> None:
+    from mechflow.lens.latent_language import translation_pairs
+    from mechflow.lens.unembed import LensError
+    from mechflow.lens.words import load_words
+
+    path = ll["words"]
+    if path is not None and not Path(path).is_absolute():
+        path = Path(base_dir) / path
+    try:
+        words = load_words(path)
+        pairs = translation_pairs(list(words.columns), ll["pairs"])
+    except LensError as e:
+        raise ConfigError(f"config error at lens.latent_language: {' '.join(str(e).split())}") from None
+    if not pairs:
+        raise ConfigError("config error at lens.latent_language: the word list has fewer than two non-English languages")
+    if ll["shots"] >= len(words):
+        raise ConfigError(f"config error at lens.latent_language.shots: {ll['shots']} demonstrations need more than "
+                          f"{ll['shots']} words (the list has {len(words)})")
