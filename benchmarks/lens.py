@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from _device import device_info  # benchmarks/_device.py
 from torch import nn
 
 from mechflow.lens.chunked import read_vocab
@@ -42,24 +41,6 @@ from mechflow.lens.chunked import read_vocab
 ROOT = Path(__file__).resolve().parents[1]
 L, D, V, T = 30, 576, 49152, 3
 METHODS = ("mechflow", "per_layer_loop", "all_layers_full")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _device_info() -> dict:
-    info = {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version(), "cuda": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def setup(P: int, device: str, seed: int = 0):
@@ -214,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "metric": "prompts per second of the read-out of all 30 layers (best of reps, same process); peak extra memory "
                   "of one call in a fresh process (MiB)",
         "quick": args.quick,
-        "device_info": _device_info(),
+        "device_info": device_info(),
         "runs": runs,
     }
     out = args.out or ROOT / "benchmarks" / "results" / ("lens_quick.json" if args.quick else "lens.json")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,19 +26,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from _device import device_info  # benchmarks/_device.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 8 * 60
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def job_table(bench_dir: Path) -> pd.DataFrame:
@@ -117,18 +107,11 @@ def main() -> None:
         "snakemake_wall_s": wall,
         "sum_of_job_s": float(jobs["s"].sum()),
         "cores": args.cores,
-        "device_info": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                        "gpu": None},
+        "device_info": device_info(),
         "rules": [{"rule": rule, **{k: (int(v) if k == "jobs" else round(float(v), 2)) for k, v in r.items()}}
                   for rule, r in rules.iterrows()],
         "jobs": jobs.round(2).to_dict(orient="records"),
     }
-    try:
-        import torch
-
-        record["device_info"]["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        pass
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(markdown(rules))

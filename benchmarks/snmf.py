@@ -16,44 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _device import device_info  # benchmarks/_device.py
 
 from mechflow import snmf
 from mechflow.snmf.baseline import dense_reference_fit
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _device_info() -> dict:
-    info = {
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _sync(device: str) -> None:
@@ -156,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": "dense_baseline: mechflow.snmf.baseline.dense_reference_fit (same update rules, explicit residuals)",
         "metric": "seconds per iteration (excluding initialisation), ratio baseline / mechflow",
         "quick": args.quick,
-        "device_info": _device_info(),
+        "device_info": device_info(),
         "runs": runs,
     }
     out = args.out or ROOT / "benchmarks" / "results" / ("snmf_quick.json" if args.quick else "snmf.json")

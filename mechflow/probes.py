@@ -19,17 +19,21 @@ over x and y, or lat and lon), and the median great-circle (haversine) error in 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 
 import numpy as np
 import xarray as xr
 from pyproj import Transformer
+from threadpoolctl import threadpool_limits
 
 from mechflow.contracts import EARTH_RADIUS_M
 from mechflow.spatial.datasets import check_locations
 from mechflow.spatial.weights import project
 
 __all__ = ["DEFAULT_ALPHAS", "haversine_km", "random_folds", "spatial_folds", "ridge_loo",
-           "cross_val_predict_ridge", "probe_dataset"]
+           "cross_val_predict_ridge", "cross_val_predict_layers", "probe_dataset"]
 
 #: Ridge penalties tried (on standardised features); chosen per target by exact LOO error. The
 #: workflow's default (config.schema.yaml ``probes.alphas``) is this grid, checked by a test.
@@ -76,58 +80,114 @@ def spatial_folds(xy: np.ndarray, n_folds: int = 5, n_blocks: int | None = None,
     return fold_of_block[labels]
 
 
+def _eigh_each(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigendecomposition of each symmetric matrix of a stack ``[L, m, m]``, one LAPACK call per matrix.
+
+    NumPy's stacked ``eigh`` goes through a generic gufunc loop that was 40-80x slower per 576 x 576
+    matrix than a plain call on this project's machines (OpenBLAS 0.3.30), so the stack is looped."""
+    out = [np.linalg.eigh(g) for g in gram]
+    return np.stack([w for w, _ in out]), np.stack([v for _, v in out])
+
+
 def ridge_loo(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float] = DEFAULT_ALPHAS):
     """Ridge fit of standardised targets on standardised features with per-target LOO alpha.
 
-    ``X`` ``[n, d]`` and ``Y`` ``[n, t]`` must be centred (an intercept is implied). With the
-    eigendecomposition ``X'X = V diag(s) V'`` the hat matrix for penalty a is
-    ``H = U diag(s/(s+a)) U'`` (``U = X V / sqrt(s)``), plus ``1/n`` for the intercept; the LOO
-    residual is ``e / (1 - h_ii)``. Returns ``(coef [d, t], alpha [t])``.
+    ``X`` ``[n, d]`` (or a stack ``[L, n, d]``, one design per layer, solved together) and ``Y``
+    ``[n, t]`` must be centred (an intercept is implied). With the eigendecomposition of the Gram
+    matrix in the smaller dimension, ``X'X = V diag(s) V'`` (or ``XX' = U diag(s) U'``), the hat
+    matrix for penalty a is ``H = U diag(s/(s+a)) U'`` plus ``1/n`` for the intercept, and the LOO
+    residual is ``e / (1 - h_ii)``: one decomposition per layer serves every alpha and target.
+    Returns ``(coef [d, t], alpha [t])``, or ``([L, d, t], [L, t])`` for a stack.
     """
-    n = X.shape[0]
-    s, V = np.linalg.eigh(X.T @ X)
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    single = X.ndim == 2
+    if single:
+        X = X[None]
+    L, n, d = X.shape
+    Xt = np.swapaxes(X, 1, 2)  # [L, d, n]
+    if n >= d:  # primal: U sqrt(s) = X V
+        s, V = _eigh_each(Xt @ X)  # [L, d], [L, d, d]
+        XU = X @ V  # [L, n, d]: U * sqrt(s)
+        lift = V  # coef = V diag(g) (XV)' Y
+    else:  # dual: X = U sqrt(s) W'; coef = X' U diag(g) U' Y
+        s, U = _eigh_each(X @ Xt)  # [L, n], [L, n, n]
+        XU = U * np.sqrt(np.clip(s, 0.0, None))[:, None, :]
+        lift = Xt @ U / np.where(s > 0, np.sqrt(np.clip(s, 0.0, None)), 1.0)[:, None, :]  # [L, d, r]: V
     s = np.clip(s, 0.0, None)
-    XV = X @ V  # [n, d] = U * sqrt(s)
-    XtY = V.T @ (X.T @ Y)  # [d, t]
-    best = np.full(Y.shape[1], np.inf)
-    alpha = np.zeros(Y.shape[1])
-    coef = np.zeros((X.shape[1], Y.shape[1]))
-    for a in alphas:
-        g = 1.0 / (s + a)
-        B = V @ (g[:, None] * XtY)  # [d, t]
-        h = (XV * XV) @ g + 1.0 / n  # diag of the hat matrix incl. intercept
-        loo = ((Y - X @ B) / (1.0 - h)[:, None]) ** 2
-        err = loo.mean(0)
+    XUtY = np.swapaxes(XU, 1, 2) @ Y  # [L, r, t]
+    XU2 = XU * XU  # [L, n, r]
+    best = np.full((L, Y.shape[1]), np.inf)
+    alpha = np.zeros((L, Y.shape[1]))
+    coef = np.zeros((L, d, Y.shape[1]))
+    for a in alphas:  # a handful of penalties; every layer and target at once
+        g = 1.0 / (s + a)  # [L, r]
+        gXUtY = g[:, :, None] * XUtY  # [L, r, t]
+        h = (XU2 @ g[:, :, None])[:, :, 0] + 1.0 / n  # [L, n] diag of the hat matrix incl. intercept
+        err = (((Y - XU @ gXUtY) / (1.0 - h)[:, :, None]) ** 2).mean(1)  # [L, t] mean LOO error
         better = err < best
-        best[better] = err[better]
-        alpha[better] = a
-        coef[:, better] = B[:, better]
-    return coef, alpha
+        best = np.where(better, err, best)
+        alpha = np.where(better, a, alpha)
+        coef = np.where(better[:, None, :], lift @ gXUtY, coef)
+    return (coef[0], alpha[0]) if single else (coef, alpha)
 
 
 def cross_val_predict_ridge(X: np.ndarray, Y: np.ndarray, folds: np.ndarray,
                             alphas: Sequence[float] = DEFAULT_ALPHAS):
     """Out-of-fold ridge predictions ``[n, t]`` of ``Y`` from ``X`` ``[n, d]``, and the alphas
-    chosen ``[n_folds, t]``; standardisation statistics come from each training fold only."""
+    chosen ``[n_folds, t]``; standardisation statistics come from each training fold only.
+
+    ``X`` may be a stack ``[L, n, d]`` (one design per layer, the same targets and folds): then
+    ``[L, n, t]`` and ``[n_folds, L, t]``, every layer solved in the same batched operations.
+    """
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
-    pred = np.empty_like(Y)
+    single = X.ndim == 2
+    if single:
+        X = X[None]
+    pred = np.empty((X.shape[0], *Y.shape))
     chosen = []
     for f in np.unique(folds):
         te, tr = folds == f, folds != f
-        mx, sx = X[tr].mean(0), X[tr].std(0)
+        Xtr = X[:, tr]
+        mx, sx = Xtr.mean(1, keepdims=True), Xtr.std(1, keepdims=True)
         sx = np.where(sx > 0, sx, 1.0)
         my, sy = Y[tr].mean(0), Y[tr].std(0)
         sy = np.where(sy > 0, sy, 1.0)
-        coef, alpha = ridge_loo((X[tr] - mx) / sx, (Y[tr] - my) / sy, alphas)
-        pred[te] = ((X[te] - mx) / sx) @ coef * sy + my
+        coef, alpha = ridge_loo((Xtr - mx) / sx, (Y[tr] - my) / sy, alphas)
+        pred[:, te] = ((X[:, te] - mx) / sx) @ coef * sy + my
         chosen.append(alpha)
-    return pred, np.array(chosen)
+    chosen = np.array(chosen)
+    return (pred[0], chosen[:, 0]) if single else (pred, chosen)
 
 
-def _r2(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    ss_tot = ((y - y.mean(0)) ** 2).sum(0)
-    return 1.0 - ((y - p) ** 2).sum(0) / ss_tot
+def cross_val_predict_layers(X: np.ndarray, Y: np.ndarray, folds: np.ndarray,
+                             alphas: Sequence[float] = DEFAULT_ALPHAS, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cross_val_predict_ridge` of a stack ``X`` ``[L, n, d]`` on ``threads`` threads (the layers split
+    between them, single-threaded BLAS each, so the result does not depend on ``threads``):
+    ``[L, n, t]`` and ``[n_folds, L, t]``."""
+    idx = np.arange(X.shape[1])
+    data = np.moveaxis(X, 0, 1)  # [n, L, d] view
+    chunks = _layer_chunks(X.shape[0], X.shape[1], X.shape[2], 1e12, threads)
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        parts = list(pool.map(partial(_solve_layers, data, idx, Y, folds, alphas), chunks))
+    return np.concatenate([p for _, p, _ in parts]), np.concatenate([a for _, _, a in parts], axis=1)
+
+
+def _solve_layers(data: np.ndarray, idx: np.ndarray, Y: np.ndarray, folds: np.ndarray, alphas: Sequence[float],
+                  chunk: slice) -> tuple[slice, np.ndarray, np.ndarray]:
+    """Out-of-fold predictions ``[l, n, t]`` and alphas ``[fold, l, t]`` of the prompts ``idx`` of ``data``
+    ``[prompt, layer, unit]`` for the layers ``chunk``."""
+    X = np.moveaxis(np.asarray(data[idx, chunk], dtype=np.float64), 1, 0)  # [layers, n, d]
+    return (chunk, *cross_val_predict_ridge(X, Y, folds, alphas))
+
+
+def _layer_chunks(n_layers: int, n: int, d: int, budget_mb: float, pieces: int = 1) -> list[slice]:
+    """Slices of layers whose float64 designs ``[chunk, n, d]`` (times a few working copies) fit ``budget_mb``,
+    at least ``pieces`` of them where there are that many layers (one per worker)."""
+    per_layer = 4 * n * max(n, d) * 8 / 2**20
+    size = max(1, min(-(-n_layers // max(pieces, 1)), int(budget_mb // max(per_layer, 1e-9))))
+    return [slice(i, min(i + size, n_layers)) for i in range(0, n_layers, size)]
 
 
 def probe_dataset(
@@ -140,6 +200,8 @@ def probe_dataset(
     n_blocks: int | None = None,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     seed: int = 0,
+    threads: int | None = None,
+    memory_mb: float = 512.0,
 ) -> xr.Dataset:
     """Cross-validated ridge location probes per region, layer and fold scheme.
 
@@ -150,6 +212,11 @@ def probe_dataset(
     ``median_km`` (haversine error of the x/y probe, back-projected), ``median_km_latlon``
     (of the lat/lon probe), ``mean_km``, ``alpha_xy`` (geometric-mean alpha chosen for x/y);
     plus ``n`` per region.
+
+    Every layer of a region and fold is solved in the same batched operations (``ridge_loo`` on a
+    ``[layer, n, d]`` stack), in chunks of layers whose float64 designs fit ``memory_mb``. With
+    ``threads``, the chunks run on that many threads with single-threaded BLAS (results do not
+    depend on the thread count); None leaves BLAS at its default.
     """
     if not isinstance(activations, xr.DataArray) or activations.ndim != 3:
         raise ValueError("activations must be a 3-D xarray.DataArray [prompt, layer, unit]")
@@ -161,28 +228,37 @@ def probe_dataset(
     out = {v: np.full((len(regions), len(layers), 2), np.nan) for v in names}
     counts = np.zeros(len(regions), dtype=np.int64)
     data = activations.transpose(pdim, ldim, ...).values
-    for r, reg in enumerate(regions):
-        idx = np.flatnonzero(region == reg)
-        crs = str(crs_by_region[reg])
-        xy = project(lon[idx], lat[idx], crs)
-        ll = np.column_stack([lat[idx], lon[idx]])
-        back = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-        folds = {"random": random_folds(idx.size, n_folds, seed),
-                 "spatial": spatial_folds(xy, n_folds, n_blocks, seed)}
-        counts[r] = idx.size
-        for li in range(len(layers)):
-            X = np.asarray(data[idx, li], dtype=np.float64)
+    workers = max(1, int(threads or 1))
+    # with `threads`, BLAS runs single-threaded and the layers are spread over that many Python threads (LAPACK
+    # releases the GIL): each layer's numbers then do not depend on the thread count, and an oversubscribed
+    # machine does not stall OpenBLAS's own threads (a 576 x 576 eigh was 10-15x slower with 2 BLAS threads at
+    # load 8 on 2 cores than with one)
+    limits = threadpool_limits(limits=1) if threads else nullcontext()
+    with limits, ThreadPoolExecutor(max_workers=workers) as pool:
+        for r, reg in enumerate(regions):
+            idx = np.flatnonzero(region == reg)
+            crs = str(crs_by_region[reg])
+            xy = project(lon[idx], lat[idx], crs)
+            ll = np.column_stack([lat[idx], lon[idx]])
+            back = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+            folds = {"random": random_folds(idx.size, n_folds, seed),
+                     "spatial": spatial_folds(xy, n_folds, n_blocks, seed)}
+            counts[r] = idx.size
+            Y = np.column_stack([xy, ll])  # [n, 4]: x, y (metres), lat, lon (degrees)
+
             for si, scheme in enumerate(schemes):
-                pred, alpha = cross_val_predict_ridge(X, np.column_stack([xy, ll]), folds[scheme], alphas)
-                r2 = _r2(np.column_stack([xy, ll]), pred)
-                plon, plat = back.transform(pred[:, 0], pred[:, 1])
-                km = haversine_km(plon, plat, lon[idx], lat[idx])
-                km_ll = haversine_km(pred[:, 3], pred[:, 2], lon[idx], lat[idx])
-                vals = {"r2_xy": r2[:2].mean(), "r2_x": r2[0], "r2_y": r2[1], "r2_latlon": r2[2:].mean(),
-                        "median_km": np.median(km), "median_km_latlon": np.median(km_ll),
-                        "mean_km": km.mean(), "alpha_xy": np.exp(np.log(alpha[:, :2]).mean())}
-                for v, x in vals.items():
-                    out[v][r, li, si] = x
+                chunks = _layer_chunks(len(layers), idx.size, data.shape[2], memory_mb / workers, workers)
+                solve = partial(_solve_layers, data, idx, Y, folds[scheme], alphas)
+                for chunk, pred, alpha in pool.map(solve, chunks):
+                    r2 = 1.0 - ((Y - pred) ** 2).sum(1) / ((Y - Y.mean(0)) ** 2).sum(0)  # [l, 4]
+                    plon, plat = back.transform(pred[:, :, 0].ravel(), pred[:, :, 1].ravel())
+                    km = haversine_km(np.reshape(plon, pred.shape[:2]), np.reshape(plat, pred.shape[:2]), lon[idx], lat[idx])
+                    km_ll = haversine_km(pred[:, :, 3], pred[:, :, 2], lon[idx], lat[idx])
+                    vals = {"r2_xy": r2[:, :2].mean(1), "r2_x": r2[:, 0], "r2_y": r2[:, 1], "r2_latlon": r2[:, 2:].mean(1),
+                            "median_km": np.median(km, axis=1), "median_km_latlon": np.median(km_ll, axis=1),
+                            "mean_km": km.mean(1), "alpha_xy": np.exp(np.log(alpha[:, :, :2]).mean((0, 2)))}
+                    for v, x in vals.items():
+                        out[v][r, chunk, si] = x
     ds = xr.Dataset(
         {**{v: (("region", ldim, "scheme"), a) for v, a in out.items()}, "n": ("region", counts)},
         coords={"region": regions, ldim: layers, "scheme": schemes},

@@ -17,7 +17,8 @@ def main(sm) -> None:
         acts = acts.sel(layer=p["layers"])
     region = acts["region"].values.astype(str)
     ds = probe_dataset(acts, acts["longitude"].values, acts["latitude"].values, region, crs_for(region, sm.params.crs),
-                       n_folds=p["folds"], n_blocks=p["blocks"], alphas=p["alphas"], seed=p["seed"])
+                       n_folds=p["folds"], n_blocks=p["blocks"], alphas=p["alphas"], seed=p["seed"],
+                       threads=sm.threads)
     prov = provenance_attrs(digest({"probes": p, "crs": sm.params.crs, "code": sm.params.code}),
                             **upstream_attrs(acts.attrs))
     write_dataset(ds.assign_attrs({**ds.attrs, **prov}), sm.output[0])

@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 from mechflow.probes import (
+    DEFAULT_ALPHAS,
     cross_val_predict_ridge,
     haversine_km,
     probe_dataset,
@@ -111,3 +112,40 @@ def test_cross_val_predict_shapes_and_errors():
         probe_dataset(acts, lon, lat, region, {"GB": "EPSG:27700"})
     with pytest.raises(ValueError, match="3-D"):
         probe_dataset(acts.isel(layer=0), lon, lat, region, {"GB": "EPSG:27700", "IT": "EPSG:25832"})
+
+
+@pytest.mark.parametrize("n, d", [(120, 40), (60, 100)])  # primal (n > d) and dual (n < d) decompositions
+def test_all_layers_solve_equals_sklearn_per_layer(n, d):
+    """The stacked [layer, n, d] solve equals StandardScaler + RidgeCV(alpha_per_target) fitted per layer and fold,
+    and each layer alone through the 2-D path; a constant unit is handled as StandardScaler does."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3, n, d))
+    X[1, :, 5] = 2.0
+    Y = X[0, :, :4] @ rng.standard_normal((4, 3)) + rng.standard_normal((n, 3))
+    folds = random_folds(n, 5)
+    pred, alphas = cross_val_predict_ridge(X, Y, folds)
+    assert pred.shape == (3, n, 3) and alphas.shape == (5, 3, 3)
+    for layer in range(3):
+        single, single_alphas = cross_val_predict_ridge(X[layer], Y, folds)
+        np.testing.assert_array_equal(single, pred[layer])
+        np.testing.assert_array_equal(single_alphas, alphas[:, layer])
+        for f in range(5):
+            te, tr = folds == f, folds != f
+            my, sy = Y[tr].mean(0), Y[tr].std(0)
+            model = make_pipeline(StandardScaler(), RidgeCV(alphas=DEFAULT_ALPHAS, alpha_per_target=True))
+            model.fit(X[layer, tr], (Y[tr] - my) / sy)
+            np.testing.assert_allclose(pred[layer, te], model.predict(X[layer, te]) * sy + my, rtol=0, atol=1e-10)
+            np.testing.assert_array_equal(alphas[f, layer], model[-1].alpha_)
+
+
+def test_probe_dataset_same_in_layer_chunks_and_threads():
+    """Chunking the layers (a small memory budget) and BLAS threads change nothing."""
+    acts, lon, lat, region = _synthetic(n=120, d=16)
+    crs = {"GB": "EPSG:27700", "IT": "EPSG:25832"}
+    whole = probe_dataset(acts, lon, lat, region, crs, n_folds=4, seed=0)
+    chunked = probe_dataset(acts, lon, lat, region, crs, n_folds=4, seed=0, threads=1, memory_mb=1e-6)
+    xr.testing.assert_allclose(whole, chunked, rtol=1e-12, atol=1e-9)
