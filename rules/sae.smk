@@ -1,11 +1,12 @@
 rule sae:
-    """Train one named SAE run on one layer's pooled activations."""
+    """Train one named SAE run on one layer's pooled activations, or on its tokens (sae.level: tokens)."""
     input:
-        ACTIVATIONS,
+        sae_input,
     output:
         expand(f"{SAE_DIR}/{{name}}", name=SAE_FILES, allow_missing=True),
     params:
         run=lambda wc: canonical(SAE["runs"][wc.run]),
+        level=sae_level_params(),
         checkpoints=lambda wc: SAE_CHECKPOINTS.format(**wc),
         kernels=config["kernels"],
         code=code("sae"),

@@ -1,4 +1,8 @@
-"""Rule sae_splice: loss recovered by a residual-stream SAE spliced into its model, on held-out prompts."""
+"""Rule sae_splice: loss recovered by a residual-stream SAE spliced into its model, on held-out prompts.
+
+The reconstruction replaces every real token but the sink, the rows a token-level SAE (``sae.level: tokens``)
+trains on; its held-out prompts (``split`` in features.nc) are whole prompts, none of whose tokens it saw.
+"""
 
 from pathlib import Path
 
@@ -31,9 +35,12 @@ def main(sm) -> None:
     def reconstruct(h: torch.Tensor) -> torch.Tensor:
         return sae(h.float())
 
+    # a token-level SAE (sae.level: tokens) was trained on the very rows the splice replaces; a pooled one on
+    # prompt vectors pooled by extract.pooling
+    trained_on = "tokens" if feats.attrs.get("level") == "tokens" else str(feats.attrs.get("pooling", ""))
     attrs = provenance_attrs(digest({"splice": p, "code": sm.params.code}), **upstream_attrs(feats.attrs),
                              layer=int(sm.wildcards.layer), sae_run=sm.wildcards.run, split=which,
-                             sae_trained_on=str(feats.attrs.get("pooling", "")))
+                             sae_trained_on=trained_on)
     ds = splice_dataset(model, tokenizer, prompts, int(sm.wildcards.layer), reconstruct, p["batch_size"], p["max_length"],
                         p["exclude"], attrs)
     write_dataset(ds, sm.output[0])

@@ -1,4 +1,4 @@
-"""Entry point of the ``sae`` Snakemake rule: activations file -> SAE directory of the data contract."""
+"""Entry point of the ``sae`` Snakemake rule: activations file (pooled or token-level) -> SAE directory of the data contract."""
 
 from __future__ import annotations
 
@@ -14,8 +14,17 @@ from mechflow.contracts import PROMPT_COORDS, upstream_attrs
 from mechflow.io import file_sha256, open_dataarray, provenance_attrs, write_dataarray, write_dataset
 from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder
+from mechflow.sae.config import validate_run
 from mechflow.sae.data import DataArraySource
 from mechflow.sae.export import hf_model_id, sae_cfg, save_sae
+from mechflow.sae.tokens import (
+    LEVELS,
+    TOKEN_POOLING,
+    TokenPooling,
+    encode_tokens_pooled,
+    select_token_layer,
+    token_rows,
+)
 from mechflow.sae.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -43,10 +52,11 @@ def encode_source(model: SparseAutoencoder, source: DataArraySource, batch: int 
     return out
 
 
-def features_dataarray(acts: np.ndarray, layer_da: xr.DataArray, attrs: dict[str, Any],
+def features_dataarray(acts: np.ndarray, layer_da: xr.DataArray | xr.Dataset, attrs: dict[str, Any],
                        val_rows: np.ndarray | None = None) -> xr.DataArray:
-    """``features`` [prompt, feature] with the input's prompt coordinates carried over, and ``split``
-    [prompt] (``train`` / ``validation``: the rows held out of training, ``val_rows``)."""
+    """``features`` [prompt, feature] with the prompt coordinates of ``layer_da`` (anything with a
+    ``prompt`` dim) carried over, and ``split`` [prompt] (``train`` / ``validation``: the prompts held
+    out of training, ``val_rows``, as positions along ``prompt``)."""
     coords: dict[str, Any] = {"prompt": layer_da["prompt"].values, "feature": np.arange(acts.shape[1], dtype=np.int64)}
     for name in PROMPT_COORDS:
         if name in layer_da.coords and layer_da[name].dims == ("prompt",):
@@ -77,33 +87,58 @@ def train_from_file(
     progress: bool = True,
     code: str = "",
     num_threads: int | None = 1,
+    level: str = "pooled",
+    token_pooling: TokenPooling = "max",
 ) -> None:
     """Train the SAE ``run`` on one layer of an activations file; write the SAE directory.
 
-    Reads ``activations`` [prompt, layer, unit] lazily, selects ``layer``, trains and writes
-    atomically into ``out_dir``: ``sae_weights.safetensors`` and ``cfg.json`` (SAELens format,
+    ``level="pooled"``: reads ``activations`` [prompt, layer, unit] lazily, selects ``layer`` and
+    trains on one row per prompt. ``level="tokens"``: reads a token file ``activations`` [token,
+    layer, unit] (rule ``extract_tokens``) and trains on every token not flagged ``excluded`` (the
+    sink position pooling leaves out, :mod:`mechflow.sae.tokens`); ``val_fraction`` then holds out
+    whole prompts (all their tokens), and ``features.nc`` is per prompt, the ``token_pooling`` (max or
+    mean) over each prompt's kept tokens of the token-level feature activations.
+
+    Writes atomically into ``out_dir``: ``sae_weights.safetensors`` and ``cfg.json`` (SAELens format,
     :mod:`mechflow.sae.export`), ``features.nc`` (``features`` [prompt, feature] float32 with
-    text/latitude/longitude/region/place_id carried over) and ``training.nc`` (dim ``step``: loss,
-    fvu, l0, dead_fraction, dense_fraction, lr; with a run's ``val_fraction`` also train_* / val_*
-    fvu, l0, dead_fraction, dense_fraction), each with provenance attrs.
+    text/latitude/longitude/region/place_id carried over, ``split`` [prompt]) and ``training.nc``
+    (dim ``step``: loss, fvu, l0, dead_fraction, dense_fraction, lr; with a run's ``val_fraction``
+    also train_* / val_* fvu, l0, dead_fraction, dense_fraction; on tokens at token level), each
+    with provenance attrs (``level``, and ``token_pooling`` at token level).
 
     Training resumes from ``checkpoint_dir`` only when the checkpoint there was made by the same
-    run settings, from the same file content (sha256) and layer, by the same ``code`` (the rule's
-    code digest); otherwise it starts from scratch and logs what differs. Once the outputs are
+    run settings, from the same file content (sha256), layer and level, by the same ``code`` (the
+    rule's code digest); otherwise it starts from scratch and logs what differs. Once the outputs are
     written the checkpoints are removed, unless the run sets ``keep_checkpoints``. Training and
     encoding run on ``num_threads`` intra-op threads (default 1), so the outputs are bit-identical
     whatever thread count the caller set.
     """
+    if level not in LEVELS:
+        raise ValueError(f"sae level must be one of {list(LEVELS)}, got {level!r}")
+    if token_pooling not in TOKEN_POOLING:
+        raise ValueError(f"sae token_pooling must be one of {list(TOKEN_POOLING)}, got {token_pooling!r}")
+    tokens = level == "tokens"
     out = Path(out_dir)
-    input_id = {"sha256": file_sha256(activations_path), "layer": int(layer)} if checkpoint_dir is not None else None
+    input_id = None
+    if checkpoint_dir is not None:
+        input_id = {"sha256": file_sha256(activations_path), "layer": int(layer), **({"level": level} if tokens else {})}
     da = open_dataarray(activations_path)
     try:
-        layer_da = select_layer(da, layer)
-        source = DataArraySource(layer_da)
         upstream = upstream_attrs(da.attrs)
         hook = str(upstream.get("hook", ""))
+        level_attrs: dict[str, Any] = {"level": level}
+        if tokens:
+            rows = token_rows(select_token_layer(da, layer), block=int(validate_run(run)["shuffle_block"]))
+            source, groups, prompt_coords = rows.source, rows.prompt_of, rows.coords
+            level_attrs.update(token_pooling=token_pooling, token_rows=rows.n_tokens, token_rows_excluded=rows.n_excluded,
+                               exclude=str(da.attrs.get("exclude", "")), pool_excluded=str(da.attrs.get("pool_excluded", "")))
+            log.info("token level: %d tokens of %d prompts, %d flagged excluded (the sink position) left out of training",
+                     rows.n_tokens, rows.n_prompts, rows.n_excluded)
+        else:
+            layer_da = select_layer(da, layer)
+            source, groups, prompt_coords = DataArraySource(layer_da), None, layer_da
         trainer = Trainer(source, run, checkpoint_dir=checkpoint_dir, progress=progress, input_id=input_id, code=code,
-                          num_threads=num_threads)
+                          num_threads=num_threads, groups=groups)
         run = trainer.run  # validated, defaults filled
         n_train = source.n_rows - (0 if trainer.val_rows is None else len(trainer.val_rows))
         if run["n_features"] > n_train:
@@ -111,17 +146,25 @@ def train_from_file(
                         "it (compare train and validation FVU in training.nc; hold out rows with val_fraction, train "
                         "on tokens, or use fewer features)", run["arch"], run["n_features"], n_train)
         model = trainer.fit()
-        prov = provenance_attrs(config_digest, **{**upstream, "layer": int(layer), "sae_arch": run["arch"], "sae_run": run})
+        prov = provenance_attrs(config_digest, **{**upstream, "layer": int(layer), "sae_arch": run["arch"], "sae_run": run,
+                                                  **level_attrs})
         write_dataset(model.history.assign_attrs(prov), out / "training.nc")
         with torch_threads(num_threads):
-            features = encode_source(model, source)
-        write_dataarray(features_dataarray(features, layer_da, prov, trainer.val_rows), out / "features.nc")
+            if tokens:
+                features = encode_tokens_pooled(model, rows, token_pooling)
+            else:
+                features = encode_source(model, source)
+        val_prompts = trainer.val_rows
+        if tokens and val_prompts is not None:
+            val_prompts = np.unique(rows.prompt_of[val_prompts])  # rows of held-out prompts -> those prompts
+        write_dataarray(features_dataarray(features, prompt_coords, prov, val_prompts), out / "features.nc")
         cfg = sae_cfg(model, model_name=str(upstream.get("model", "")), hook_name=hook, hook_layer=int(layer),
                       config_digest=config_digest, pooling=upstream.get("pooling"),
                       prepend_bos=prepend_bos(da.attrs), hf_model=hf_model_id(str(da.attrs.get("model_spec", ""))),
                       extra={"provenance": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in prov.items()}})
+        cfg["mechflow"].update(level_attrs)
         save_sae(model, out, cfg)
         trainer.clear_checkpoints()
-        log.info("wrote SAE %s (%s, %d features) to %s", run["arch"], hook, run["n_features"], out)
+        log.info("wrote SAE %s (%s, %d features, %s level) to %s", run["arch"], hook, run["n_features"], level, out)
     finally:
         da.close()

@@ -148,6 +148,20 @@ def describe_generator(name: str) -> str:
             f"{law}, {g['mag_law']} magnitudes, {g['n']:,} training samples")
 
 
+def mmcs_table(rows: list[dict[str, Any]]) -> str:
+    """MMCS only, one row per architecture and one column per (generator, run length); bold where the target is met."""
+    gens = list(dict.fromkeys(r["generator"] for r in rows))
+    steps = sorted({r["steps"] for r in rows})
+    cols = [(g, s) for s in steps for g in gens if any(r["generator"] == g and r["steps"] == s for r in rows)]
+    at = {(r["arch"], r["generator"], r["steps"]): r["mmcs"] for r in rows}
+    lines = ["| arch | " + " | ".join(f"{g}, {s // 1000}k" for g, s in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for a in dict.fromkeys(r["arch"] for r in rows):
+        cells = [("–" if (v := at.get((a, g, s))) is None else
+                  f"**{v:.3f}**" if v >= (0.85 if a == "relu" else 0.9) else f"{v:.3f}") for g, s in cols]
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The results table as markdown: MMCS of each architecture (rows) per generator and run length (columns)."""
     gens = list(dict.fromkeys(r["generator"] for r in rows))

@@ -49,6 +49,7 @@ from mechflow.sae.data import (
     split_rows,
 )
 from mechflow.sae.metrics import DENSE_FREQ, evaluate_batches
+from mechflow.sae.tokens import split_prompts
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,14 @@ class Trainer:
     ``source`` (:func:`~mechflow.sae.data.split_rows`), which then trains on the rest. Either adds the
     :data:`VAL_METRICS` to the history and ``model.metrics``; neither changes the training of a run
     with the same training rows.
+    ``groups`` [n_rows] int (0..n_groups-1, e.g. each token row's prompt): with ``val_fraction``, whole
+    groups are held out instead of blocks (:func:`~mechflow.sae.tokens.split_prompts`), so no held-out
+    prompt has a token in training.
     """
 
     def __init__(self, source: RowSource, run: dict[str, Any], checkpoint_dir: str | Path | None = None,
                  progress: bool = False, *, input_id: dict[str, Any] | None = None, code: str = "",
-                 num_threads: int | None = 1, val_source: RowSource | None = None):
+                 num_threads: int | None = 1, val_source: RowSource | None = None, groups: np.ndarray | None = None):
         self.run = validate_run(run)
         r = self.run
         if val_source is not None and r["val_fraction"] > 0:
@@ -115,8 +119,13 @@ class Trainer:
             raise ValueError(f"validation rows have d={val_source.d}, training rows d={source.d}")
         #: rows of ``source`` held out for validation (None: no val_fraction)
         self.val_rows: np.ndarray | None = None
+        if groups is not None and np.shape(groups) != (source.n_rows,):
+            raise ValueError(f"groups must give one group per row: shape {np.shape(groups)}, {source.n_rows} rows")
         if r["val_fraction"] > 0:
-            train_rows, val_rows = split_rows(source.n_rows, r["val_fraction"], r["seed"], r["shuffle_block"])
+            if groups is None:
+                train_rows, val_rows = split_rows(source.n_rows, r["val_fraction"], r["seed"], r["shuffle_block"])
+            else:
+                train_rows, val_rows = split_prompts(groups, r["val_fraction"], r["seed"])
             self.val_rows = val_rows
             val_source = SubsetSource(source, val_rows, r["shuffle_block"])
             source = SubsetSource(source, train_rows, r["shuffle_block"])

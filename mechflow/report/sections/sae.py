@@ -64,8 +64,10 @@ def build(ctx: Context, page: Page, sec: Section) -> None:
     suffix = " (train / held-out)" if held_out else ""
     sec.add(table(["run", "architecture", "d_in", "features", "k", "steps", "final loss", f"FVU{suffix}", f"L0{suffix}",
                    f"dead{suffix}", f"dense{suffix}"], rows, numeric=[2, 3, 4, 5, 6, 7, 8, 9, 10]))
-    sec.add(tag("p", "Held-out: prompts of the run's validation split (val_fraction, whole blocks drawn by the run's "
-                     "seed; never trained on), evaluated with the final weights. A held-out FVU far above the training "
+    sec.add(tag("p", "Held-out: prompts of the run's validation split (val_fraction, drawn by the run's seed: "
+                     "whole blocks of pooled vectors, or, for token-level runs (sae.level: tokens), whole prompts "
+                     "with all their tokens, the metrics then per token; never trained on), evaluated with the "
+                     "final weights. A held-out FVU far above the training "
                      "FVU means the dictionary memorised its training prompts. Dense: features active on more than 10% "
                      "of inputs." if held_out else
                      "No validation split (set val_fraction in the run): these numbers are on training data only.",

@@ -19,7 +19,7 @@ class BatchTopKConfig(TopKConfig):
     AUXK_DEFAULT: ClassVar[float] = 1 / 8
 
     arch: str = option("batchtopk", ARCH_DOC)
-    topk_warmup: float = option(0.75, "fraction of steps trained with a per-sample TopK (k per sample) before the "
+    topk_warmup: float = option(0.9, "fraction of steps trained with a per-sample TopK (k per sample) before the "
                                      "batch-wide top k x batch (0: BatchTopK from the start)", minimum=0,
                                 exclusive_maximum=1)
     threshold_momentum: float = option(0.99, "momentum of the moving average of the smallest kept activation per "
@@ -33,7 +33,7 @@ class BatchTopKSAE(SparseAutoencoder):
     With one threshold for the whole batch, a latent whose activations stay below it gets no
     gradient at all (TopK instead fills every sample's k slots, so every latent keeps some): such
     dormant latents fire too seldom to learn, and the rare, weak features are the ones lost
-    (docs/sae_results.md). So the first ``topk_warmup`` fraction of the steps (default 3/4) keeps
+    (docs/sae_results.md). So the first ``topk_warmup`` fraction of the steps (default 9/10) keeps
     the k largest activations of every sample (a TopK SAE), and the rest keeps the ``k * batch``
     largest of the batch, which sets the inference threshold; ``topk_warmup=0`` is the paper's
     BatchTopK from the first step. AuxK weight: 1/8 by default (``auxk_coef`` null).
