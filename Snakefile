@@ -55,6 +55,8 @@ include: "rules/snmf.smk"
 include: "rules/spatial.smk"
 include: "rules/probes.smk"
 include: "rules/lens.smk"
+include: "rules/steer.smk"
+include: "rules/select.smk"
 include: "rules/report.smk"
 
 

@@ -27,9 +27,12 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".", data_che
     _check_extracted_layers(config, n_layers)
     _check_downstream(config, n_layers)
     _check_lens(config, n_layers, base_dir)
+    _check_selection(config, base_dir, data_checks)
     if not data_checks:
+        _check_steering(config, n_layers, base_dir)
         return
     regions = _prompt_set_regions(config, base_dir)
+    _check_steering(config, n_layers, base_dir, regions)
     if config["spatial"]["enabled"] or config["probes"]["enabled"]:
         _check_crs(config, regions)
         _check_region_sizes(config, regions)
@@ -105,6 +108,23 @@ def _check_lens(config: dict[str, Any], n_layers: dict[str, int | None], base_di
         from mechflow.lens.jobs import check_lens
 
         check_lens(config, n_layers, base_dir)
+
+
+def _check_steering(config: dict[str, Any], n_layers: dict[str, int | None], base_dir: str | Path,
+                    regions: dict[str, Counter] | None = None) -> None:
+    """The steering step's models, vectors, layers, runs and regions (mechflow.steering.jobs.check_steering)."""
+    if (config.get("steering") or {}).get("enabled"):
+        from mechflow.steering.jobs import check_steering
+
+        check_steering(config, n_layers, base_dir, regions)
+
+
+def _check_selection(config: dict[str, Any], base_dir: str | Path, data_checks: bool) -> None:
+    """Each selection's SAE, sentence encoder and (data checks) CSVs and label (mechflow.selection.jobs.check_selection)."""
+    if (config.get("selection") or {}).get("runs"):
+        from mechflow.selection.jobs import check_selection
+
+        check_selection(config, base_dir, data_checks)
 
 
 def _check_names(config: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 Users and other tools read these files, so each name is defined here once and imported by the
 workflow (``rules/common.smk``), the rule scripts, the package and the report. Paths are templates
 relative to the results root (``results:`` in the study config, default ``results``); wildcards are
-``{dataset}``, ``{model}``, ``{hook}``, ``{layer}``, ``{run}``, ``{source}`` and ``{shard}``.
+``{dataset}``, ``{model}``, ``{hook}``, ``{layer}``, ``{run}``, ``{source}``, ``{shard}`` and ``{name}``
+(a steering vector, or a selection).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ RESULT_PATHS: dict[str, str] = {
     "tuned_lens_training": "lens/tuned/{model}/training.nc",
     "latent_language": "lens/{dataset}/{model}/latent_language.nc",
     "consistency": "lens/{dataset}/{model}/consistency.nc",
+    "steering": "steering/{dataset}/{model}/{name}.nc",
+    "selection": "selection/{name}/ranking.nc",
+    "selection_csv": "selection/{name}/ranking.csv",
     "report": "report/index.html",
     "report_figures": "report/figures",
     "report_table": "report/significance.md",
@@ -44,7 +48,8 @@ PRODUCERS: dict[str, str] = {
     "sae_dir": "sae", "sae_splice": "sae_splice", "snmf": "snmf", "moran": "spatial", "lisa": "spatial",
     "probes": "probes", "report": "report",
     "lens_prompts": "lens_prompts", "tuned_lens": "tuned_lens", "tuned_lens_training": "tuned_lens",
-    "latent_language": "latent_language", "consistency": "consistency",
+    "latent_language": "latent_language", "consistency": "consistency", "steering": "steer",
+    "selection": "select", "selection_csv": "select",
 }
 
 #: files of one SAE run directory (``sae_dir``)

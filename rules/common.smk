@@ -8,6 +8,8 @@ from mechflow.checks import study_crs
 from mechflow.config import canonical
 from mechflow.contracts import SAE_FILES, result_path
 from mechflow.lens.jobs import lens_jobs, lens_sets
+from mechflow.selection.jobs import selection_jobs
+from mechflow.steering.jobs import steering_jobs
 from mechflow.workflow import script_code_digest
 
 ROOT = config["results"]  # every output lives under this folder
@@ -32,7 +34,7 @@ POOLED_HOOKS = sorted(
     set(EXTRACT["hooks"])
     | (set(SPATIAL["hooks"]) if SPATIAL["enabled"] and SPATIAL["units"] else set())
     | (set(PROBES["hooks"]) if PROBES["enabled"] else set())
-    | ({SAE["hook"]} if SAE["runs"] else set())
+    | ({SAE["hook"]} if SAE["runs"] and SAE["level"] == "pooled" else set())
     | ({SNMF["hook"]} if SNMF["runs"] and SNMF["level"] == "pooled" else set())
 )
 #: settings that change how a job runs, never what it computes
@@ -158,6 +160,8 @@ def _study_jobs():
         ],
         "probes": [dict(j, path=PROBE_FILE.format(**j)) for j in probes],
         "lens": lens_jobs(config, ROOT),  # tuned lenses, latent-language and consistency files (rules/lens.smk)
+        "steering": steering_jobs(config, ROOT),  # one per (prompt set, causal LM, vector) (rules/steer.smk)
+        "selection": selection_jobs(config, ROOT),  # ranking.nc + ranking.csv per selection (rules/select.smk)
     }
 
 
@@ -170,6 +174,8 @@ def outputs_of(step, entry):
         return [f"{entry['dir']}/{name}" for name in SAE_FILES] + ([entry["splice"]] if entry.get("splice") else [])
     if step == "spatial":
         return [f for f in (entry["moran"], entry["lisa"]) if f]
+    if step == "selection":
+        return [entry["path"], entry["csv"]]
     return [entry["path"]]
 
 
@@ -186,6 +192,18 @@ def snmf_input(wildcards):
     return (TOKENS if SNMF["level"] == "tokens" else ACTIVATIONS).format(**wildcards)
 
 
+def sae_input(wildcards):
+    """The file an SAE trains on: pooled activations, or the hook's token file (sae.level: tokens)."""
+    return (TOKENS if SAE["level"] == "tokens" else ACTIVATIONS).format(**wildcards)
+
+
+def sae_level_params():
+    """What the SAE trains on (sae.level) and, at token level, how features.nc pools each prompt's tokens."""
+    if SAE["level"] == "tokens":
+        return canonical({"level": "tokens", "token_pooling": SAE["token_pooling"]})
+    return canonical({"level": "pooled"})
+
+
 def spatial_input(wildcards):
     """The feature set a spatial job analyses, by its source wildcard."""
     kind, _, run = wildcards.source.partition("-")
@@ -200,10 +218,12 @@ def spatial_input(wildcards):
 def study_summary():
     """What this study runs, printed at the start of a run: datasets, models, jobs per step."""
     pooled = {(e["dataset"], e["model"]) for e in JOBS["activations"]}
-    pooled |= {(e["dataset"], e["model"]) for step in ("sae", "probes") for e in JOBS[step]}
+    pooled |= {(e["dataset"], e["model"]) for e in JOBS["probes"]}
     pooled |= {(e["dataset"], e["model"]) for e in JOBS["spatial"] if e["kind"] == "units"}
-    tokens = {TOKENS.format(**e) for e in JOBS["snmf"] if SNMF["level"] == "tokens"}
-    pooled |= {(e["dataset"], e["model"]) for e in JOBS["snmf"] if SNMF["level"] != "tokens"}
+    tokens = {TOKENS.format(**e) for step, section in (("snmf", SNMF), ("sae", SAE)) if section["level"] == "tokens"
+              for e in JOBS[step]}
+    pooled |= {(e["dataset"], e["model"]) for step, section in (("snmf", SNMF), ("sae", SAE)) if section["level"] != "tokens"
+               for e in JOBS[step]}
     steps = Counter(prompts=len(DATASETS))
     if EXTRACT["shards"] == 1:
         steps["extract"] = len(pooled)  # one job per (dataset, model): every pooled hook in one pass
@@ -214,6 +234,8 @@ def study_summary():
         steps[step] = len(JOBS[step])
     steps["sae_splice"] = sum(1 for e in JOBS["sae"] if e.get("splice"))
     steps.update(Counter(e["kind"] for e in JOBS["lens"]), lens_prompts=len(lens_sets(config)) if JOBS["lens"] else 0)
+    steps["steer"] = len(JOBS["steering"])
+    steps["select"] = len(JOBS["selection"])
     steps["report"] = int(REPORT["enabled"])
     steps = {k: v for k, v in steps.items() if v}
     return (

@@ -113,7 +113,13 @@ def _label(e: Mapping[str, Any]) -> str:
 
 def evidence_table(study: Study) -> pd.DataFrame:
     """One row per main (dataset, model, hook, feature set, layer, region); one column per :data:`COLUMNS`
-    (fractions in [0, 1], NaN where the variant or its companion is absent), plus ``n_features``."""
+    (fractions in [0, 1], NaN where the variant or its companion is absent), plus ``n_features``.
+
+    Computed once per study (the report's section and ``significance.md`` share it); a copy is returned."""
+    return study.memo(("evidence_table",), lambda: _evidence_table(study)).copy()
+
+
+def _evidence_table(study: Study) -> pd.DataFrame:
     config = study.config
     rows = []
     for e in study.entries["spatial"]:

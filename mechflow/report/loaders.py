@@ -22,7 +22,7 @@ from mechflow.io import load_dataset, open_dataset
 FEATURE_DIMS = ("unit", "feature", "factor")
 KIND_LABEL = {"units": "units", "sae": "SAE", "snmf": "semi-NMF"}
 FEATURE_LABEL = {"unit": "unit", "feature": "feature", "factor": "factor"}
-SECTIONS = ("prompts", "activations", "spatial", "probes", "sae", "snmf", "lens", "benchmarks")
+SECTIONS = ("prompts", "activations", "spatial", "probes", "sae", "snmf", "lens", "steering", "selection", "benchmarks")
 
 
 def feature_dim(ds: xr.Dataset | xr.DataArray) -> str:
@@ -92,6 +92,10 @@ class Study:
         if (section, str(p)) not in self.missing:
             self.missing.append((section, str(p)))
         return False
+
+    def memo(self, key: tuple, load):
+        """``load()`` once per study and ``key`` (results derived from several files, e.g. the evidence table)."""
+        return self._cached(("memo", *key), load)
 
     def _cached(self, key: tuple, load):
         if key not in self._cache:
