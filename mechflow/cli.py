@@ -54,6 +54,30 @@ def info() -> dict:
     }
 
 
+def print_info(configfile: str | None, versions_only: bool = False, as_json: bool = False) -> int:
+    """``mechflow info``: versions and devices, then the study's plan (:mod:`mechflow.plan`)."""
+    import dataclasses
+
+    versions = info()
+    if versions_only:
+        print(json.dumps(versions, indent=2))
+        return 0
+    from mechflow.config import ConfigError
+    from mechflow.plan import PlanError, format_plan, study_plan
+
+    try:
+        plan = study_plan(configfile)
+    except (ConfigError, PlanError) as e:
+        print(f"mechflow: {e}" if not str(e).startswith("mechflow:") else str(e), file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps({"versions": versions, "plan": dataclasses.asdict(plan)}, indent=2, default=str))
+    else:
+        print(", ".join(f"{k} {v}" for k, v in versions.items() if k != "gpus" or v))
+        print(format_plan(plan), end="")
+    return 0
+
+
 def resolved_study(path: str | None) -> str:
     """The complete study a config file stands for (schema defaults filled, keys sorted), as YAML."""
     import yaml
@@ -90,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_inspect = sub.add_parser("inspect", help="print a result file's dims, coords and attrs")
     p_inspect.add_argument("files", nargs="+")
-    sub.add_parser("info", help="versions and devices")
+    p_info = sub.add_parser("info", help="versions and devices, and the plan of a study: jobs per rule, each rule's "
+                                         "resources, the expected size of every intermediate (before a run)")
+    p_info.add_argument("--configfile", default=None, help="a study file (default: the default study config.yaml)")
+    p_info.add_argument("--versions", action="store_true", help="versions and devices only (no plan)")
+    p_info.add_argument("--json", action="store_true", help="print versions and plan as JSON")
     p_config = sub.add_parser("config", help="validate a study config; --resolved prints the whole study it stands for")
     p_config.add_argument("configfile", nargs="?", default=None, help="a study file (default: the default study config.yaml)")
     p_config.add_argument("--resolved", action="store_true", help="print the resolved study as YAML")
@@ -129,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text if args.resolved else f"{args.configfile or 'config.yaml'}: valid", end="" if args.resolved else "\n")
         return 0
     if args.command == "info":
-        print(json.dumps(info(), indent=2))
-        return 0
+        return print_info(args.configfile, versions_only=args.versions, as_json=args.json)
     cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "-c", str(args.cores)]
     if args.configfile:
         cmd += ["--configfile", args.configfile]

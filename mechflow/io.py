@@ -232,10 +232,17 @@ def open_dataarray(path: str | os.PathLike, **kwargs: Any) -> xr.DataArray:
     return da
 
 
-def load_dataarray(path: str | os.PathLike) -> xr.DataArray:
-    """Open and load into memory, closing the file; DamagedFileError when it cannot be read."""
+def load_dataarray(path: str | os.PathLike, layer: int | None = None) -> xr.DataArray:
+    """Open and load into memory, closing the file; DamagedFileError when it cannot be read.
+
+    ``layer``: read only that layer (dropping the dim) of a file with a ``layer`` dim, so a token file of many
+    layers is never held whole; ValueError when it was not extracted."""
     with open_dataarray(path) as da, _reading(Path(path)):
-        return da.load()
+        if layer is None:
+            return da.load()
+        if layer not in da["layer"].values.tolist():
+            raise ValueError(f"{path}: layer {layer} was not extracted (have {da['layer'].values.tolist()})")
+        return da.sel(layer=layer, drop=True).load()
 
 
 def load_dataset(path: str | os.PathLike) -> xr.Dataset:
@@ -259,28 +266,80 @@ def load_feature_set(path: str | Path, kind: FeatureSetKind, layer: int | None =
 
     ``sink=True`` (units only, from a file written with ``extract.keep_sink``): the pooling *with*
     the position it left out, rebuilt by :func:`mechflow.extract.with_sink` (attrs ``pool_excluded``
-    becomes ``none (rebuilt)``).
+    becomes ``none (rebuilt)``). :class:`FeatureColumns` reads the same by columns.
     """
-    if kind == "units":
-        with open_dataset(path) as ds, _reading(Path(path)):
-            layers, stored = ds["layer"].values.tolist(), "sink" in ds.data_vars
-            if layer in layers and (stored or not sink):
-                name = "activations" if "activations" in ds.data_vars else next(iter(ds.data_vars))
-                da = ds[name].sel(layer=layer, drop=True).load()
-                da.attrs = {**ds.attrs, **da.attrs}
-                if sink:
-                    from mechflow.sink import with_sink
+    with FeatureColumns(path, kind, layer, sink=sink) as features:
+        return features.columns(slice(None))
 
-                    rebuilt = with_sink(da.values, ds["sink"].sel(layer=layer, drop=True).values, ds["n_tokens"].values,
-                                        str(da.attrs["pooling"]))
-                    da = da.copy(data=rebuilt.astype(np.float32)).assign_attrs(pool_excluded="none (rebuilt)")
-        if layer not in layers:
-            raise ValueError(f"{path}: layer {layer} was not extracted (have {layers}); add it to extract.layers")
-        if sink and not stored:
-            raise ValueError(f"{path} holds no sink: extract with extract.keep_sink: true")
+
+class FeatureColumns:
+    """A feature set [prompt, <feature-dim>] of a file, opened lazily and read by columns; a context manager.
+
+    The files, kinds and checks of :func:`load_feature_set`. ``columns(index)`` (a slice or sorted
+    positions along the feature dim) reads only those columns, with the prompt coordinates: equal to
+    ``load_feature_set(...).isel({dim: index})``, so a reader holds one block of features at a time
+    (:func:`mechflow.spatial.spatial_analysis` takes one). ``dims``, ``shape`` and ``attrs`` are the
+    whole set's.
+    """
+
+    def __init__(self, path: str | Path, kind: FeatureSetKind, layer: int | None = None, sink: bool = False):
+        if kind not in ("units", "sae", "snmf"):
+            raise ValueError(f"unknown feature-set kind {kind!r} (units, sae, snmf)")
+        self.path = Path(path)
+        self._ds = open_dataset(path)
+        try:
+            self._da, self._sink, self.attrs = self._select(kind, layer, sink)
+        except BaseException:
+            self._ds.close()
+            raise
+        self.dims = self._da.dims
+        self.shape = tuple(int(s) for s in self._da.shape)
+
+    def _select(self, kind: FeatureSetKind, layer: int | None, sink: bool):
+        ds, path = self._ds, self.path
+        if kind == "units":
+            with _reading(path):
+                layers, stored = ds["layer"].values.tolist(), "sink" in ds.data_vars
+            if layer not in layers:
+                raise ValueError(f"{path}: layer {layer} was not extracted (have {layers}); add it to extract.layers")
+            if sink and not stored:
+                raise ValueError(f"{path} holds no sink: extract with extract.keep_sink: true")
+            with _reading(path):
+                name = "activations" if "activations" in ds.data_vars else next(iter(ds.data_vars))
+                da = ds[name].sel(layer=layer, drop=True)
+                attrs = {**ds.attrs, **da.attrs}
+                if sink:
+                    self._n_tokens = ds["n_tokens"].values
+                    return da, ds["sink"].sel(layer=layer, drop=True), {**attrs, "pool_excluded": "none (rebuilt)"}
+            return da, None, attrs
+        if kind == "sae":  # the file's variable, as open_dataarray picks it
+            names = list(ds.data_vars)
+            name = names[0] if len(names) == 1 else "activations" if "activations" in names else None
+            if name is None:
+                raise ValueError(f"{path} holds {sorted(names)}; use open_dataset for several variables")
+            return ds[name], None, {**ds.attrs, **ds[name].attrs}
+        with _reading(path):
+            return ds["G"], None, dict(ds["G"].attrs)
+
+    def columns(self, index: slice | np.ndarray) -> xr.DataArray:
+        """The features at ``index`` along the feature dim, loaded (float32 as stored; rebuilt with the sink)."""
+        fdim = self.dims[1]
+        with _reading(self.path):
+            da = self._da.isel({fdim: index}).load()
+            if self._sink is not None:
+                from mechflow.sink import with_sink
+
+                rebuilt = with_sink(da.values, self._sink.isel({fdim: index}).values, self._n_tokens,
+                                    str(self.attrs["pooling"]))
+                da = da.copy(data=rebuilt.astype(np.float32))
+        da.attrs = dict(self.attrs)
         return da
-    if kind == "sae":
-        return load_dataarray(path)
-    if kind == "snmf":
-        return load_dataset(path)["G"]
-    raise ValueError(f"unknown feature-set kind {kind!r} (units, sae, snmf)")
+
+    def close(self) -> None:
+        self._ds.close()
+
+    def __enter__(self) -> FeatureColumns:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

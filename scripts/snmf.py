@@ -18,10 +18,7 @@ def main(sm) -> None:
     layer = int(sm.wildcards.layer)
     tokens = sm.params.level == "tokens"
     if tokens:
-        da = load_dataarray(sm.input[0])
-        if layer not in da["layer"].values.tolist():
-            raise ValueError(f"{sm.input[0]}: layer {layer} was not extracted")
-        units = da.sel(layer=layer, drop=True).rename(token="prompt")  # samples are tokens
+        units = load_dataarray(sm.input[0], layer=layer).rename(token="prompt")  # samples are tokens; one layer read
     else:
         units = load_feature_set(sm.input[0], "units", layer)  # [prompt, unit]
     result = snmf.fit(units.T, **run)

@@ -1,9 +1,11 @@
 """Rule spatial: Moran's I / Geary's C per region (+ controls: shuffled, residualised, with the sink) and LISA."""
 
+from contextlib import ExitStack
+
 import xarray as xr
 
 from mechflow.contracts import upstream_attrs
-from mechflow.io import digest, has_sink, load_feature_set, provenance_attrs, write_dataset
+from mechflow.io import FeatureColumns, digest, has_sink, provenance_attrs, write_dataset
 from mechflow.spatial.analysis import spatial_analysis
 from mechflow.workflow import run_rule
 
@@ -12,10 +14,14 @@ def main(sm) -> None:
     params = dict(sm.params.spatial)
     kind = sm.wildcards.source.partition("-")[0]
     layer = int(sm.wildcards.layer)
-    values = load_feature_set(sm.input[0], kind, layer)
-    # raw units from activations that kept the pooling's left-out position: also test the pooling with it
-    with_sink = load_feature_set(sm.input[0], kind, layer, sink=True) if kind == "units" and has_sink(sm.input[0]) else None
-    moran, lisa = spatial_analysis(values, params, with_sink=with_sink, num_threads=sm.threads)
+    with ExitStack() as files:
+        # read by column blocks that fit the rule's mem_mb (results do not depend on the blocks)
+        values = files.enter_context(FeatureColumns(sm.input[0], kind, layer))
+        # raw units from activations that kept the pooling's left-out position: also test the pooling with it
+        with_sink = (files.enter_context(FeatureColumns(sm.input[0], kind, layer, sink=True))
+                     if kind == "units" and has_sink(sm.input[0]) else None)
+        moran, lisa = spatial_analysis(values, params, with_sink=with_sink, num_threads=sm.threads,
+                                       memory_mb=sm.resources.mem_mb)
     prov = provenance_attrs(
         digest({"spatial": params, "code": sm.params.code}),
         **upstream_attrs(values.attrs),

@@ -2,20 +2,31 @@
 
 A *feature set* is a 2-D DataArray [prompt, <feature-dim>] with the prompt coordinates
 (latitude, longitude, region): raw units of one layer (dim ``unit``), SAE features (``feature``)
-or semi-NMF factor loadings G (``factor``); :func:`mechflow.io.load_feature_set` reads one.
+or semi-NMF factor loadings G (``factor``); :func:`mechflow.io.load_feature_set` reads one, and
+:class:`mechflow.io.FeatureColumns` opens one to be read by columns.
+
+Bounded memory: every statistic of a feature depends on that feature's column alone (and the
+weights); only the BH q values pool the features of a region. :func:`spatial_analysis` therefore
+runs in blocks of columns (``memory_mb`` or ``block_columns``), reading one block at a time from a
+lazily opened feature set, and computes the q values once every block is done. Block edges fall on
+multiples of :data:`BLOCK_ALIGN`, and the permutation test draws and sums its replicates in the
+batches the whole set would use, so the result is bit for bit the unblocked one (tested).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import xarray as xr
 
 from mechflow.data.regions import region_crs
-from mechflow.spatial.datasets import lisa_dataset, moran_dataset
-from mechflow.spatial.residualise import TEMPLATE_COVARIATES, residualise_within_regions
+from mechflow.spatial.datasets import MORAN_Q, MORAN_VARS, lisa_dataset, moran_dataset, region_weights, top_features
+from mechflow.spatial.fdr import fdr_bh
+from mechflow.spatial.residualise import RESIDUAL_CHUNK, TEMPLATE_COVARIATES, residualise_within_regions
 
 #: variables each control keeps, under ``<var>_<suffix>`` (the same test as the real data)
 CONTROL_VARS = ("I", "z_norm", "p_norm", "p_sim", "p_greater", "q_greater")
@@ -54,43 +65,203 @@ def _add_control(moran: xr.Dataset, ctrl: xr.Dataset, suffix: str) -> None:
     moran.attrs[f"control_{suffix}"] = CONTROLS[suffix]
 
 
-def spatial_analysis(values: xr.DataArray, params: Mapping[str, Any], with_sink: xr.DataArray | None = None,
-                     num_threads: int | None = None) -> tuple[xr.Dataset, xr.Dataset | None]:
+class FeatureSource(Protocol):
+    """A feature set read by columns (:class:`mechflow.io.FeatureColumns`): ``dims`` (prompt, feature
+    dim), ``shape``, ``attrs``, and ``columns(index)``: the columns at ``index`` (a slice or sorted
+    positions) as a loaded DataArray with the prompt coordinates and the feature coordinate."""
+
+    dims: tuple[str, str]
+    shape: tuple[int, int]
+
+    def columns(self, index: slice | np.ndarray) -> xr.DataArray: ...
+
+
+class _ArrayColumns:
+    """A 2-D DataArray (in memory or lazily opened) as a :class:`FeatureSource`."""
+
+    def __init__(self, da: xr.DataArray):
+        if not isinstance(da, xr.DataArray) or da.ndim != 2:
+            raise ValueError("values must be a 2-D xarray.DataArray [prompt, <feature-dim>] or a FeatureSource")
+        self.da, self.dims, self.shape, self.attrs = da, da.dims, da.shape, da.attrs
+
+    def columns(self, index: slice | np.ndarray) -> xr.DataArray:
+        fdim = self.dims[1]
+        out = self.da.isel({fdim: index})
+        if fdim not in out.coords:  # moran_dataset names features by position: keep the whole set's positions
+            out = out.assign_coords({fdim: np.arange(self.shape[1])[index]})
+        return out.load()
+
+
+def _as_source(values) -> FeatureSource:
+    return _ArrayColumns(values) if isinstance(values, xr.DataArray) else values
+
+
+#: column blocks start at multiples of this (the residualisation's BLAS chunk, itself a multiple of the
+#: permutation engine's 64-column tile), so every column meets the same arithmetic blocked or not
+BLOCK_ALIGN = RESIDUAL_CHUNK
+
+#: working memory per value (prompt x feature) of a column block: the block as read, its float64 copy,
+#: each region's statistics temporaries, the residualised copy (measured: 37 bytes at 2,048 columns,
+#: 46-50 at 512 with the fixed costs; rounded up)
+BYTES_PER_VALUE = 64
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc; elsewhere its peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def output_bytes(n_features: int, n_regions: int, n_controls: int = 3) -> int:
+    """Bytes of the moran Dataset of ``n_features`` features (float64 [region, feature] variables)."""
+    return 8 * n_regions * n_features * (len(MORAN_VARS) + n_controls * len(CONTROL_VARS))
+
+
+def columns_per_block(n_prompts: int, n_features: int, memory_mb: float, n_regions: int = 1, n_controls: int = 3,
+                      in_use_bytes: int | None = None) -> int:
+    """Features per column block such that the analysis stays within ``memory_mb`` (MB = 10^6 bytes, as
+    Snakemake's ``mem_mb``): what this process already holds (``in_use_bytes``, default its resident
+    memory now) and the output (twice: the blocks' results and their concatenation) come off first,
+    the rest is shared out at :data:`BYTES_PER_VALUE` per value. A multiple of :data:`BLOCK_ALIGN`, at
+    least one such multiple; ``n_features`` when all fit."""
+    in_use = _rss_bytes() if in_use_bytes is None else int(in_use_bytes)
+    free = memory_mb * 1e6 - in_use - 2 * output_bytes(n_features, n_regions, n_controls)
+    width = int(max(free, 0) // (max(n_prompts, 1) * BYTES_PER_VALUE)) // BLOCK_ALIGN * BLOCK_ALIGN
+    return n_features if width >= n_features else max(width, BLOCK_ALIGN)
+
+
+def column_blocks(n_features: int, width: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each block of ``width`` columns (a multiple of :data:`BLOCK_ALIGN`, or at least
+    ``n_features``). A last block of one column joins the one before: numpy sums a single column in
+    another order than a column among others, so a one-column block would differ in the last bit."""
+    if width >= n_features:
+        return [(0, n_features)]
+    if width < 1 or width % BLOCK_ALIGN:
+        raise ValueError(f"block width must be a positive multiple of {BLOCK_ALIGN}, got {width}")
+    starts = list(range(0, n_features, width))
+    if n_features - starts[-1] == 1:
+        starts.pop()
+    return [(a, starts[i + 1] if i + 1 < len(starts) else n_features) for i, a in enumerate(starts)]
+
+
+def _join_blocks(parts: list[xr.Dataset], fdim: str) -> xr.Dataset:
+    """The moran Datasets of consecutive column blocks as one, with every q value recomputed over all
+    features of a region (BH pools the features: a block's q values are not the whole set's)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    data_vars = {}
+    for name, var in first.data_vars.items():
+        if fdim in var.dims:
+            axis = var.dims.index(fdim)
+            data_vars[name] = (var.dims, np.concatenate([p[name].values for p in parts], axis=axis))
+        elif name == "n_constant":
+            data_vars[name] = (var.dims, np.sum([p[name].values for p in parts], axis=0))
+        else:  # n, n_duplicates: the same in every block
+            data_vars[name] = (var.dims, var.values)
+    coords = {"region": first["region"].values, fdim: np.concatenate([p[fdim].values for p in parts])}
+    moran = xr.Dataset(data_vars, coords=coords, attrs=first.attrs)
+    pairs = dict(MORAN_Q, **{f"q_greater_{c}": f"p_greater_{c}" for c in CONTROLS if f"p_greater_{c}" in moran})
+    for q, p in pairs.items():
+        moran[q] = (moran[p].dims, fdr_bh(moran[p].values))  # [region, feature]: BH along the features
+    return moran
+
+
+def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, Any],
+                     with_sink: xr.DataArray | FeatureSource | None = None, num_threads: int | None = None,
+                     memory_mb: float | None = None, block_columns: int | None = None,
+                     ) -> tuple[xr.Dataset, xr.Dataset | None]:
     """Global Moran's I / Geary's C per region, its controls, and LISA of the top features.
 
-    ``params``: k, transform, permutations, seed, crs (overrides), lisa_top_n, shuffled_control,
-    residualise. Returns (moran, lisa); lisa is None when ``lisa_top_n`` is 0. Each control is
-    :func:`moran_dataset` run again with the same permutation test (same ``permutations``, same
-    permutation ``seed``), so the fractions of features with ``q_greater < 0.05`` compare like with
-    like; ``moran`` keeps :data:`CONTROL_VARS` of each under a suffix (:data:`CONTROLS`):
+    ``values``: a feature set [prompt, <feature-dim>] (a DataArray, in memory or lazily opened, or a
+    :class:`FeatureSource` such as :class:`mechflow.io.FeatureColumns`). ``params``: k, transform,
+    permutations, seed, crs (overrides), lisa_top_n, shuffled_control, residualise. Returns (moran,
+    lisa); lisa is None when ``lisa_top_n`` is 0. Each control is :func:`moran_dataset` run again with
+    the same permutation test (same ``permutations``, same permutation ``seed``), so the fractions of
+    features with ``q_greater < 0.05`` compare like with like; ``moran`` keeps :data:`CONTROL_VARS` of
+    each under a suffix (:data:`CONTROLS`):
 
     - ``_shuffled`` (``shuffled_control``): coordinates shuffled within each region (seed + 1);
     - ``_resid`` (``residualise``): features residualised on one-hot admin-1 and prompt length
       within each region (:func:`residualise_within_regions`), where the prompts carry them;
     - ``_with_sink`` (given ``with_sink``, the same units pooled with the left-out position).
+
+    Memory: the features go in column blocks read one at a time, ``block_columns`` wide (a multiple of
+    :data:`BLOCK_ALIGN`) or as many as fit in ``memory_mb`` (:func:`columns_per_block`); neither set:
+    one block. Only the outputs ([region, feature], and LISA's [region, prompt, top features]) grow
+    with the whole set. The result does not depend on the blocks, bit for bit.
     """
-    lon = values["longitude"].values.astype(np.float64)
-    lat = values["latitude"].values.astype(np.float64)
-    region = values["region"].values.astype(str)
+    source = _as_source(values)
+    sink = _as_source(with_sink) if with_sink is not None else None
+    if sink is not None and tuple(sink.shape) != tuple(source.shape):
+        raise ValueError(f"with_sink {tuple(sink.shape)} must have the feature set's shape {tuple(source.shape)}")
+    prompts = source.columns(slice(0, 0))  # the prompt coordinates, no features
+    fdim = source.dims[1]
+    n, F = (int(x) for x in source.shape)
+    lon = prompts["longitude"].values.astype(np.float64)
+    lat = prompts["latitude"].values.astype(np.float64)
+    region = prompts["region"].values.astype(str)
     crs = crs_for(region, params.get("crs"))
-    common = dict(k=int(params["k"]), transform=str(params["transform"]), seed=int(params["seed"]))
+    k, transform, seed = int(params["k"]), str(params["transform"]), int(params["seed"])
+    common = dict(k=k, transform=transform, seed=seed)
     perms = int(params["permutations"])
-    # threads change how fast, never what: the permutation engine is bit-identical at any thread count
-    glob = dict(common, permutations=perms, num_threads=int(num_threads or 1))
-    moran = moran_dataset(values, lon, lat, region, crs, **glob)
-    if params.get("shuffled_control", True):
-        slon, slat = shuffle_within_regions(lon, lat, region, int(params["seed"]) + 1)
-        _add_control(moran, moran_dataset(values, slon, slat, region, crs, **glob), "shuffled")
-    if params.get("residualise", True) and any(c in values.coords for c in TEMPLATE_COVARIATES):
-        resid = residualise_within_regions(values)
-        _add_control(moran, moran_dataset(resid, lon, lat, region, crs, **glob), "resid")
-        moran.attrs["residualised_on"] = resid.attrs["residualised_on"]
-    if with_sink is not None:
-        if with_sink.shape != values.shape:
-            raise ValueError(f"with_sink {with_sink.shape} must have the feature set's shape {values.shape}")
-        _add_control(moran, moran_dataset(with_sink, lon, lat, region, crs, **glob), "with_sink")
+    shuffled = bool(params.get("shuffled_control", True))
+    resid = bool(params.get("residualise", True)) and any(c in prompts.coords for c in TEMPLATE_COVARIATES)
+    if block_columns is None and memory_mb is not None:
+        n_controls = shuffled + resid + (sink is not None)
+        block_columns = columns_per_block(n, F, memory_mb, n_regions=len(crs), n_controls=n_controls)
+    blocks = column_blocks(F, int(block_columns or F))
+    # threads change how fast, never what: the permutation engine is bit-identical at any thread count;
+    # batch_columns=F: every block draws and sums its replicates as the whole set does
+    glob = dict(common, permutations=perms, num_threads=int(num_threads or 1), batch_columns=F)
+    weights = region_weights(lon, lat, region, crs, k=k, transform=transform)
+    if shuffled:
+        slon, slat = shuffle_within_regions(lon, lat, region, seed + 1)
+        sweights = region_weights(slon, slat, region, crs, k=k, transform=transform)
+    parts, residualised_on = [], None
+    for a, b in blocks:
+        block = source.columns(slice(a, b))
+        part = moran_dataset(block, lon, lat, region, crs, weights=weights, **glob)
+        if shuffled:
+            _add_control(part, moran_dataset(block, slon, slat, region, crs, weights=sweights, **glob), "shuffled")
+        if resid:
+            residuals = residualise_within_regions(block)
+            residualised_on = residuals.attrs["residualised_on"]
+            _add_control(part, moran_dataset(residuals, lon, lat, region, crs, weights=weights, **glob), "resid")
+            del residuals
+        del block
+        if sink is not None:
+            sink_block = sink.columns(slice(a, b))
+            _add_control(part, moran_dataset(sink_block, lon, lat, region, crs, weights=weights, **glob), "with_sink")
+            del sink_block
+        parts.append(part)
+    moran = _join_blocks(parts, fdim)
+    del parts
+    if residualised_on is not None:
+        moran.attrs["residualised_on"] = residualised_on
     lisa = None
     top_n = int(params.get("lisa_top_n", 0))
     if top_n > 0:
-        lisa = lisa_dataset(values, lon, lat, region, crs, top_n=top_n, permutations=perms, **common)
+        lisa = _lisa_of_top(source, moran, lon, lat, region, crs, top_n, perms, common)
     return moran, lisa
+
+
+def _lisa_of_top(source: FeatureSource, moran: xr.Dataset, lon, lat, region, crs, top_n: int, perms: int,
+                 common: dict) -> xr.Dataset:
+    """LISA of each region's ``top_n`` features by global Moran's I (from ``moran``), reading only those
+    columns: what ``lisa_dataset(values, top_n=top_n)`` computes on the whole set."""
+    fdim = source.dims[1]
+    chosen = {str(reg): top_features(moran["I"].sel(region=reg).values, top_n) for reg in moran["region"].values}
+    union = np.unique(np.concatenate([*chosen.values(), np.zeros(0, dtype=np.int64)]))
+    subset = source.columns(union if union.size else slice(0, 0))
+    ids = subset[fdim].values
+    features = {reg: [ids[i] for i in np.searchsorted(union, cols)] for reg, cols in chosen.items()}
+    lisa = lisa_dataset(subset, lon, lat, region, crs, features=features, permutations=perms, **common)
+    lisa.attrs["selection"] = f"top_n={top_n} by global Moran's I"
+    return lisa

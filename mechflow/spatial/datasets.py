@@ -13,9 +13,18 @@ from mechflow.spatial.global_stats import global_autocorrelation
 from mechflow.spatial.local_stats import local_moran
 from mechflow.spatial.weights import knn_weights
 
-__all__ = ["moran_dataset", "lisa_dataset", "check_locations", "MORAN_ATTRS", "LISA_ATTRS", "LISA_ALPHA"]
+__all__ = ["moran_dataset", "lisa_dataset", "check_locations", "region_weights", "top_features", "MORAN_ATTRS",
+           "MORAN_Q", "MORAN_VARS", "LISA_ATTRS", "LISA_ALPHA"]
 
 LISA_ALPHA = 0.05  # BH-FDR level of the LISA ``significant`` mask
+
+_MORAN_STATS = ("I", "EI", "VI_norm", "z_norm", "p_norm", "z_rand", "p_rand", "z_sim", "p_sim", "p_greater")
+_GEARY_STATS = {"geary_C": "C", "geary_z_norm": "z_norm", "geary_p_norm": "p_norm",
+                "geary_z_sim": "z_sim", "geary_p_sim": "p_sim", "geary_p_less": "p_less"}
+#: q values of :func:`moran_dataset` -> the p values they are the BH (over a region's features) of
+MORAN_Q = {"q_greater": "p_greater", "q_bh_norm": "p_norm", "geary_q_less": "geary_p_less"}
+#: the [region, feature] variables of :func:`moran_dataset` (float64)
+MORAN_VARS = (*_MORAN_STATS, "q_greater", "q_bh_norm", *_GEARY_STATS, "geary_q_less")
 
 
 def check_locations(n: int, lon, lat, region, crs_by_region: Mapping[str, str]):
@@ -45,6 +54,28 @@ def _prepare(values: xr.DataArray, lon, lat, region, crs_by_region: Mapping[str,
     return pdim, fdim, lon, lat, region, regions, crs_used
 
 
+def region_weights(lon, lat, region, crs_by_region: Mapping[str, str], k: int = 8, transform: str = "r") -> dict:
+    """Region -> (positions of its prompts, KNN weights in the region's CRS), for every region present;
+    what :func:`moran_dataset` builds itself unless given them (``weights=``)."""
+    lon, lat, region, regions, crs_used = check_locations(np.shape(region)[0], lon, lat, region, crs_by_region)
+    out = {}
+    for reg in regions:
+        idx = np.flatnonzero(region == reg)
+        if idx.size <= k:
+            raise ValueError(f"region {reg!r} has {idx.size} prompts; KNN weights need more than k={k}")
+        out[reg] = (idx, knn_weights(lon[idx], lat[idx], k=k, crs=crs_used[reg], transform=transform))
+    return out
+
+
+def top_features(I: np.ndarray, top_n: int) -> np.ndarray:
+    """Positions of the ``top_n`` largest global Moran's I of one region (constant features, NaN I, never)."""
+    if top_n < 1:
+        raise ValueError(f"top_n must be >= 1, got {top_n}")
+    I = np.where(np.isnan(I), -np.inf, I)  # noqa: E741
+    valid = int(np.isfinite(I).sum())
+    return np.argsort(-I, kind="stable")[: min(top_n, valid)]
+
+
 def _base_attrs(k, transform, crs_used, permutations, seed) -> dict:
     return {
         "weights": "knn",
@@ -68,6 +99,8 @@ def moran_dataset(
     seed: int = 0,
     device=None,
     num_threads: int | None = 1,
+    batch_columns: int | None = None,
+    weights: Mapping[str, tuple] | None = None,
 ) -> xr.Dataset:
     """Global Moran's I and Geary's C per region for every feature.
 
@@ -83,23 +116,23 @@ def moran_dataset(
     definitions are in the Dataset attrs (:data:`MORAN_ATTRS`). Permutation variables are NaN when
     ``permutations == 0``. ``num_threads``: CPU threads of the permutation test (see
     :func:`~mechflow.spatial.global_stats.global_autocorrelation`; the results do not depend on it).
+    ``batch_columns``: when ``values`` is a block of the columns of a wider feature set, that set's
+    width (each column's statistics then equal the whole set's bit for bit; its q values do not,
+    being BH over the block's features only). ``weights``: :func:`region_weights` of these locations,
+    when the caller already has them.
     """
     pdim, fdim, lon, lat, region, regions, crs_used = _prepare(values, lon, lat, region, crs_by_region)
+    if weights is None:
+        weights = region_weights(lon, lat, region, crs_used, k=k, transform=transform)
     data = np.asarray(values.values, dtype=np.float64)
     F = data.shape[1]
-    names = ["I", "EI", "VI_norm", "z_norm", "p_norm", "z_rand", "p_rand", "z_sim", "p_sim", "p_greater"]
-    gnames = {"geary_C": "C", "geary_z_norm": "z_norm", "geary_p_norm": "p_norm",
-              "geary_z_sim": "z_sim", "geary_p_sim": "p_sim", "geary_p_less": "p_less"}
-    out = {v: np.full((len(regions), F), np.nan)
-           for v in [*names, "q_greater", "q_bh_norm", *gnames, "geary_q_less"]}
+    names, gnames = _MORAN_STATS, _GEARY_STATS
+    out = {v: np.full((len(regions), F), np.nan) for v in MORAN_VARS}
     counts = {v: np.zeros(len(regions), dtype=np.int64) for v in ("n", "n_constant", "n_duplicates")}
     for r, reg in enumerate(regions):
-        idx = np.flatnonzero(region == reg)
-        if idx.size <= k:
-            raise ValueError(f"region {reg!r} has {idx.size} prompts; KNN weights need more than k={k}")
-        w = knn_weights(lon[idx], lat[idx], k=k, crs=crs_used[reg], transform=transform)
+        idx, w = weights[reg]
         res = global_autocorrelation(data[idx], w, permutations=permutations, seed=seed, device=device,
-                                     num_threads=num_threads)
+                                     num_threads=num_threads, batch_columns=batch_columns)
         for v in names:
             out[v][r] = res["moran"][v]
         for v, g in gnames.items():
@@ -193,10 +226,8 @@ def lisa_dataset(
         if top_n is not None:
             if top_n < 1:
                 raise ValueError(f"top_n must be >= 1, got {top_n}")
-            I = global_autocorrelation(data[idx], w, permutations=0, geary=False)["moran"]["I"]
-            I = np.where(np.isnan(I), -np.inf, I)
-            valid = int(np.isfinite(I).sum())
-            chosen[reg] = np.argsort(-I, kind="stable")[: min(top_n, valid)]
+            chosen[reg] = top_features(global_autocorrelation(data[idx], w, permutations=0, geary=False)["moran"]["I"],
+                                       top_n)
         else:
             sel = features.get(reg, []) if isinstance(features, Mapping) else features
             try:

@@ -82,9 +82,10 @@ def _observed(y: np.ndarray, A: sp.csr_matrix, w: W, two_tailed: bool):
         VI_rand = (a_ - b_) / ((n - 1) * (n - 2) * (n - 3) * s02) - EI * EI
         z_norm = (I - EI) / VI_norm**0.5
         z_rand = (I - EI) / np.sqrt(VI_rand)
-        # Geary: sum_ij w_ij (z_i - z_j)^2 = sum_i (r_i + c_i) z_i^2 - 2 z'Wz
+        # Geary: sum_ij w_ij (z_i - z_j)^2 = sum_i (r_i + c_i) z_i^2 - 2 z'Wz; a column sum, not a BLAS
+        # product, so each column's value does not depend on the other columns (blocks of columns agree)
         rc = np.asarray(A.sum(axis=1)).ravel() + np.asarray(A.sum(axis=0)).ravel()
-        num = rc @ z2 - 2.0 * inum
+        num = (rc[:, None] * z2).sum(axis=0) - 2.0 * inum
         C = (n - 1) * num / (z2ss * s0 * 2.0)
         ga = (n - 1) * s1 * (n2 - 3 * n + 3 - (n - 1) * kurt)
         gb = 0.25 * ((n - 1) * s2 * (n2 + 3 * n - 6 - (n2 - n + 2) * kurt))
@@ -220,7 +221,7 @@ class _FusedReplicates:
 
 
 def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C, engine=None,
-             num_threads=1):
+             num_threads=1, batch_columns=None):
     """Shared-permutation replicates; returns per-column (count>=obs, sum, sumsq) for I and C
     (and, for C, count<=obs).
 
@@ -231,9 +232,12 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     ``B * Fc ~ chunk_size``: one row gather of the permuted columns ``[n, B * Fc]``, one sparse
     product for their spatial lag, and a column sum of their product give the cross term
     ``z_p' W z_p`` of every replicate; Geary's C also needs ``sum_i (r_i + c_i) z_p[i]^2`` (row +
-    column sums of W).
+    column sums of W). ``batch_columns``: size the replicate batches as for this many columns (default
+    ``F``); the batches fix which replicates are summed together, so a block of a wider feature set
+    passes the set's width to reproduce its sums bit for bit.
     """
     n, F = z.shape
+    Fb = max(int(batch_columns or F), 1)
     dev = resolve_device(device)
     engine = engine or ("fused" if dev.type == "cpu" else "torch")
     if engine not in ENGINES:
@@ -244,13 +248,13 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     A_ord, rc_ord = A[order][:, order], rc[order]
     if engine == "fused":
         chunks = [(0, F)]
-        B = max(1, min(n_perm, 256, 2**21 // max(F, 1)))
+        B = max(1, min(n_perm, 256, 2**21 // Fb))
         eng = _FusedReplicates(zs, A_ord, rc_ord, sim_dtype, seed, num_threads)
     else:
         if chunk_size is None:
             chunk_size = 256 if dev.type == "cpu" else max(256, int(2**30 // (16 * n)))
         Fc = min(F, chunk_size)
-        B = max(1, min(n_perm, chunk_size // Fc))
+        B = max(1, min(n_perm, chunk_size // min(Fb, chunk_size)))
         chunks = [(s, min(F, s + Fc)) for s in range(0, F, Fc)]
         args = (zs, A_ord, rc_ord, chunks, sim_dtype, seed)
         eng = _NumpyReplicates(*args) if engine == "numpy" else _TorchReplicates(*args, dev)
@@ -313,6 +317,7 @@ def global_autocorrelation(
     sim_dtype: torch.dtype = torch.float32,
     engine: str | None = None,
     num_threads: int | None = 1,
+    batch_columns: int | None = None,
 ) -> dict:
     """Moran's I and (optionally) Geary's C for every column of ``values`` ``[n, F]``.
 
@@ -327,7 +332,10 @@ def global_autocorrelation(
     threads of the permutation test on CPU, for the fused engine (numba threads, capped at
     ``NUMBA_NUM_THREADS``; its results do not depend on the count) and the torch engine (intra-op
     threads; its products round differently for each count, hence the default 1); the numpy engine
-    is single-threaded. None leaves numba's / torch's setting.
+    is single-threaded. None leaves numba's / torch's setting. ``batch_columns``: when ``values`` is a
+    block of the columns of a wider set, that set's width: replicates are then drawn and summed in the
+    batches the whole set would use, so every column's result equals the whole set's bit for bit (each
+    column's statistics depend on that column alone; the fused engine is tested for it).
 
     Returns ``{"moran": {...}, "geary": {...} or None, "n_constant": int, "n": int}``; each inner
     dict maps statistic names (esda's attribute names) to float64 arrays ``[F]``.
@@ -344,6 +352,7 @@ def global_autocorrelation(
         acc, EI = _permute(
             z, z2ss, rc, A, permutations, seed, device, chunk_size, sim_dtype, geary,
             np.nan_to_num(moran["I"], nan=np.inf), np.nan_to_num(gear["C"], nan=np.inf), engine, num_threads,
+            batch_columns,
         )
         sm = _sim_summary(moran["I"], acc["nI"], acc["sI"], acc["qI"], EI, permutations, constant, acc["nI"])
         moran.update(p_sim=sm["p_sim"], p_greater=sm["p_one_sided"], EI_sim=sm["E_sim"], seI_sim=sm["se_sim"],

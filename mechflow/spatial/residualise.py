@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
+from threadpoolctl import threadpool_limits
 
 __all__ = ["TEMPLATE_COVARIATES", "dummy_design", "residualise", "residualise_within_regions"]
 
@@ -22,6 +23,10 @@ TEMPLATE_COVARIATES: tuple[str, ...] = ("admin1_code", "n_tokens")
 
 #: residual sum of squares below this fraction of the total counts as zero (the column is explained)
 EXPLAINED_TOL = 1e-10
+
+#: columns per least-squares product: every column's residuals come from the same BLAS call shapes
+#: whether a feature set is residualised whole or in blocks that start at multiples of this
+RESIDUAL_CHUNK = 256
 
 
 def dummy_design(covariates: Mapping[str, Sequence]) -> np.ndarray:
@@ -42,11 +47,14 @@ def dummy_design(covariates: Mapping[str, Sequence]) -> np.ndarray:
 
 
 def residualise(y: np.ndarray, design: np.ndarray) -> tuple[np.ndarray, int]:
-    """Least-squares residuals of every column of ``y`` [n, F] on ``design`` [n, p], all columns at once.
+    """Least-squares residuals of every column of ``y`` [n, F] on ``design`` [n, p], vectorised over columns.
 
     The design's column space comes from its SVD (rank-deficient designs, e.g. a length that only
     occurs in one admin-1 unit, are fine). Columns the design explains to within
     :data:`EXPLAINED_TOL` of their sum of squares become exactly 0 (constant: NaN statistics later).
+    Columns go in chunks of :data:`RESIDUAL_CHUNK` through single-threaded BLAS products, so
+    residualising columns ``[a, b)`` (``a`` a multiple of it) gives bit for bit what residualising all
+    of them gives there, at any thread count (these thin products gain nothing from threads).
     Returns (residuals [n, F] float64, rank of the design).
     """
     y = np.asarray(y, dtype=np.float64)
@@ -55,9 +63,15 @@ def residualise(y: np.ndarray, design: np.ndarray) -> tuple[np.ndarray, int]:
     u, s, _ = np.linalg.svd(design, full_matrices=False)
     rank = int((s > s[0] * max(design.shape) * np.finfo(np.float64).eps).sum()) if s.size else 0
     basis = u[:, :rank]
-    resid = y - basis @ (basis.T @ y)
-    total = ((y - y.mean(0)) ** 2).sum(0)
-    resid[:, ((resid - resid.mean(0)) ** 2).sum(0) <= EXPLAINED_TOL * total] = 0.0
+    basis_t = np.ascontiguousarray(basis.T)
+    resid = np.empty_like(y)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for a in range(0, y.shape[1], RESIDUAL_CHUNK):
+            part = np.ascontiguousarray(y[:, a : a + RESIDUAL_CHUNK])
+            out = part - basis @ (basis_t @ part)
+            total = ((part - part.mean(0)) ** 2).sum(0)
+            out[:, ((out - out.mean(0)) ** 2).sum(0) <= EXPLAINED_TOL * total] = 0.0
+            resid[:, a : a + RESIDUAL_CHUNK] = out
     return resid, rank
 
 
