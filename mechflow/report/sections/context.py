@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mechflow.report.html import Section, note
 from mechflow.report.loaders import Study
 from mechflow.report.maps import RegionGeometry, region_geometry
 from mechflow.report.plotting import KIND_COLORS, kind_color
@@ -26,6 +27,22 @@ class Context:
     max_map_sets: int = 4
     _geoms: dict[tuple[str, str], RegionGeometry | None] = field(default_factory=dict)
     _geom_errors: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    # ---- results of a step ------------------------------------------------------------------
+
+    def available(self, sec: Section, step: str, absent: str, what: str,
+                  file_of: Callable[[Mapping[str, Any]], Any] | None = None) -> list[Mapping[str, Any]]:
+        """The manifest entries of ``step`` whose file (``file_of(entry)``, default its ``path``) exists. When
+        there are none, ``sec`` gets a note: ``absent`` if the study lists none, else that none of the listed
+        ``what`` is available yet."""
+        entries = self.study.entries.get(step) or []
+        if not entries:
+            sec.add(note(absent))
+            return []
+        have = [e for e in entries if self.study.exists(step, (file_of or (lambda e: e.get("path")))(e))]
+        if not have:
+            sec.add(note(f"None of the listed {what} is available yet."))
+        return have
 
     # ---- regions -------------------------------------------------------------------------
     def regions(self, dataset: str) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from mechflow.report.html import Page, Section, fmt, note, pct, table, tag
+from mechflow.report.html import Page, Section, fmt, pct, table, tag
 from mechflow.report.plotting import new_figure, to_png
 from mechflow.report.sections.context import Context
 
@@ -20,14 +20,9 @@ LENS_STYLE = {"logit": "-", "tuned": "--"}
 
 
 def build(ctx: Context, page: Page, sec: Section) -> None:
-    study = ctx.study
-    entries = study.entries["lens"]
-    if not entries:
-        sec.add(note("No lens results in this study (set lens.enabled: true; configs/lens.yaml is a study of a few minutes)."))
-        return
-    have = [e for e in entries if study.exists("lens", e.get("path"))]
+    have = ctx.available(sec, "lens", "No lens results in this study (set lens.enabled: true; configs/lens.yaml is a "
+                         "study of a few minutes).", "lens results")
     if not have:
-        sec.add(note("None of the listed lens results is available yet."))
         return
     sec.add(tag("p", "Each layer's residual stream at the answer position, decoded as the model decodes its last layer: "
                      "through the final norm and the unembedding (", tag("b", "logit lens"), "), or after a per-layer "

@@ -5,18 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from mechflow.report.figures import probe_figure
-from mechflow.report.html import Page, Section, fmt, note, table, tag
+from mechflow.report.html import Page, Section, fmt, table, tag
 from mechflow.report.sections.context import Context
 
 
 def build(ctx: Context, page: Page, sec: Section) -> None:
     study = ctx.study
-    if not study.entries["probes"]:
-        sec.add(note("No probe results in this study (enable probes in the config)."))
-        return
-    entries = [e for e in study.entries["probes"] if study.exists("probes", e.get("path"))]
+    entries = ctx.available(sec, "probes", "No probe results in this study (enable probes in the config).",
+                            "probe results")
     if not entries:
-        sec.add(note("None of the listed probe results is available yet."))
         return
     ds0 = study.dataset(entries[0]["path"])
     sec.add(tag("p", "Cross-validated ridge regression from each layer's pooled activations to the places' projected "

@@ -30,12 +30,9 @@ def sae_cfg(ctx: Context, e) -> dict:
 
 def build(ctx: Context, page: Page, sec: Section) -> None:
     study = ctx.study
-    if not study.entries["sae"]:
-        sec.add(note("No SAE runs in this study (add sae.runs to the config)."))
-        return
-    have = [e for e in study.entries["sae"] if study.exists("sae", Path(str(e["dir"])) / "training.nc")]
+    have = ctx.available(sec, "sae", "No SAE runs in this study (add sae.runs to the config).", "SAE runs",
+                         file_of=lambda e: Path(str(e["dir"])) / "training.nc")
     if not have:
-        sec.add(note("None of the listed SAE runs is available yet."))
         return
     runs = [(ctx.entry_title(e), study.dataset(Path(str(e["dir"])) / "training.nc")) for e in have]
     sec.add(page.figure(training_figure(runs),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mechflow.report.figures import loss_figure
-from mechflow.report.html import Page, Section, badge, fmt, join, note, table, tag
+from mechflow.report.html import Page, Section, badge, fmt, join, table, tag
 from mechflow.report.maps import feature_grid_figure
 from mechflow.report.sections.context import Context
 from mechflow.report.stats import significant_positive, top_features
@@ -19,13 +19,8 @@ def _i_text(region: str, value: float) -> str:
 
 
 def build(ctx: Context, page: Page, sec: Section) -> None:
-    study = ctx.study
-    if not study.entries["snmf"]:
-        sec.add(note("No semi-NMF runs in this study (add snmf.runs to the config)."))
-        return
-    have = [e for e in study.entries["snmf"] if study.exists("snmf", e.get("path"))]
+    have = ctx.available(sec, "snmf", "No semi-NMF runs in this study (add snmf.runs to the config).", "semi-NMF runs")
     if not have:
-        sec.add(note("None of the listed semi-NMF runs is available yet."))
         return
     sec.add(tag("p", "Semi-NMF factorises a layer's activations A [units × prompts] ≈ F Gᵀ with sparse, mixed-sign "
                      "factor directions F [units × factors] and non-negative loadings G [prompts × factors]. Factors "

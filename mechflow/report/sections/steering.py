@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from mechflow.report.html import Page, Section, fmt, note, pct, table, tag
+from mechflow.report.html import Page, Section, fmt, pct, table, tag
 from mechflow.report.plotting import new_figure, to_png
 from mechflow.report.sections.context import Context
 
@@ -19,13 +19,9 @@ TARGET_COLORS = ("#d1495b", "#3b6ea8", "#2a9d8f", "#e07b39")
 
 def build(ctx: Context, page: Page, sec: Section) -> None:
     study = ctx.study
-    entries = study.entries.get("steering") or []
-    if not entries:
-        sec.add(note("No steering results in this study (set steering.enabled: true and name vectors under steering.vectors)."))
-        return
-    have = [e for e in entries if study.exists("steering", e.get("path"))]
+    have = ctx.available(sec, "steering", "No steering results in this study (set steering.enabled: true and name "
+                         "vectors under steering.vectors).", "steering results")
     if not have:
-        sec.add(note("None of the listed steering results is available yet."))
         return
     sec.add(tag("p", "A steering vector is added to the model's activations at one hook and layer, at every steered token, "
                      "with a range of scales; the next-token distribution after each held-out prompt is compared with the "
