@@ -11,9 +11,12 @@ synthetic but laid out as the workflow writes them:
    ``gather_activations``; it holds one shard at a time, so each shard is ``bound / 4``);
 3. ``sae_train``: :func:`mechflow.sae.train` (TopK) on the lazily opened layer of that file (rows
    streamed through two shuffle windows);
-4. ``write_features``: a feature set ``features [prompt, feature]`` float32 of ``4 x bound`` bytes (an SAE
+4. ``sae_encode``: the trained SAE (``UNITS`` features) encodes every row of that file into an SAE
+   ``features.nc`` [prompt, feature] as large as the activations, streamed batch by batch
+   (:func:`mechflow.sae.pipeline.write_features`, the ``sae`` rule's writer);
+5. ``write_features``: a feature set ``features [prompt, feature]`` float32 of ``4 x bound`` bytes (an SAE
    features file's layout: contiguous, with the prompt coordinates), written by row blocks;
-5. ``spatial``: the spatial rule's path, :class:`mechflow.io.FeatureColumns` +
+6. ``spatial``: the spatial rule's path, :class:`mechflow.io.FeatureColumns` +
    :func:`mechflow.spatial.analysis.spatial_analysis` with ``memory_mb = bound`` (global Moran's I and
    Geary's C with permutations, the residualised and shuffled controls, LISA of the top features), and
    the moran/lisa files written.
@@ -117,6 +120,8 @@ def stage_gather(wd: Path, cfg: dict) -> dict:
 
 
 def stage_sae_train(wd: Path, cfg: dict) -> dict:
+    import torch
+
     from mechflow.io import open_dataarray
     from mechflow.sae import train
     from mechflow.sae.pipeline import select_layer
@@ -127,16 +132,44 @@ def stage_sae_train(wd: Path, cfg: dict) -> dict:
         model = train(layer, arch="topk", n_features=cfg["sae_features"], k=32, steps=cfg["sae_steps"],
                       batch_size=cfg["sae_batch"], shuffle_window=cfg["sae_window"], log_every=max(1, cfg["sae_steps"] // 10))
         fvu = float(model.history["fvu"].values[-1])
+        torch.save(model.state_dict(), wd / "sae.pt")
     finally:
         da.close()
-    (wd / "resid.nc").unlink()
     return {"final_fvu": fvu, "rows": int(layer.shape[0]), "d": int(layer.shape[1])}
 
 
+def stage_sae_encode(wd: Path, cfg: dict) -> dict:
+    """The trained SAE encodes every row of the activations file into ``features.nc`` [prompt, feature]
+    (``sae_features`` = ``UNITS``: as large as the activations, 4 x the bound), streamed batch by batch by
+    :func:`mechflow.sae.pipeline.write_features` as the ``sae`` rule writes it."""
+    import torch
+
+    from mechflow.io import open_dataarray
+    from mechflow.sae import build_sae
+    from mechflow.sae.data import DataArraySource
+    from mechflow.sae.pipeline import features_coords, select_layer, write_features
+
+    model = build_sae("topk", UNITS, cfg["sae_features"], k=32)
+    model.load_state_dict(torch.load(wd / "sae.pt"))
+    da = open_dataarray(wd / "resid.nc")
+    try:
+        layer = select_layer(da, 5)
+        path = write_features(model, DataArraySource(layer), features_coords(cfg["sae_features"], layer), {"hook": "resid"},
+                              wd / "sae_features.nc")
+    finally:
+        da.close()
+    (wd / "resid.nc").unlink()
+    size = path.stat().st_size
+    path.unlink()
+    return {"file_bytes": size, "n": int(layer.shape[0]), "n_features": cfg["sae_features"]}
+
+
 def stage_write_features(wd: Path, cfg: dict) -> dict:
-    """``features`` [prompt, feature] float32 with an SAE features file's coordinates, written by row blocks."""
-    import h5netcdf
+    """``features`` [prompt, feature] float32 with an SAE features file's coordinates, written by row blocks
+    (:class:`mechflow.io.RowWriter`); the spatial stage's input."""
     import xarray as xr
+
+    from mechflow.io import RowWriter
 
     n, F = N_SPATIAL, cfg["n_features"]
     lon, lat, region, admin1, n_tokens = _places(n, 2)
@@ -145,18 +178,16 @@ def stage_write_features(wd: Path, cfg: dict) -> dict:
         "region": ("prompt", region), "admin1_code": ("prompt", admin1), "n_tokens": ("prompt", n_tokens),
         "split": ("prompt", np.full(n, "train"))}, attrs={"model": "synthetic", "hook": "resid"})
     path = wd / "features.nc"
-    skeleton.to_netcdf(path, engine="h5netcdf")
     rng = np.random.default_rng(3)
     freq = rng.uniform(0.5, 3.0, 256).astype(np.float32)
     pool = np.maximum(rng.standard_normal((64, F), dtype=np.float32), 0)  # noise rows, drawn per place
-    with h5netcdf.File(path, "a") as f:
-        var = f.create_variable("features", ("prompt", "feature"), dtype="f4")
+    with RowWriter(path, skeleton, ("prompt", "feature"), {"features": skeleton.attrs}, skeleton.attrs) as w:
         rows = max(1, (64 * MB) // (4 * F))
         for a in range(0, n, rows):
             b = min(n, a + rows)
             block = pool[rng.integers(0, len(pool), b - a)]
             block[:, :256] += np.sin(lat[a:b, None].astype(np.float32) * freq)  # spatially structured features
-            var[a:b, :] = block
+            w.write(a, features=block)
     return {"file_bytes": path.stat().st_size, "n": n, "n_features": F}
 
 
@@ -179,7 +210,7 @@ def stage_spatial(wd: Path, cfg: dict) -> dict:
 
 
 STAGES = {"extract_shards": stage_extract_shards, "gather": stage_gather, "sae_train": stage_sae_train,
-          "write_features": stage_write_features, "spatial": stage_spatial}
+          "sae_encode": stage_sae_encode, "write_features": stage_write_features, "spatial": stage_spatial}
 
 
 def run_stage(name: str, wd: Path, cfg: dict) -> dict:
@@ -224,7 +255,7 @@ def main() -> None:
     cfg = {
         "bound_mb": bound, "threads": args.threads,
         "n_prompts": data // (4 * UNITS), "shards": 16, "window": 1024,
-        "sae_features": 2048, "sae_steps": 20 if args.quick else 100, "sae_batch": 1024, "sae_window": 8192,
+        "sae_features": UNITS, "sae_steps": 20 if args.quick else 100, "sae_batch": 1024, "sae_window": 8192,
         "n_features": data // (4 * N_SPATIAL), "permutations": args.permutations, "controls": not args.quick,
     }
     from _device import device_info  # benchmarks/_device.py

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import h5netcdf
 import numpy as np
 import torch
 import xarray as xr
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 
 from mechflow.contracts import PROMPT_COORDS
 from mechflow.hooks import capture_sites, n_layers
-from mechflow.io import atomic_path
+from mechflow.io import RowWriter
 from mechflow.sink import with_sink  # noqa: F401 (re-exported: rebuilds pooling with the left-out position)
 
 log = logging.getLogger(__name__)
@@ -351,7 +350,8 @@ SINK_DESCRIPTION = ("activation at the position mean/max pooling left out (attrs
 
 
 class ActivationWriter:
-    """Stream pooled activations [prompt, layer, unit] into a netCDF file, atomically.
+    """Stream pooled activations [prompt, layer, unit] into a netCDF file, atomically
+    (:class:`mechflow.io.RowWriter`, created at the first block, when the unit count is known).
 
     The file is created beside ``path`` under a hidden temporary name with all coordinates, filled
     block by block, and renamed onto ``path`` only on a clean exit. ``keep_sink``: the file also
@@ -367,18 +367,14 @@ class ActivationWriter:
         self.dim = dim
         self.layers = list(layers)
         self.attrs = attrs
-        self._file: h5netcdf.File | None = None
-        self._var: Any = None
-        self._written = np.zeros(prompts.sizes[dim], dtype=bool)
+        self._rows: RowWriter | None = None
 
     def __enter__(self) -> ActivationWriter:
-        self._atomic = atomic_path(self.path)
-        self._tmp = self._atomic.__enter__()
         return self
 
     def create(self, n_units: int) -> None:
         """Create the temporary file with all coordinates and an unfilled ``activations`` variable."""
-        if self._file is not None:
+        if self._rows is not None:
             return
         dim = self.dim
         coords = {
@@ -389,17 +385,13 @@ class ActivationWriter:
         for name, var in self.prompts.coords.items():
             if name != dim and var.dims == (dim,):
                 coords[name] = (dim, var.values)
-        skeleton = xr.Dataset(coords=coords, attrs=self.attrs)
-        skeleton.to_netcdf(self._tmp, engine="h5netcdf")
-        self._file = h5netcdf.File(self._tmp, "a")
-        n = self.prompts.sizes[dim]
-        chunks = (min(n, 256), 1, n_units)
-        self._var = self._file.create_variable("activations", (dim, "layer", "unit"), dtype="f4", chunks=chunks)
-        for k, v in self.attrs.items():
-            self._var.attrs[k] = v
+        variables = {"activations": self.attrs}
         if self.keep_sink:
-            self._sink = self._file.create_variable("sink", (dim, "layer", "unit"), dtype="f4", chunks=chunks)
-            self._sink.attrs["description"] = SINK_DESCRIPTION
+            variables["sink"] = {"description": SINK_DESCRIPTION}
+        n = self.prompts.sizes[dim]
+        rows = RowWriter(self.path, xr.Dataset(coords=coords), (dim, "layer", "unit"), variables, self.attrs,
+                         chunks=(max(1, min(n, 256)), 1, max(1, n_units)), error=ExtractionError)
+        self._rows = rows.__enter__()
 
     def write_rows(self, start: int, block: np.ndarray, sink: np.ndarray | None = None) -> None:
         """Write prompts ``start .. start + len(block)`` (positions in the prompt set); block [b, n_layers, units]
@@ -407,19 +399,14 @@ class ActivationWriter:
         self.create(block.shape[-1])
         if self.keep_sink != (sink is not None):
             raise ExtractionError("sink rows are written exactly when the writer keeps the sink")
-        self._var[start : start + len(block), :, :] = block
-        if sink is not None:
-            self._sink[start : start + len(block), :, :] = sink
-        self._written[start : start + len(block)] = True
+        self._rows.write(start, **({"activations": block} | ({"sink": sink} if sink is not None else {})))
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self._file is not None:
-            self._file.close()
-        if exc_type is None and not self._written.all():
-            exc = ExtractionError(f"{int((~self._written).sum())} {self.dim}s were never written")
-            self._atomic.__exit__(type(exc), exc, None)
-            raise exc
-        return bool(self._atomic.__exit__(exc_type, exc, tb))
+        if self._rows is not None:
+            return bool(self._rows.__exit__(exc_type, exc, tb))
+        if exc_type is None:
+            raise ExtractionError(f"{self.prompts.sizes[self.dim]} {self.dim}s were never written")
+        return False
 
 
 def extract_hooks_to_files(
@@ -582,8 +569,12 @@ def extract_tokens_to_file(
     return Path(path)
 
 
-def gather_shards(shard_paths: Sequence[str | Path], path: str | Path, prompts: xr.Dataset, attrs: dict[str, Any]) -> Path:
-    """Concatenate shard files (each a contiguous slice of the prompts) into one activations file."""
+def gather_shards(shard_paths: Sequence[str | Path], path: str | Path, prompts: xr.Dataset, attrs: dict[str, Any],
+                  window_mb: float = 256.0) -> Path:
+    """Concatenate shard files (each a contiguous slice of the prompts) into one activations file.
+
+    Each shard is copied in windows of rows of at most ``window_mb`` MiB (activations and sink
+    together), so memory is bounded by one window, whatever the size of a shard."""
     from mechflow.io import open_dataset
 
     extra = {}  # per-prompt coordinates the extraction added (n_tokens), in shard order
@@ -610,7 +601,12 @@ def gather_shards(shard_paths: Sequence[str | Path], path: str | Path, prompts: 
                 positions = np.searchsorted(prompts["prompt"].values, da["prompt"].values)
                 if not np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
                     raise ExtractionError(f"shard {shard} is not a contiguous slice of the prompts")
-                writer.write_rows(int(positions[0]), da.values, ds["sink"].values if writer.keep_sink else None)
+                row_bytes = 4 * int(np.prod(da.shape[1:])) * (2 if writer.keep_sink else 1)
+                window = max(1, int(window_mb * 2**20) // max(1, row_bytes))
+                for i in range(0, da.sizes["prompt"], window):
+                    rows = slice(i, min(i + window, da.sizes["prompt"]))
+                    writer.write_rows(int(positions[0]) + i, da[rows].values,
+                                      ds["sink"][rows].values if writer.keep_sink else None)
     return Path(path)
 
 

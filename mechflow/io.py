@@ -181,6 +181,81 @@ def write_dataarray(da: xr.DataArray, path: str | os.PathLike, encoding: dict | 
     return write_dataset(ds, path, encoding=None if encoding is None else {da.name: encoding})
 
 
+class RowWriter:
+    """Stream variables [row, ...] into a netCDF file block by block, atomically, so a file larger
+    than memory is written one block at a time.
+
+    ``coords``: every coordinate of the file (the row dim first in ``dims``; the other dims' sizes come
+    from their index coordinates in ``coords``); ``variables``: name -> that variable's attrs (``attrs``
+    are the file's); ``chunks``: the HDF5 chunk shape (default: ``chunk_rows`` rows by at most 1,024 of every
+    other dim, so both row blocks and column blocks, as the spatial step reads features, touch few chunks). The file is
+    created under a hidden temporary name beside ``path`` with all coordinates and ``attrs``, filled by
+    :meth:`write` (rows ``start .. start + len(block)`` of each named variable), and renamed onto
+    ``path`` only on a clean exit with every row written; otherwise it is removed and ``path`` untouched.
+    Raises ``error`` (default ValueError) when rows were never written.
+    """
+
+    def __init__(self, path: str | os.PathLike, coords: xr.Dataset, dims: tuple[str, ...],
+                 variables: Mapping[str, Mapping[str, Any]], attrs: Mapping[str, Any], chunk_rows: int = 256,
+                 chunks: tuple[int, ...] | None = None, dtype: str = "f4", error: type[Exception] = ValueError):
+        self.path = Path(path)
+        self.coords, self.dims, self.variables = coords, tuple(dims), dict(variables)
+        self.attrs, self.chunk_rows, self.dtype, self.error = dict(attrs), int(chunk_rows), dtype, error
+        self.chunks = chunks
+        self.n_rows = int(coords.sizes[self.dims[0]])
+        self._written = np.zeros(self.n_rows, dtype=bool)
+        self._file: Any = None
+        self._vars: dict[str, Any] = {}
+
+    def __enter__(self) -> RowWriter:
+        import h5netcdf
+
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            xr.Dataset(coords=self.coords.coords, attrs=self.attrs).to_netcdf(tmp, engine="h5netcdf")
+            self._file = h5netcdf.File(tmp, "a")
+            shape = [self.n_rows] + [int(self.coords.sizes[d]) for d in self.dims[1:]]
+            chunks = self.chunks or tuple([max(1, min(self.n_rows, self.chunk_rows))] + [max(1, min(s, 1024)) for s in shape[1:]])
+            for name, var_attrs in self.variables.items():
+                var = self._file.create_variable(name, self.dims, dtype=self.dtype, chunks=chunks if self.n_rows else None)
+                for k, v in var_attrs.items():
+                    var.attrs[k] = v
+                self._vars[name] = var
+        except BaseException as e:
+            self._close()
+            self._atomic.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    def write(self, start: int, **blocks: np.ndarray) -> None:
+        """Write rows ``start .. start + len(block)`` of each named variable (all named ones, same length)."""
+        if set(blocks) != set(self._vars):
+            raise self.error(f"write needs exactly the variables {sorted(self._vars)}, got {sorted(blocks)}")
+        n = {len(b) for b in blocks.values()}
+        if len(n) != 1:
+            raise self.error(f"blocks of different lengths: { {k: len(b) for k, b in blocks.items()} }")
+        (n,) = n
+        if start < 0 or start + n > self.n_rows:
+            raise self.error(f"rows {start}..{start + n} are outside the file's {self.n_rows} {self.dims[0]}s")
+        for name, block in blocks.items():
+            self._vars[name][start : start + n, ...] = block
+        self._written[start : start + n] = True
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._close()
+        if exc_type is None and not self._written.all():
+            err = self.error(f"{int((~self._written).sum())} {self.dims[0]}s were never written")
+            self._atomic.__exit__(type(err), err, None)
+            raise err
+        return bool(self._atomic.__exit__(exc_type, exc, tb))
+
+
 class DamagedFileError(OSError):
     """A mechflow file exists but cannot be read: damaged or incomplete. The message says how to rebuild it."""
 

@@ -137,6 +137,9 @@ def test_extract_to_file_contract_and_shards_gather_to_the_same(tiny_llama, tmp_
     gathered = load_dataarray(gather_shards(shards, tmp_path / "g.nc", prompts, {"shards": 3}))
     np.testing.assert_allclose(gathered.values, da.values, rtol=1e-5, atol=1e-6)
     assert gathered["text"].values.tolist() == TEXTS
+    # copied in windows of one row (memory bounded by a window, not a shard): the same file content
+    one_row = load_dataarray(gather_shards(shards, tmp_path / "w.nc", prompts, {"shards": 3}, window_mb=1e-9))
+    np.testing.assert_array_equal(one_row.values, gathered.values)
 
 
 def test_windowed_writes_equal_one_window(tiny_llama, tmp_path):

@@ -47,3 +47,29 @@ def test_dataarray_roundtrip_with_provenance(tmp_path):
 
 def test_digest_is_order_independent():
     assert digest({"a": 1, "b": [1, 2]}) == digest({"b": [1, 2], "a": 1}) != digest({"a": 2, "b": [1, 2]})
+
+
+def test_row_writer_streams_blocks_and_leaves_nothing_unless_complete(tmp_path):
+    from mechflow.io import RowWriter
+
+    coords = xr.Dataset(coords={"prompt": np.arange(5), "feature": np.arange(3), "text": ("prompt", list("abcde"))})
+    data = np.arange(15, dtype=np.float32).reshape(5, 3)
+    with RowWriter(tmp_path / "f.nc", coords, ("prompt", "feature"), {"features": {"unit": "x"}}, {"k": 1}, chunk_rows=2) as w:
+        w.write(3, features=data[3:])
+        w.write(0, features=data[:3])
+    da = load_dataarray(tmp_path / "f.nc")
+    np.testing.assert_array_equal(da.values, data)
+    assert da.attrs["k"] == 1 and da.attrs["unit"] == "x" and da["text"].values.tolist() == list("abcde")
+    # a row never written: an error, and no file (nor temporary) left behind
+    with pytest.raises(ValueError, match="1 prompts were never written"):
+        with RowWriter(tmp_path / "g.nc", coords, ("prompt", "feature"), {"features": {}}, {}) as w:
+            w.write(0, features=data[:4])
+    # a failure mid-write: nothing left either
+    with pytest.raises(RuntimeError):
+        with RowWriter(tmp_path / "h.nc", coords, ("prompt", "feature"), {"features": {}}, {}) as w:
+            w.write(0, features=data[:2])
+            raise RuntimeError("killed")
+    with pytest.raises(ValueError, match="outside"):
+        with RowWriter(tmp_path / "i.nc", coords, ("prompt", "feature"), {"features": {}}, {}) as w:
+            w.write(4, features=data[:2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nc"]

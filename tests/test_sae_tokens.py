@@ -240,3 +240,46 @@ def test_workflow_trains_a_token_level_sae_and_reruns_only_on_its_settings(workd
     cfg["sae"]["token_pooling"] = "mean"
     write_config(workdir, cfg)
     assert planned_jobs(workdir) == {"sae": 1, "spatial": 1, "all": 1}
+
+
+# ---- features.nc streamed batch by batch -------------------------------------------------------
+
+def test_prompt_batches_never_split_a_prompt():
+    from mechflow.sae.pipeline import prompt_batches
+
+    owner = np.repeat(np.arange(6), [3, 1, 4, 2, 5, 3])
+    for batch in (1, 2, 4, 5, 7, 100):
+        bounds = prompt_batches(owner, batch)
+        assert bounds[0][0] == 0 and bounds[-1][1] == owner.size
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, covering every row
+        for i, j in bounds:
+            assert i == 0 or owner[i] != owner[i - 1]  # each range starts at a prompt's first row
+            assert j - i <= batch or owner[i] == owner[j - 1]  # over the batch only for one long prompt
+    assert prompt_batches(owner, 100) == [(0, owner.size)]
+    with pytest.raises(ValueError, match="not grouped by prompt"):
+        prompt_batches(np.array([0, 1, 0]), 2)
+
+
+@pytest.mark.parametrize("how", ["max", "mean"])
+@pytest.mark.parametrize("batch", [1, 3, 5, 2048])
+def test_write_features_streams_the_same_features_at_any_batch(tmp_path, how, batch):
+    from mechflow.sae import build_sae
+    from mechflow.sae.pipeline import features_coords, write_features
+
+    da = _token_file(tmp_path / "t.nc")
+    rows = token_rows(select_token_layer(da, 4))
+    model = build_sae("topk", D, 16, k=3)
+    model.init_weights(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tok = model.encode(torch.from_numpy(rows.source.read(0, rows.source.n_rows))).numpy()
+    expected = pool_tokens(tok, rows.prompt_of, rows.n_prompts, how)
+    coords = features_coords(16, rows.coords, np.array([1, 4]))
+    path = write_features(model, rows.source, coords, {"level": "tokens"}, tmp_path / f"f{batch}.nc",
+                          prompt_of=rows.prompt_of, token_pooling=how, batch=batch)
+    feats = load_dataarray(path)
+    np.testing.assert_allclose(feats.values, expected, rtol=1e-6, atol=1e-6)  # batched matmuls round differently
+    assert feats.attrs["level"] == "tokens" and feats["split"].values.tolist().count("validation") == 2
+    # pooled level: one row per prompt, in batches
+    pooled = write_features(model, rows.source, features_coords(16, xr.Dataset(coords={"prompt": np.arange(rows.source.n_rows)})),
+                            {}, tmp_path / f"p{batch}.nc", batch=batch)
+    np.testing.assert_allclose(load_dataarray(pooled).values, tok, rtol=1e-6, atol=1e-6)

@@ -11,17 +11,17 @@ import torch
 import xarray as xr
 
 from mechflow.contracts import PROMPT_COORDS, upstream_attrs
-from mechflow.io import file_sha256, open_dataarray, provenance_attrs, write_dataarray, write_dataset
+from mechflow.io import RowWriter, file_sha256, open_dataarray, provenance_attrs, write_dataset
 from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder
 from mechflow.sae.config import validate_run
-from mechflow.sae.data import DataArraySource
+from mechflow.sae.data import DataArraySource, RowSource
 from mechflow.sae.export import hf_model_id, sae_cfg, save_sae
 from mechflow.sae.tokens import (
     LEVELS,
     TOKEN_POOLING,
+    TokenPooler,
     TokenPooling,
-    encode_tokens_pooled,
     select_token_layer,
     token_rows,
 )
@@ -41,31 +41,73 @@ def select_layer(da: xr.DataArray, layer: int) -> xr.DataArray:
     return out.transpose("prompt", "unit")
 
 
-@torch.no_grad()
-def encode_source(model: SparseAutoencoder, source: DataArraySource, batch: int = 2048) -> np.ndarray:
-    """Feature activations of every row [n_rows, n_features] float32 (read in chunks)."""
-    device = next(model.parameters()).device
-    out = np.empty((source.n_rows, model.n_features), dtype=np.float32)
-    for i in range(0, source.n_rows, batch):
-        x = torch.from_numpy(source.read(i, min(i + batch, source.n_rows))).to(device)
-        out[i : i + x.shape[0]] = model.encode(x).float().cpu().numpy()
-    return out
+def features_coords(n_features: int, layer_da: xr.DataArray | xr.Dataset, val_rows: np.ndarray | None = None) -> xr.Dataset:
+    """The coordinates of ``features.nc``: ``prompt`` and ``feature``, the prompt coordinates of
+    ``layer_da`` (anything with a ``prompt`` dim) carried over, and ``split`` [prompt] (``train`` /
+    ``validation``: the prompts held out of training, ``val_rows``, as positions along ``prompt``)."""
+    coords: dict[str, Any] = {"prompt": layer_da["prompt"].values, "feature": np.arange(n_features, dtype=np.int64)}
+    for name in PROMPT_COORDS:
+        if name in layer_da.coords and layer_da[name].dims == ("prompt",):
+            coords[name] = ("prompt", layer_da[name].values)
+    split = np.full(layer_da.sizes["prompt"], "train", dtype="<U10")
+    if val_rows is not None:
+        split[np.asarray(val_rows, dtype=np.int64)] = "validation"
+    coords["split"] = ("prompt", split)
+    return xr.Dataset(coords=coords)
 
 
 def features_dataarray(acts: np.ndarray, layer_da: xr.DataArray | xr.Dataset, attrs: dict[str, Any],
                        val_rows: np.ndarray | None = None) -> xr.DataArray:
-    """``features`` [prompt, feature] with the prompt coordinates of ``layer_da`` (anything with a
-    ``prompt`` dim) carried over, and ``split`` [prompt] (``train`` / ``validation``: the prompts held
-    out of training, ``val_rows``, as positions along ``prompt``)."""
-    coords: dict[str, Any] = {"prompt": layer_da["prompt"].values, "feature": np.arange(acts.shape[1], dtype=np.int64)}
-    for name in PROMPT_COORDS:
-        if name in layer_da.coords and layer_da[name].dims == ("prompt",):
-            coords[name] = ("prompt", layer_da[name].values)
-    split = np.full(acts.shape[0], "train", dtype="<U10")
-    if val_rows is not None:
-        split[np.asarray(val_rows, dtype=np.int64)] = "validation"
-    coords["split"] = ("prompt", split)
-    return xr.DataArray(acts, dims=("prompt", "feature"), coords=coords, name="features", attrs=attrs)
+    """``features`` [prompt, feature] held in memory, with the coordinates of :func:`features_coords`."""
+    coords = features_coords(acts.shape[1], layer_da, val_rows)
+    return xr.DataArray(acts, dims=("prompt", "feature"), coords=coords.coords, name="features", attrs=attrs)
+
+
+def prompt_batches(prompt_of: np.ndarray, batch: int) -> list[tuple[int, int]]:
+    """Row ranges [(start, stop)] of about ``batch`` rows that never split a prompt, for rows grouped
+    by prompt (``prompt_of`` [n_rows] non-decreasing, as extraction writes tokens); a prompt longer
+    than ``batch`` is one range. ValueError when the rows are not grouped."""
+    prompt_of = np.asarray(prompt_of, dtype=np.int64)
+    if prompt_of.size and (np.diff(prompt_of) < 0).any():
+        raise ValueError("token rows are not grouped by prompt (prompt_index decreases); re-extract the token file")
+    n = prompt_of.size
+    ends = np.r_[np.flatnonzero(prompt_of[1:] != prompt_of[:-1]) + 1, n] if n else np.zeros(0, np.int64)
+    bounds, start = [], 0
+    while start < n:
+        k = int(np.searchsorted(ends, start + batch, side="right")) - 1  # the last prompt end within the batch
+        cut = int(ends[k]) if k >= 0 and ends[k] > start else int(ends[np.searchsorted(ends, start, side="right")])
+        bounds.append((start, cut))
+        start = cut
+    return bounds
+
+
+@torch.no_grad()
+def write_features(model: SparseAutoencoder, source: RowSource, coords: xr.Dataset, attrs: dict[str, Any],
+                   path: str | Path, prompt_of: np.ndarray | None = None, token_pooling: TokenPooling = "max",
+                   batch: int = 2048) -> Path:
+    """Encode every row of ``source`` and stream ``features`` [prompt, feature] float32 into ``path``
+    batch by batch (atomically, :class:`mechflow.io.RowWriter`): memory holds one batch of rows and of
+    their features, never the whole [prompt, feature] matrix.
+
+    ``prompt_of`` None: one row per prompt (pooled level). Otherwise [n_rows] the prompt position of
+    each token row, grouped by prompt: each prompt's row is the ``token_pooling`` (max or mean) over
+    its rows' features, in batches that never split a prompt (:func:`prompt_batches`).
+    """
+    device = next(model.parameters()).device
+    n = source.n_rows
+    with RowWriter(path, coords, ("prompt", "feature"), {"features": attrs}, attrs) as writer:
+        if prompt_of is None:
+            for i in range(0, n, batch):
+                x = torch.from_numpy(source.read(i, min(i + batch, n))).to(device)
+                writer.write(i, features=model.encode(x).float().cpu().numpy())
+        else:
+            for i, j in prompt_batches(prompt_of, batch):
+                first, last = int(prompt_of[i]), int(prompt_of[j - 1])
+                pooler = TokenPooler(last - first + 1, model.n_features, token_pooling, device)
+                x = torch.from_numpy(source.read(i, j)).to(device)
+                pooler.add(model.encode(x).float(), torch.from_numpy(prompt_of[i:j] - first).to(device))
+                writer.write(first, features=pooler.result())
+    return Path(path)
 
 
 def prepend_bos(attrs: dict[str, Any]) -> bool | None:
@@ -149,15 +191,12 @@ def train_from_file(
         prov = provenance_attrs(config_digest, **{**upstream, "layer": int(layer), "sae_arch": run["arch"], "sae_run": run,
                                                   **level_attrs})
         write_dataset(model.history.assign_attrs(prov), out / "training.nc")
-        with torch_threads(num_threads):
-            if tokens:
-                features = encode_tokens_pooled(model, rows, token_pooling)
-            else:
-                features = encode_source(model, source)
         val_prompts = trainer.val_rows
         if tokens and val_prompts is not None:
             val_prompts = np.unique(rows.prompt_of[val_prompts])  # rows of held-out prompts -> those prompts
-        write_dataarray(features_dataarray(features, prompt_coords, prov, val_prompts), out / "features.nc")
+        with torch_threads(num_threads):
+            write_features(model, source, features_coords(model.n_features, prompt_coords, val_prompts), prov,
+                           out / "features.nc", prompt_of=rows.prompt_of if tokens else None, token_pooling=token_pooling)
         cfg = sae_cfg(model, model_name=str(upstream.get("model", "")), hook_name=hook, hook_layer=int(layer),
                       config_digest=config_digest, pooling=upstream.get("pooling"),
                       prepend_bos=prepend_bos(da.attrs), hf_model=hf_model_id(str(da.attrs.get("model_spec", ""))),

@@ -160,19 +160,3 @@ def pool_tokens(acts: torch.Tensor | np.ndarray, prompt_of: torch.Tensor | np.nd
     pooler = TokenPooler(n_prompts, acts.shape[1], how, acts.device)
     pooler.add(acts, torch.as_tensor(prompt_of))
     return pooler.result()
-
-
-@torch.no_grad()
-def encode_tokens_pooled(model: torch.nn.Module, rows: TokenRows, how: TokenPooling = "max",
-                         batch: int = 2048) -> np.ndarray:
-    """Per-prompt features [n_prompts, n_features] float32: the SAE encodes the kept token rows in
-    batches of ``batch`` and each prompt's rows are reduced by ``how`` (memory: one batch of token
-    features and the [n_prompts, n_features] result)."""
-    device = next(model.parameters()).device
-    pooler = TokenPooler(rows.n_prompts, model.n_features, how, device)
-    n = rows.source.n_rows
-    for i in range(0, n, batch):
-        j = min(i + batch, n)
-        x = torch.from_numpy(rows.source.read(i, j)).to(device)
-        pooler.add(model.encode(x).float(), torch.from_numpy(rows.prompt_of[i:j]).to(device))
-    return pooler.result()
