@@ -130,6 +130,72 @@ def _is_causal_lm(config: Any) -> bool:
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
+#: environment variable naming the folder of converted GGUF models ("" or "off": no cache, parse the GGUF every time)
+MODEL_CACHE_ENV = "MECHFLOW_MODEL_CACHE"
+#: written last into a converted model's folder: what it was converted from
+CONVERTED_MANIFEST = "mechflow_model.json"
+
+
+def model_cache_root() -> Path | None:
+    """Where GGUF models are kept once converted: ``$MECHFLOW_MODEL_CACHE``, else
+    ``$XDG_CACHE_HOME/mechflow/models`` (``~/.cache/mechflow/models``); None when the variable is "" or "off"."""
+    value = os.environ.get(MODEL_CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "0", "off", "none", "false") else Path(value).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mechflow" / "models"
+
+
+def converted_gguf(resolved: ResolvedModel, root: str | os.PathLike | None = None) -> Path:
+    """A Hugging Face folder (config.json, model.safetensors, tokenizer files) converted once from a GGUF model.
+
+    transformers parses a GGUF's metadata for the config, the weights and the tokenizer separately (about
+    30 s for SmolLM2-135M on one core, of which dequantising is 2 s); a converted folder loads in a second.
+    The folder is keyed by the GGUF's sha256 and the transformers version, written atomically under a file
+    lock (concurrent jobs wait for one conversion), and marked complete by :data:`CONVERTED_MANIFEST`.
+    Every load of a GGUF model goes through it (:func:`load_model`), so no result depends on whether the
+    cache was warm: the weights are the dequantised float32 tensors, the tokenizer its saved fast tokenizer.
+    """
+    import copy
+    import fcntl
+    import json
+
+    import transformers
+    from safetensors.torch import save_model
+
+    from mechflow.io import atomic_path
+
+    if not resolved.gguf_file:
+        raise ModelSpecError(f"model {resolved.spec!r} is not a GGUF file; it needs no conversion")
+    root = Path(root) if root is not None else model_cache_root()
+    if root is None:
+        raise ModelSpecError(f"no model cache: {MODEL_CACHE_ENV} is off")
+    source = model_digest(resolved)
+    key = f"{Path(resolved.gguf_file).stem}-{source[:16]}-transformers{transformers.__version__}"
+    target = root / key
+    if (target / CONVERTED_MANIFEST).is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (target / CONVERTED_MANIFEST).is_file():  # another job converted it while this one waited
+            return target
+        model, tokenizer = _load(resolved.directory, resolved.gguf_file, resolved.spec, "cpu", "float32")
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            config = copy.deepcopy(model.config)  # the weights are dequantised: no GGUF quantisation left
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
+            save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
+            tokenizer.save_pretrained(tmp)
+            (tmp / CONVERTED_MANIFEST).write_text(json.dumps({
+                "spec": resolved.spec, "gguf_file": resolved.gguf_file, "model_digest": source,
+                "transformers": transformers.__version__, "dtype": "float32"}, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
 def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "float32", random_init: bool = False,
                init_seed: int = 0):
     """Load (model, tokenizer) offline; the model is in eval mode on ``device``.
@@ -138,8 +204,18 @@ def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "floa
     The tokenizer comes from the model folder (AutoTokenizer) and its vocabulary size is checked
     against the model's embedding matrix. ``random_init`` builds the same architecture with freshly
     initialised weights (seeded by ``init_seed``): the control that tells what structure comes from
-    the prompts' surface form rather than from what the model learned.
+    the prompts' surface form rather than from what the model learned. A GGUF model loads from its
+    converted folder (:func:`converted_gguf`) unless ``$MECHFLOW_MODEL_CACHE`` is off.
     """
+    directory, gguf_file = resolved.directory, resolved.gguf_file
+    if gguf_file and model_cache_root() is not None:
+        directory, gguf_file = converted_gguf(resolved), None
+    return _load(directory, gguf_file, resolved.spec, device, dtype, random_init, init_seed)
+
+
+def _load(directory: Path, gguf_file: str | None, spec: str, device: str = "auto", dtype: str = "float32",
+          random_init: bool = False, init_seed: int = 0):
+    """:func:`load_model` from a folder (and the GGUF file in it, if any)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -147,12 +223,12 @@ def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "floa
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
-    if resolved.gguf_file:
-        common["gguf_file"] = resolved.gguf_file
-    config = AutoConfig.from_pretrained(resolved.directory, **common)
+    if gguf_file:
+        common["gguf_file"] = gguf_file
+    config = AutoConfig.from_pretrained(directory, **common)
     cls = AutoModelForCausalLM if _is_causal_lm(config) else AutoModel
     kwargs = dict(common, dtype=torch_dtype)
-    if not resolved.gguf_file:
+    if not gguf_file:
         kwargs["use_safetensors"] = True
     if random_init:
         import torch
@@ -160,13 +236,13 @@ def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "floa
         torch.manual_seed(init_seed)
         model = cls.from_config(config, dtype=torch_dtype)
     else:
-        model = cls.from_pretrained(resolved.directory, **kwargs)
+        model = cls.from_pretrained(directory, **kwargs)
     model = model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(resolved.directory, **common)
+    tokenizer = AutoTokenizer.from_pretrained(directory, **common)
     check_tokenizer(tokenizer, model)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ModelSpecError(f"model {resolved.spec!r}: tokenizer has neither a pad nor an eos token")
+            raise ModelSpecError(f"model {spec!r}: tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
