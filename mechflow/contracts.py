@@ -95,3 +95,8 @@ def upstream_attrs(attrs: dict) -> dict:
 class _KeepMissing(dict):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
+
+#: rows the gather copies at a time: at most this many MiB of activations (and sink) per window
+GATHER_WINDOW_MB: float = 256.0
+#: rows an SAE encodes, and writes into features.nc, at a time
+ENCODE_BATCH: int = 2048

@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from mechflow.contracts import PROMPT_COORDS
+from mechflow.contracts import GATHER_WINDOW_MB, PROMPT_COORDS
 from mechflow.hooks import capture_sites, n_layers
 from mechflow.io import RowWriter
 from mechflow.sink import with_sink  # noqa: F401 (re-exported: rebuilds pooling with the left-out position)
@@ -570,7 +570,7 @@ def extract_tokens_to_file(
 
 
 def gather_shards(shard_paths: Sequence[str | Path], path: str | Path, prompts: xr.Dataset, attrs: dict[str, Any],
-                  window_mb: float = 256.0) -> Path:
+                  window_mb: float = GATHER_WINDOW_MB) -> Path:
     """Concatenate shard files (each a contiguous slice of the prompts) into one activations file.
 
     Each shard is copied in windows of rows of at most ``window_mb`` MiB (activations and sink

@@ -12,7 +12,8 @@
   semi-NMF factors, spatial outputs exact up to the small coordinates and attributes.
 - **Working memory** per job of the steps whose memory grows with the data, estimated from the same
   facts, next to the ``mem_mb`` the job requests. Extraction holds one window of prompts, the gather
-  one shard, SAE training two shuffle windows (but encoding keeps every row's features), semi-NMF
+  one window of rows (:data:`GATHER_WINDOW_MB`), SAE training two shuffle windows and encoding one batch
+  of rows (``features.nc`` is written batch by batch), semi-NMF
   the whole matrix (its updates need it each iteration), the spatial step one block of columns sized
   to its ``mem_mb`` (:func:`mechflow.spatial.analysis.columns_per_block`).
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mechflow.contracts import RESULT_PATHS
+from mechflow.contracts import ENCODE_BATCH, GATHER_WINDOW_MB, RESULT_PATHS
 
 __all__ = ["Job", "ModelFacts", "StudyFacts", "FileSize", "RulePlan", "Plan", "PlanError", "PYTHON_MB",
            "parse_dry_run", "parse_job_stats", "dry_run_command", "study_facts", "build_plan", "study_plan", "format_plan", "human"]
@@ -437,7 +438,8 @@ def job_memory(job: Job, config: dict[str, Any], facts: StudyFacts) -> tuple[int
         buffers = sum((activation_bytes(config, facts, d, m, h) or 0) // max(n, 1) * window for h in hooks)
         return base + weights + buffers, "model weights + one window of prompts", False
     if rule == "gather_activations":
-        return base + (activation_bytes(config, facts, d, m, hook) or 0) // int(ex["shards"]), "one shard at a time", False
+        shard = (activation_bytes(config, facts, d, m, hook) or 0) // int(ex["shards"])
+        return base + min(shard, int(GATHER_WINDOW_MB * 2**20)), "one window of rows at a time", False
     if rule == "sae":
         run, width = config["sae"]["runs"][wc["run"]], facts.models[m].widths.get(hook)
         if width is None:
@@ -447,9 +449,9 @@ def job_memory(job: Job, config: dict[str, Any], facts: StudyFacts) -> tuple[int
         windows = SAE_WINDOW_COPIES * min(int(run["shuffle_window"]), rows) * width * 4
         sample = 4 * min(8192, rows) * width * 4  # the initialisation's data sample (and its float64 copies)
         weights = 4 * 4 * (2 * width * F + F + width)  # parameters, gradients, two Adam moments
-        features = 4 * n * F
-        return (base + windows + sample + weights + features,
-                "streams 2 shuffle windows; encoding holds every prompt's features", False)
+        batch = 2 * ENCODE_BATCH * (width + F) * 4  # one batch of rows and its features (and their copies)
+        return (base + windows + sample + weights + batch,
+                "streams 2 shuffle windows; encodes and writes features.nc one batch at a time", False)
     if rule == "snmf":
         run, width = config["snmf"]["runs"][wc["run"]], facts.models[m].widths.get(hook)
         if width is None:

@@ -37,6 +37,10 @@ POOLED_HOOKS = sorted(
     | ({SAE["hook"]} if SAE["runs"] and SAE["level"] == "pooled" else set())
     | ({SNMF["hook"]} if SNMF["runs"] and SNMF["level"] == "pooled" else set())
 )
+#: Snakemake ``priority:`` of the steps on the longest path of a study (extract -> sae -> sae_splice -> report):
+#: of the jobs ready at one time these start first, so a long SAE job overlaps the many short spatial ones
+#: instead of waiting for them (the order of jobs, never what they compute)
+PRIORITY = {"extract": 10, "sae": 20, "sae_splice": 10}
 #: settings that change how a job runs, never what it computes
 RESOURCE_KEYS = ("threads", "mem_mb", "gpu")
 #: region -> projected CRS: inline regions' crs, then spatial.crs overrides (presets fill the rest)

@@ -16,6 +16,7 @@ if EXTRACT["shards"] == 1:
         benchmark:
             f"{BENCHMARKS}/extract/{{dataset}}/{{model}}.tsv"
         threads: EXTRACT["threads"]
+        priority: PRIORITY["extract"]
         resources:
             mem_mb=EXTRACT["mem_mb"],
             gpu=EXTRACT["gpu"],
@@ -42,6 +43,7 @@ else:
         benchmark:
             f"{BENCHMARKS}/extract/{{dataset}}/{{model}}.shard{{shard}}.tsv"
         threads: EXTRACT["threads"]
+        priority: PRIORITY["extract"]
         resources:
             mem_mb=EXTRACT["mem_mb"],
             gpu=EXTRACT["gpu"],
@@ -86,6 +88,7 @@ rule extract_tokens:
     benchmark:
         f"{BENCHMARKS}/extract/{{dataset}}/{{model}}/{{hook}}.tokens.tsv"
     threads: EXTRACT["threads"]
+    priority: PRIORITY["extract"]
     resources:
         mem_mb=EXTRACT["mem_mb"],
         gpu=EXTRACT["gpu"],

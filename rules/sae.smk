@@ -15,6 +15,7 @@ rule sae:
     benchmark:
         f"{BENCHMARKS}/sae/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.tsv"
     threads: SAE["threads"]
+    priority: PRIORITY["sae"]
     resources:
         mem_mb=SAE["mem_mb"],
         gpu=SAE["gpu"],
@@ -42,6 +43,7 @@ rule sae_splice:
     benchmark:
         f"{BENCHMARKS}/sae_splice/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.tsv"
     threads: EXTRACT["threads"]
+    priority: PRIORITY["sae_splice"]
     resources:
         mem_mb=EXTRACT["mem_mb"],
         gpu=EXTRACT["gpu"],

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechflow.contracts import PROMPT_COORDS, upstream_attrs
+from mechflow.contracts import ENCODE_BATCH, PROMPT_COORDS, upstream_attrs
 from mechflow.io import RowWriter, file_sha256, open_dataarray, provenance_attrs, write_dataset
 from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder
@@ -84,7 +84,7 @@ def prompt_batches(prompt_of: np.ndarray, batch: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def write_features(model: SparseAutoencoder, source: RowSource, coords: xr.Dataset, attrs: dict[str, Any],
                    path: str | Path, prompt_of: np.ndarray | None = None, token_pooling: TokenPooling = "max",
-                   batch: int = 2048) -> Path:
+                   batch: int = ENCODE_BATCH) -> Path:
     """Encode every row of ``source`` and stream ``features`` [prompt, feature] float32 into ``path``
     batch by batch (atomically, :class:`mechflow.io.RowWriter`): memory holds one batch of rows and of
     their features, never the whole [prompt, feature] matrix.
