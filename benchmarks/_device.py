@@ -38,3 +38,13 @@ def device_info(**extra: Any) -> dict[str, Any]:
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     return {**info, **extra}
+
+
+def write_result(path: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write a benchmark's results file (JSON, indented, UTF-8), creating its folder; returns the path."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from _device import write_result  # benchmarks/_device.py
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # Vendor datasheet peaks (dense tensor-core FLOP/s without sparsity; fp32 = non-tensor-core; HBM bytes/s).
@@ -249,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             row["roofline"] = rf
         info["results"].append(row)
         print(json.dumps({key: row[key] for key in ("d_in", "n_features", "k", "batch", "speedup_vs_dense_reference")}))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(info, indent=2))
+    write_result(out, info)
     print(f"wrote {out}")
     return 0
 

@@ -25,7 +25,6 @@ Writes benchmarks/results/lens.json (lens_quick.json with --quick).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _device import device_info  # benchmarks/_device.py
+from _device import device_info, write_result  # benchmarks/_device.py
 from torch import nn
 
 from mechflow.lens.chunked import read_vocab
@@ -199,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     out = args.out or ROOT / "benchmarks" / "results" / ("lens_quick.json" if args.quick else "lens.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(f"wrote {out}")
     return 0
 

@@ -258,7 +258,7 @@ def main() -> None:
         "sae_features": UNITS, "sae_steps": 20 if args.quick else 100, "sae_batch": 1024, "sae_window": 8192,
         "n_features": data // (4 * N_SPATIAL), "permutations": args.permutations, "controls": not args.quick,
     }
-    from _device import device_info  # benchmarks/_device.py
+    from _device import device_info, write_result  # benchmarks/_device.py
 
     wd = Path(tempfile.mkdtemp(prefix="mechflow-memory-", dir=args.tmp))
     print(f"bound {bound} MB; activations {cfg['n_prompts']} prompts x 1 layer x {UNITS} units = {data / MB:.0f} MB "
@@ -278,8 +278,7 @@ def main() -> None:
         "device": device_info(),
     }
     out = ROOT / "benchmarks" / "results" / ("memory_quick.json" if args.quick else "memory.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(f"all under the bound: {result['all_under_bound']}; wrote {out}")
 
 

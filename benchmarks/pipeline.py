@@ -16,7 +16,6 @@ in under 8 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from _device import device_info  # benchmarks/_device.py
+from _device import device_info, write_result  # benchmarks/_device.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 8 * 60
@@ -64,13 +63,15 @@ def markdown(rules: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def run_study(configfile: str | None, cores: int, results: Path) -> float:
-    """Run the study into ``results`` with Snakemake from the repo root; return the command's wall time (s)."""
+def run_study(configfile: str | None, cores: int, results: Path, model_cache: Path | None = None) -> float:
+    """Run the study into ``results`` with Snakemake from the repo root; return the command's wall time (s).
+    ``model_cache``: the converted-GGUF folder to use (an empty one measures a fresh machine)."""
     cmd = [str(Path(sys.executable).parent / "snakemake"), "-c", str(cores), "--config", f"results={results}"]
     if configfile:
         cmd += ["--configfile", configfile]
+    env = dict(os.environ) if model_cache is None else {**os.environ, "MECHFLOW_MODEL_CACHE": str(model_cache)}
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
     return time.perf_counter() - t0
 
 
@@ -83,15 +84,20 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="with --run: keep the results folder (its path is printed)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="--run on configs/tiny.yaml (seconds; what `make bench` runs)")
+    ap.add_argument("--warm-model-cache", action="store_true",
+                    help="with --run: use the usual converted-model cache (default: an empty one, as on a fresh machine)")
+    ap.add_argument("--wall-s", type=float, default=None,
+                    help="with --results: the measured wall time of the run that made them (e.g. `time make run`)")
+    ap.add_argument("--note", default="", help="how the run was made (recorded in the JSON)")
     args = ap.parse_args()
     if args.quick:
         args.run, args.configfile = True, args.configfile or "configs/tiny.yaml"
-    wall = None
+    wall = args.wall_s
     tmp = None
     if args.run:
         tmp = Path(tempfile.mkdtemp(prefix="mechflow-pipeline-"))
         results = tmp / "results"
-        wall = run_study(args.configfile, args.cores, results)
+        wall = run_study(args.configfile, args.cores, results, None if args.warm_model_cache else tmp / "model-cache")
     elif args.results is None:
         raise SystemExit("give --run, or --results <folder of a finished run>")
     else:
@@ -105,6 +111,8 @@ def main() -> None:
         "study": args.configfile or "config.yaml",
         "target_s": TARGET_S if name == "default" else None,
         "snakemake_wall_s": wall,
+        "model_cache": ("warm" if args.warm_model_cache else "cold (empty)") if args.run else None,
+        "note": args.note,
         "sum_of_job_s": float(jobs["s"].sum()),
         "cores": args.cores,
         "device_info": device_info(),
@@ -112,8 +120,7 @@ def main() -> None:
                   for rule, r in rules.iterrows()],
         "jobs": jobs.round(2).to_dict(orient="records"),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_result(out, record)
     print(markdown(rules))
     if wall is not None:
         print(f"\nsnakemake wall time: {wall:.0f} s ({wall / 60:.1f} min); sum of job times {jobs['s'].sum():.0f} s")

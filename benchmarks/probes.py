@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _device import device_info  # benchmarks/_device.py
+from _device import device_info, write_result  # benchmarks/_device.py
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "probes", "baseline": "StandardScaler + RidgeCV(alpha_per_target) per layer and fold",
               "threads": args.threads, "load_average": list(os.getloadavg()), "reps": args.reps, "date": time.strftime("%Y-%m-%d"),
               "device_info": device_info(), "rows": rows}
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_result(out, record)
     print(f"wrote {out}")
     return 0
 

@@ -13,13 +13,13 @@ present, a GPU section as well.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _device import write_result  # benchmarks/_device.py
 
 from mechflow.sae.archs import TopKSAE, batch_fvu
 
@@ -138,8 +138,7 @@ def main(argv=None) -> int:
                   f"{r['samples_per_s']['baseline']:,.0f}/s, ratio {r['ratio_ours_over_baseline']:.2f}", flush=True)
     if not torch.cuda.is_available():
         result["gpu"] = "skipped: CUDA not available"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_result(args.out, result)
     return 0
 
 

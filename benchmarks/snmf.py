@@ -15,14 +15,13 @@ path (float32; the G update goes through the fused kernel dispatcher).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _device import device_info  # benchmarks/_device.py
+from _device import device_info, write_result  # benchmarks/_device.py
 
 from mechflow import snmf
 from mechflow.snmf.baseline import dense_reference_fit
@@ -134,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     out = args.out or ROOT / "benchmarks" / "results" / ("snmf_quick.json" if args.quick else "snmf.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(f"wrote {out}")
     return 0
 

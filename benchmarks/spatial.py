@@ -30,6 +30,7 @@ import torch
 warnings.filterwarnings("ignore")
 
 import esda  # noqa: E402
+from _device import write_result  # noqa: E402 (benchmarks/_device.py)
 
 from mechflow.spatial import global_autocorrelation, global_moran, knn_weights, local_moran  # noqa: E402
 
@@ -204,8 +205,7 @@ def main() -> None:
         "quick": args.quick,
         "results": results,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2))
+    write_result(out, payload)
     print(f"wrote {out}")
 
 

@@ -9,7 +9,9 @@ relative to the results root (``results:`` in the study config, default ``result
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import PurePosixPath
+from typing import Any
 
 #: default results root (the study config's ``results`` key)
 RESULTS_ROOT = "results"
@@ -100,3 +102,15 @@ class _KeepMissing(dict):
 GATHER_WINDOW_MB: float = 256.0
 #: rows an SAE encodes, and writes into features.nc, at a time
 ENCODE_BATCH: int = 2048
+
+#: the template of a name-only prompt set: the control for the template confound
+NAME_ONLY_TEMPLATE = "{name}"
+
+
+def is_main(config: Mapping[str, Any], dataset: str, model: str) -> bool:
+    """A (dataset, model) whose results the study explains: not a control model (``random_init``), not a
+    name-only prompt set. Controls are tested as the data are; only the main pairs also run the spatial
+    test of the pooling with the sink (the evidence table's first column, read for main pairs only)."""
+    models, datasets = config.get("models") or {}, config.get("datasets") or {}
+    return not (models.get(model) or {}).get("random_init", False) and str(
+        (datasets.get(dataset) or {}).get("template", "")).strip() != NAME_ONLY_TEMPLATE

@@ -152,6 +152,26 @@ def netcdf_attr(value: Any) -> Any:
     return canonical_json(value)
 
 
+def read_csv_checked(path: str | os.PathLike, error: type[Exception] = ValueError, what: str = "",
+                     empty_hint: str = "", **read_kw: Any):
+    """``pandas.read_csv`` of a UTF-8 file, with one-line ``error``s naming the file: it does not exist
+    (``what``: how to call it, e.g. "prompt CSV"), its bytes are not UTF-8, it is empty (``empty_hint``: what
+    it needs), or its text is not CSV. ``read_kw`` go to ``read_csv``."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what + ' ' if what else ''}{path} does not exist")
+    try:
+        return pd.read_csv(path, encoding="utf-8", **read_kw)
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the CSV as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise error(f"{path}: the file is empty{f' ({empty_hint})' if empty_hint else ''}") from None
+    except pd.errors.ParserError as e:
+        raise error(f"{path}: not a readable CSV ({' '.join(str(e).split())})") from None
+
+
 def inherit_provenance(source_attrs: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     """Copy the named provenance attrs of an upstream file (missing ones are skipped)."""
     return {k: source_attrs[k] for k in keys if k in source_attrs}

@@ -6,7 +6,7 @@ from collections import Counter
 
 from mechflow.checks import study_crs
 from mechflow.config import canonical
-from mechflow.contracts import SAE_FILES, result_path
+from mechflow.contracts import SAE_FILES, is_main, result_path
 from mechflow.lens.jobs import lens_jobs, lens_sets
 from mechflow.selection.jobs import selection_jobs
 from mechflow.steering.jobs import steering_jobs

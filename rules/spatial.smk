@@ -7,6 +7,7 @@ rule spatial:
         lisa=LISA,
     params:
         spatial=canonical(dict(settings(SPATIAL, "k", "transform", "permutations", "seed", "lisa_top_n", "shuffled_control", "residualise"), crs=CRS)),
+        sink_control=lambda wc: is_main(config, wc.dataset, wc.model),
         code=code("spatial"),
     log:
         f"{LOGS}/spatial/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{source}}.log",

@@ -18,8 +18,9 @@ def main(sm) -> None:
         # read by column blocks that fit the rule's mem_mb (results do not depend on the blocks)
         values = files.enter_context(FeatureColumns(sm.input[0], kind, layer))
         # raw units from activations that kept the pooling's left-out position: also test the pooling with it
+        # (for the main pairs; a control model's or name-only set's with-sink test answers no question)
         with_sink = (files.enter_context(FeatureColumns(sm.input[0], kind, layer, sink=True))
-                     if kind == "units" and has_sink(sm.input[0]) else None)
+                     if kind == "units" and sm.params.sink_control and has_sink(sm.input[0]) else None)
         moran, lisa = spatial_analysis(values, params, with_sink=with_sink, num_threads=sm.threads,
                                        memory_mb=sm.resources.mem_mb)
     prov = provenance_attrs(

@@ -88,3 +88,12 @@ def test_result_paths_have_one_home():
     assert result_path("moran", "out", dataset="d", model="m", hook="resid", layer=3, source="units") == \
         "out/spatial/d/m/resid/layer3/units/moran.nc"
     assert result_path("sae_dir", layer=2) == "results/sae/{dataset}/{model}/{hook}/layer2/{run}"
+
+
+def test_is_main_leaves_out_control_models_and_name_only_sets():
+    from mechflow.contracts import is_main
+
+    config = {"models": {"m": {"spec": "x"}, "m-random": {"spec": "x", "random_init": True}},
+              "datasets": {"d": {"template": "{name}, {admin1_name}"}, "d-name": {"template": " {name} "}}}
+    assert is_main(config, "d", "m")
+    assert not is_main(config, "d", "m-random") and not is_main(config, "d-name", "m")

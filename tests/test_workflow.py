@@ -102,6 +102,9 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
         assert var in moran and np.isfinite(moran[var].values).any(), var
     assert moran.attrs["residualised_on"] == "admin1_code,n_tokens"
     assert "I_with_sink" not in load_dataset(workdir / "results/spatial/tiny/minilm/resid/layer4/sae-topk/moran.nc")
+    # a control (the name-only set) is tested as the data are, less the with-sink test no table reads
+    control = load_dataset(workdir / "results/spatial/tiny-name/minilm/resid/layer4/units/moran.nc")
+    assert {"I", "q_greater", "I_resid", "I_shuffled"} <= set(control) and "I_with_sink" not in control
     table = (workdir / "results/report/significance.md").read_text()
     assert table.count("| tiny / minilm | units |") == 4 and "| tiny / minilm | SAE topk | 4 |" in table
     assert "tiny-name" not in table  # a companion: its numbers are the name-only column, not rows of their own

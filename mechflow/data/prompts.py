@@ -14,6 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from mechflow.data.regions import REGION_PRESETS
+from mechflow.io import read_csv_checked
 
 TEMPLATE_FIELDS = {"name", "admin1_name", "admin1_name_local", "admin1_code", "country", "region", "population"}
 REQUIRED_CSV_COLUMNS = ("text", "latitude", "longitude", "region")
@@ -150,16 +151,8 @@ def _as_dataset(text, latitude, longitude, region, place_id=None, extra: dict | 
 
 def _read_csv(path: Path) -> xr.Dataset:
     """A prompt CSV (UTF-8; columns text, latitude, longitude, region, optional integer place_id)."""
-    if not path.exists():
-        raise PromptSetError(f"prompt CSV {path} does not exist")
-    try:
-        df = pd.read_csv(path, keep_default_na=False, na_values=[""], encoding="utf-8", dtype={"text": str, "region": str})
-    except UnicodeDecodeError as e:
-        raise PromptSetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the CSV as UTF-8") from None
-    except pd.errors.EmptyDataError:
-        raise PromptSetError(f"{path}: the file is empty (need a header with {list(REQUIRED_CSV_COLUMNS)})") from None
-    except pd.errors.ParserError as e:
-        raise PromptSetError(f"{path}: not a readable CSV ({' '.join(str(e).split())})") from None
+    df = read_csv_checked(path, PromptSetError, "prompt CSV", f"need a header with {list(REQUIRED_CSV_COLUMNS)}",
+                          keep_default_na=False, na_values=[""], dtype={"text": str, "region": str})
     missing = [c for c in REQUIRED_CSV_COLUMNS if c not in df.columns]
     if missing:
         raise PromptSetError(f"{path}: missing column(s) {missing}; need {list(REQUIRED_CSV_COLUMNS)}")

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from mechflow.io import read_csv_checked
 from mechflow.lens.unembed import LensError
 
 __all__ = ["LETTERS", "DISTRACTOR_COUNTRIES", "country_names", "place_questions", "csv_questions", "limit_questions",
@@ -81,10 +82,8 @@ def place_questions(places: pd.DataFrame, kind: QuestionKind = "country", n_opti
 def csv_questions(path: str | Path) -> pd.DataFrame:
     """Questions from a CSV with columns ``question``, ``options`` (separated by ``|``) and ``answer`` (the right
     option's text, or its letter A, B, ...)."""
-    path = Path(path)
-    if not path.exists():
-        raise LensError(f"question file {path} does not exist")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    df = read_csv_checked(path, LensError, "question file", "need question, options, answer", dtype=str,
+                          keep_default_na=False)
     missing = [c for c in ("question", "options", "answer") if c not in df.columns]
     if missing:
         raise LensError(f"{path}: missing column(s) {missing}; need question, options (separated by |), answer")

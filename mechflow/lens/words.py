@@ -25,6 +25,7 @@ from typing import Literal
 
 import pandas as pd
 
+from mechflow.io import read_csv_checked
 from mechflow.lens.unembed import LensError
 
 __all__ = ["LANGUAGE_NAMES", "SHIPPED_WORDS", "AnswerTokens", "shipped_words_path", "load_words", "first_token",
@@ -53,9 +54,7 @@ def load_words(path: str | Path | None = None) -> pd.DataFrame:
     language codes or repeated English words.
     """
     path = Path(path) if path is not None else shipped_words_path()
-    if not path.exists():
-        raise LensError(f"word list {path} does not exist")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    df = read_csv_checked(path, LensError, "word list", "need an 'en' column", dtype=str, keep_default_na=False)
     df.columns = [c.strip() for c in df.columns]
     if "en" not in df.columns:
         raise LensError(f"{path}: needs an 'en' column (English is the latent language measured); has {list(df.columns)}")

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from mechflow.contracts import NAME_ONLY_TEMPLATE, is_main  # noqa: F401 (is_main: re-exported)
 from mechflow.report.loaders import Study, feature_dim
 from mechflow.spatial.fdr import fdr_bh
 
@@ -47,7 +48,6 @@ COLUMNS: dict[str, tuple[str, str]] = {
 
 #: dataset keys that must agree for a name-only companion (the same places)
 SAMPLING_KEYS = ("source", "regions", "gazetteer", "min_population", "max_per_region", "seed", "path")
-NAME_ONLY_TEMPLATE = "{name}"
 
 
 def _fraction(sig: xr.DataArray, I: xr.DataArray, region: str) -> float:
@@ -97,13 +97,6 @@ def name_only_companion(config: Mapping[str, Any], dataset: str) -> str | None:
         ):
             return name
     return None
-
-
-def is_main(config: Mapping[str, Any], dataset: str, model: str) -> bool:
-    """A (dataset, model) whose results the table explains: not a control model, not a name-only set."""
-    models, datasets = config.get("models") or {}, config.get("datasets") or {}
-    return not (models.get(model) or {}).get("random_init", False) and str(
-        (datasets.get(dataset) or {}).get("template", "")).strip() != NAME_ONLY_TEMPLATE
 
 
 def _label(e: Mapping[str, Any]) -> str:

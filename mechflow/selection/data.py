@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mechflow.io import read_csv_checked
+
 __all__ = ["SelectionError", "read_column", "read_texts"]
 
 
@@ -24,16 +26,8 @@ def read_texts(path: str | Path, text: str = "text", id: str | None = None) -> p
     that is not UTF-8 or not a CSV, a missing column, no rows, an empty text or a repeated id.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SelectionError(f"{path} does not exist")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise SelectionError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the CSV as UTF-8") from None
-    except pd.errors.EmptyDataError:
-        raise SelectionError(f"{path}: the file is empty (need a header with a {text!r} column)") from None
-    except pd.errors.ParserError as e:
-        raise SelectionError(f"{path}: not a readable CSV ({' '.join(str(e).split())})") from None
+    df = read_csv_checked(path, SelectionError, empty_hint=f"need a header with a {text!r} column", dtype=str,
+                          keep_default_na=False)
     for role, col in (("text", text), ("id", id)):
         if col is not None and col not in df.columns:
             raise SelectionError(f"{path}: no {role} column {col!r} (columns: {list(df.columns)})")
@@ -55,12 +49,7 @@ def read_texts(path: str | Path, text: str = "text", id: str | None = None) -> p
 def read_column(path: str | Path, column: str) -> np.ndarray:
     """One column of a CSV as strings [rows] (an evaluation label); SelectionError when the file or column is missing."""
     path = Path(path)
-    if not path.is_file():
-        raise SelectionError(f"{path} does not exist")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-        raise SelectionError(f"{path}: not a readable UTF-8 CSV ({' '.join(str(e).split())})") from None
+    df = read_csv_checked(path, SelectionError, dtype=str, keep_default_na=False)
     if column not in df.columns:
         raise SelectionError(f"{path} has no column {column!r} (columns: {list(df.columns)})")
     return df[column].astype(str).to_numpy()

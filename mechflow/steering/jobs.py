@@ -177,12 +177,12 @@ def _check_vector(config: dict[str, Any], key: str, spec: dict[str, Any], pairs:
 
 
 def _check_csv(path: Path, key: str) -> None:
-    import pandas as pd
+    from mechflow.io import read_csv_checked
 
     try:
-        frame = pd.read_csv(path, encoding="utf-8")
-    except (UnicodeDecodeError, ValueError, OSError) as e:
-        raise ConfigError(f"{key}: {path} cannot be read as a UTF-8 CSV ({' '.join(str(e).split())[:120]})") from None
+        frame = read_csv_checked(path, ValueError)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{key}: {' '.join(str(e).split())[:200]}") from None
     if "text" not in frame.columns or frame["text"].dropna().empty:
         raise ConfigError(f"{key}: {path} needs a `text` column with at least one prompt (has {list(frame.columns)})")
 
