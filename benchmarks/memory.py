@@ -8,7 +8,7 @@ synthetic but laid out as the workflow writes them:
    ``shards`` shard files by :class:`mechflow.extract.ActivationWriter` (region writes of one window of
    prompts at a time, as extraction writes them);
 2. ``gather``: :func:`mechflow.extract.gather_shards` into one activations file (the rule
-   ``gather_activations``; it holds one shard at a time, so each shard is ``bound / 4``);
+   ``gather_activations``; it copies windows of at most 256 MiB of rows, whatever the shard size);
 3. ``sae_train``: :func:`mechflow.sae.train` (TopK) on the lazily opened layer of that file (rows
    streamed through two shuffle windows);
 4. ``sae_encode``: the trained SAE (``UNITS`` features) encodes every row of that file into an SAE
