@@ -54,13 +54,15 @@ def test_a_gguf_converts_once_and_loads_the_same_model(fake_gguf, tiny_llama):
     assert all(torch.equal(a, b) for a, b in zip(rnd.state_dict().values(), rnd_direct.state_dict().values()))
 
 
-def test_concurrent_loads_convert_once(fake_gguf):
+def test_concurrent_conversions_convert_once(fake_gguf):
+    """Three callers at once (threads standing in for jobs): one converts, the others wait on the lock and
+    find the folder. (Only the conversion runs in threads: transformers' model loading is not thread-safe.)"""
     resolved, calls = fake_gguf
-    errors = []
+    errors, folders = [], []
 
     def job():
         try:
-            load_model(resolved, device="cpu")
+            folders.append(converted_gguf(resolved))
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -69,7 +71,7 @@ def test_concurrent_loads_convert_once(fake_gguf):
         t.start()
     for t in threads:
         t.join()
-    assert not errors and calls == ["tiny.Q4.gguf"]
+    assert not errors and calls == ["tiny.Q4.gguf"] and len(set(folders)) == 1 and len(folders) == 3
 
 
 def test_a_changed_gguf_gets_its_own_folder_and_off_parses_every_time(fake_gguf, monkeypatch):

