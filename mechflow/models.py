@@ -8,6 +8,7 @@ hub: loading runs with ``local_files_only=True`` and ``trust_remote_code=False``
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -209,7 +210,12 @@ def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "floa
     """
     directory, gguf_file = resolved.directory, resolved.gguf_file
     if gguf_file and model_cache_root() is not None:
-        directory, gguf_file = converted_gguf(resolved), None
+        try:
+            directory, gguf_file = converted_gguf(resolved), None
+        except OSError as e:  # a cache that cannot be written (read-only home, full disk): the same model, slower
+            logging.getLogger(__name__).warning(
+                "model %s: cannot use the converted-model cache %s (%s); parsing the GGUF file instead (set %s to a "
+                "writable folder to load it in a second)", resolved.spec, model_cache_root(), e, MODEL_CACHE_ENV)
     return _load(directory, gguf_file, resolved.spec, device, dtype, random_init, init_seed)
 
 

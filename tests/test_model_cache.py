@@ -94,6 +94,18 @@ def test_a_failed_conversion_leaves_no_folder(fake_gguf, monkeypatch, tmp_path):
 
     monkeypatch.setattr("safetensors.torch.save_model", broken)
     with pytest.raises(OSError, match="disk full"):
-        load_model(resolved, device="cpu")
+        converted_gguf(resolved)
     cache = tmp_path / "cache"
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+    load_model(resolved, device="cpu")  # the job goes on, parsing the GGUF (the same model, slower)
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_an_unwritable_cache_falls_back_to_the_gguf(fake_gguf, monkeypatch, tmp_path, caplog):
+    resolved, calls = fake_gguf
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(models.MODEL_CACHE_ENV, str(blocker / "cache"))  # cannot be created
+    model, _ = load_model(resolved, device="cpu")
+    assert calls == ["tiny.Q4.gguf"] and "parsing the GGUF file instead" in caplog.text
+    assert all(not p.is_meta for p in model.parameters())
