@@ -56,13 +56,6 @@ def features_coords(n_features: int, layer_da: xr.DataArray | xr.Dataset, val_ro
     return xr.Dataset(coords=coords)
 
 
-def features_dataarray(acts: np.ndarray, layer_da: xr.DataArray | xr.Dataset, attrs: dict[str, Any],
-                       val_rows: np.ndarray | None = None) -> xr.DataArray:
-    """``features`` [prompt, feature] held in memory, with the coordinates of :func:`features_coords`."""
-    coords = features_coords(acts.shape[1], layer_da, val_rows)
-    return xr.DataArray(acts, dims=("prompt", "feature"), coords=coords.coords, name="features", attrs=attrs)
-
-
 def prompt_batches(prompt_of: np.ndarray, batch: int) -> list[tuple[int, int]]:
     """Row ranges [(start, stop)] of about ``batch`` rows that never split a prompt, for rows grouped
     by prompt (``prompt_of`` [n_rows] non-decreasing, as extraction writes tokens); a prompt longer
