@@ -264,3 +264,42 @@ def config_reference(schema: Mapping[str, Any]) -> str:
     lines = ["| key | default | meaning |", "|---|---|---|"]
     lines += [f"| {k} | {d} | {m} |" for k, d, m in reference_rows(schema)]
     return "\n".join(lines) + "\n"
+
+
+# ---- what a study's steps run on (shared by rules/*.smk and the job modules of lens, steering, selection) ----
+
+#: the model settings a job loads a model with (a change reruns it); resource keys are never among them
+MODEL_KEYS: tuple[str, ...] = ("spec", "dtype", "device", "random_init", "init_seed")
+
+
+def model_params(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """The settings a job loads ``model`` with (:data:`MODEL_KEYS`)."""
+    return {k: config["models"][model][k] for k in MODEL_KEYS}
+
+
+def study_pairs(config: Mapping[str, Any], section: Mapping[str, Any] | None = None,
+                models: list[str] | None = None) -> list[tuple[str, str]]:
+    """(dataset, model) pairs a step runs on: the section's ``datasets`` and ``models`` lists (null = all; ``models``
+    given: those), less the models a prompt set leaves out (``datasets.<d>.models``). ``section=None``: every
+    pair the study extracts."""
+    every = sorted(config["models"])
+    datasets = sorted((section or {}).get("datasets") or config["datasets"])
+    if models is None:
+        models = sorted((section or {}).get("models") or every)
+    return [(d, m) for d in datasets for m in models if m in (config["datasets"][d].get("models") or every)]
+
+
+def sae_jobs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every SAE the study trains: dicts of dataset, model, hook, layer, run."""
+    sae = config.get("sae") or {}
+    if not sae.get("runs"):
+        return []
+    return [dict(dataset=d, model=m, hook=sae["hook"], layer=int(layer), run=r)
+            for d, m in study_pairs(config, sae) for layer in sae["layers"] for r in sorted(sae["runs"])]
+
+
+def one_of(names: list[str]) -> str:
+    """A wildcard constraint matching exactly these names (none: a pattern that matches nothing)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) or "(?!x)x"

@@ -86,6 +86,12 @@ def resolve_model(spec: str, base_dir: str | os.PathLike = ".") -> ResolvedModel
     raise ModelSpecError(f"model {spec!r}: {path} has no weights (*.safetensors or *.gguf)")
 
 
+def model_input_files(spec: str, base_dir: str | os.PathLike = ".") -> list[str]:
+    """Every file a model loads from (weights, config, tokenizer), as the input files of a job that loads it:
+    a changed file reruns the job."""
+    return [str(p) for p in resolve_model(spec, base_dir).input_files]
+
+
 def model_digest(resolved: ResolvedModel) -> str:
     """sha256 over the model's weight files (names and contents)."""
     from mechflow.io import files_sha256

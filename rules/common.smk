@@ -5,7 +5,7 @@
 from collections import Counter
 
 from mechflow.checks import study_crs
-from mechflow.config import canonical
+from mechflow.config import canonical, model_params, sae_jobs, study_pairs
 from mechflow.contracts import SAE_FILES, is_main, result_path
 from mechflow.lens.jobs import lens_jobs, lens_sets
 from mechflow.selection.jobs import selection_jobs
@@ -81,9 +81,9 @@ def code(script):
 
 def model_files(wildcards):
     """Every file the model loads from (weights, config, tokenizer): a changed model reruns extraction."""
-    from mechflow.models import resolve_model
+    from mechflow.models import model_input_files
 
-    return [str(p) for p in resolve_model(config["models"][wildcards.model]["spec"]).input_files]
+    return model_input_files(config["models"][wildcards.model]["spec"])
 
 
 def prompt_source_files(wildcards):
@@ -94,16 +94,9 @@ def prompt_source_files(wildcards):
     return [ds["path"]] if ds["source"] in ("csv", "xarray") else [str(geonames_path(ds["gazetteer"]))]
 
 
-def models_of(section):
-    return sorted(section["models"]) if section.get("models") else MODELS
-
-
 def pairs(section=None):
-    """(dataset, model) pairs a step runs on: its datasets and models lists (null = all), less the models a
-    prompt set leaves out (``datasets.<d>.models``). ``section=None``: every pair the study extracts."""
-    datasets = sorted(section["datasets"]) if section and section.get("datasets") else DATASETS
-    models = models_of(section) if section else MODELS
-    return [(d, m) for d in datasets for m in models if m in (config["datasets"][d].get("models") or MODELS)]
+    """(dataset, model) pairs a step runs on (:func:`mechflow.config.study_pairs`); ``None``: every pair extracted."""
+    return study_pairs(config, section)
 
 
 def layers_for(hook):
@@ -124,10 +117,7 @@ def splices(model):
 
 def _study_jobs():
     """Every analysis job of the study, by step, as JSON-friendly entries (wildcards + output paths)."""
-    sae = [
-        dict(dataset=d, model=m, hook=SAE["hook"], layer=layer, run=r)
-        for d, m in pairs(SAE) for layer in SAE["layers"] for r in sorted(SAE["runs"])
-    ]
+    sae = sae_jobs(config)
     snmf = [
         dict(dataset=d, model=m, hook=SNMF["hook"], layer=layer, run=r)
         for d, m in pairs(SNMF) for layer in SNMF["layers"] for r in sorted(SNMF["runs"])
@@ -254,9 +244,8 @@ def study_summary():
 
 def extract_params(wildcards):
     """Pooled extraction of every hook of POOLED_HOOKS in one pass (hook -> layers)."""
-    model = config["models"][wildcards.model]
     return canonical({
-        "model": {k: model[k] for k in ("spec", "dtype", "device", "random_init", "init_seed")},
+        "model": model_params(config, wildcards.model),
         "hooks": {hook: layers_for(hook) for hook in POOLED_HOOKS},
         "pooling": EXTRACT["pooling"],
         "exclude": EXTRACT["exclude"],
@@ -268,9 +257,8 @@ def extract_params(wildcards):
 
 def splice_params(wildcards):
     """The model as extraction runs it, and the splice's prompt budget (sae.splice_prompts)."""
-    model = config["models"][wildcards.model]
     return canonical({
-        "model": {k: model[k] for k in ("spec", "dtype", "device", "random_init", "init_seed")},
+        "model": model_params(config, wildcards.model),
         "exclude": EXTRACT["exclude"],
         "batch_size": EXTRACT["batch_size"],
         "max_length": EXTRACT["max_length"],

@@ -2,7 +2,8 @@
 # Prompt sets (the {dataset} wildcard here): the word-translation set (lens.latent_language.name) and the
 # multiple-choice question sets (lens.consistency); see mechflow.lens.jobs.
 
-from mechflow.lens.jobs import consistency_sets, lens_sets, model_params, one_of, prompt_set_inputs, prompt_set_spec, tuned_lens_inputs
+from mechflow.config import model_params, one_of
+from mechflow.lens.jobs import consistency_sets, lens_sets, prompt_set_inputs, prompt_set_spec, tuned_lens_inputs
 
 LENS = config["lens"]
 LENS_PROMPTS = path("lens_prompts")

@@ -3,7 +3,8 @@
 # SAE-cosine and sentence-embedding baselines. Selections are named under selection.runs (the {name} wildcard);
 # each reads one SAE the study trains.
 
-from mechflow.selection.jobs import one_of as selection_one_of, selection_inputs, selection_names, selection_params
+from mechflow.config import one_of
+from mechflow.selection.jobs import selection_inputs, selection_names, selection_params
 
 SELECTION = config["selection"]
 SELECTION_RANKING = path("selection")
@@ -21,7 +22,7 @@ rule select:
         selection=lambda wc: canonical(selection_params(config, wc.name)),
         code=code("selection"),
     wildcard_constraints:
-        name=selection_one_of(selection_names(config)),
+        name=one_of(selection_names(config)),
     log:
         f"{LOGS}/select/{{name}}.log",
     benchmark:

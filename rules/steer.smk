@@ -2,7 +2,7 @@
 # the next token of held-out prompts, per scale. Jobs: steering.datasets x causal LMs x steering.vectors
 # (mechflow.steering.jobs).
 
-from mechflow.lens.jobs import one_of
+from mechflow.config import one_of
 from mechflow.steering.jobs import steering_inputs, steering_params
 
 STEERING = config["steering"]

@@ -19,11 +19,7 @@ from mechflow.config import ConfigError
 from mechflow.contracts import result_path
 
 __all__ = ["lens_models", "consistency_sets", "lens_sets", "prompt_set_spec", "prompt_set_inputs", "lens_jobs", "check_lens",
-           "one_of", "model_params", "tuned_lens_inputs"]
-
-#: the model settings a lens job loads with (a change reruns it)
-MODEL_KEYS = ("spec", "dtype", "device", "random_init", "init_seed")
-
+           "tuned_lens_inputs"]
 
 def lens_models(config: dict[str, Any]) -> list[str]:
     """Models the lens reads (``lens.models``, null = every model of the study)."""
@@ -79,18 +75,6 @@ def prompt_set_inputs(config: dict[str, Any], name: str) -> list[str]:
 
         return [str(geonames_path(spec["dataset"].get("gazetteer", "cities500")))]
     return [str(spec["path"])]
-
-
-def one_of(names: list[str]) -> str:
-    """A wildcard constraint matching exactly these names (none: a pattern that matches nothing)."""
-    import re
-
-    return "|".join(re.escape(n) for n in names) or "(?!x)x"
-
-
-def model_params(config: dict[str, Any], model: str) -> dict[str, Any]:
-    """The settings a lens job loads ``model`` with."""
-    return {k: config["models"][model][k] for k in MODEL_KEYS}
 
 
 def tuned_lens_inputs(config: dict[str, Any], root: str, model: str) -> list[str]:

@@ -13,36 +13,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mechflow.config import ConfigError
+from mechflow.config import ConfigError, model_params, sae_jobs
 from mechflow.contracts import SAE_FILES, result_path
+from mechflow.models import model_input_files
 
-__all__ = ["MODEL_KEYS", "selection_names", "sae_jobs", "resolve_sae", "selection_params", "selection_inputs",
-           "selection_jobs", "check_selection", "one_of"]
-
-#: the model settings the selection loads the SAE's model with (a change reruns it)
-MODEL_KEYS = ("spec", "dtype", "device", "random_init", "init_seed")
-
+__all__ = ["selection_names", "sae_jobs", "resolve_sae", "selection_params", "selection_inputs", "selection_jobs",
+           "check_selection"]
 
 def selection_names(config: dict[str, Any]) -> list[str]:
     """The study's selections (``selection.runs``), sorted; empty when it has none."""
     return sorted(((config.get("selection") or {}).get("runs")) or {})
-
-
-def _pairs(config: dict[str, Any], section: dict[str, Any]) -> list[tuple[str, str]]:
-    """(dataset, model) pairs a step runs on (as ``pairs`` of rules/common.smk)."""
-    models_all = sorted(config["models"])
-    datasets = sorted(section.get("datasets") or config["datasets"])
-    models = sorted(section.get("models") or models_all)
-    return [(d, m) for d in datasets for m in models if m in (config["datasets"][d].get("models") or models_all)]
-
-
-def sae_jobs(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every SAE the study trains: dicts of dataset, model, hook, layer, run."""
-    sae = config.get("sae") or {}
-    if not sae.get("runs"):
-        return []
-    return [dict(dataset=d, model=m, hook=sae["hook"], layer=int(layer), run=r)
-            for d, m in _pairs(config, sae) for layer in sae["layers"] for r in sorted(sae["runs"])]
 
 
 def _label(job: dict[str, Any]) -> str:
@@ -85,10 +65,9 @@ def selection_params(config: dict[str, Any], name: str) -> dict[str, Any]:
     """Everything that defines one selection's result (the params of its ``select`` job; resource keys left out)."""
     run = config["selection"]["runs"][name]
     sae = resolve_sae(config, name)
-    model = config["models"][sae["model"]]
     return {
         "sae": sae,
-        "model": {k: model[k] for k in MODEL_KEYS},
+        "model": model_params(config, sae["model"]),
         "candidates": dict(run["candidates"]),
         "target": dict(run["target"]),
         "top_n": run["top_n"],
@@ -103,12 +82,6 @@ def selection_params(config: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-def _model_files(spec: str, base_dir: str | Path = ".") -> list[str]:
-    from mechflow.models import resolve_model
-
-    return [str(p) for p in resolve_model(spec, base_dir).input_files]
-
-
 def selection_inputs(config: dict[str, Any], root: str, name: str) -> dict[str, Any]:
     """The files one selection reads: the SAE's weights and cfg.json, the candidate and target CSVs, the files of
     the SAE's model and (with the embedding baseline) of the sentence encoder."""
@@ -119,10 +92,10 @@ def selection_inputs(config: dict[str, Any], root: str, name: str) -> dict[str, 
         "cfg": f"{sae_dir}/{SAE_FILES[1]}",
         "candidates": params["candidates"]["path"],
         "target": params["target"]["path"],
-        "model": _model_files(params["model"]["spec"]),
+        "model": model_input_files(params["model"]["spec"]),
     }
     if params["embedding_model"]:
-        inputs["embedding"] = _model_files(params["embedding_model"])
+        inputs["embedding"] = model_input_files(params["embedding_model"])
     return inputs
 
 
@@ -132,11 +105,6 @@ def selection_jobs(config: dict[str, Any], root: str) -> list[dict[str, Any]]:
     return [dict(resolve_sae(config, name), name=name, path=result_path("selection", root, name=name),
                  csv=result_path("selection_csv", root, name=name))
             for name in selection_names(config)]
-
-
-def one_of(names: list[str]) -> str:
-    """A wildcard constraint matching exactly these names (none: a pattern that matches nothing)."""
-    return "|".join(re.escape(n) for n in names) or "(?!x)x"
 
 
 def check_selection(config: dict[str, Any], base_dir: str | Path = ".", data_checks: bool = True) -> None:

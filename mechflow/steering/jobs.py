@@ -14,14 +14,12 @@ import string
 from pathlib import Path
 from typing import Any
 
-from mechflow.config import ConfigError
+from mechflow.config import ConfigError, model_params, study_pairs
 from mechflow.contracts import SAE_FILES, result_path
 
 __all__ = ["steering_models", "steering_pairs", "vector_spec", "steering_jobs", "steering_inputs", "steering_params",
-           "check_steering", "SETTINGS", "MODEL_KEYS"]
+           "check_steering", "SETTINGS"]
 
-#: the model settings a steering job loads with (a change reruns it)
-MODEL_KEYS = ("spec", "dtype", "device", "random_init", "init_seed")
 #: settings of ``steering:`` shared by every vector (each is a param of every job)
 SETTINGS = ("scales", "scale_unit", "from_position", "holdout", "train_prompts", "eval_prompts", "generations",
             "max_new_tokens", "batch_size", "max_length", "seed")
@@ -50,9 +48,7 @@ def steering_pairs(config: dict[str, Any], base_dir: str | Path = ".") -> list[t
     sec = _section(config)
     if not sec.get("enabled") or not sec.get("vectors"):
         return []
-    datasets = sorted(sec.get("datasets") or config["datasets"])
-    models = steering_models(config, base_dir)
-    return [(d, m) for d in datasets for m in models if m in (config["datasets"][d].get("models") or config["models"])]
+    return study_pairs(config, sec, models=steering_models(config, base_dir))
 
 
 def vector_spec(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -78,11 +74,11 @@ def steering_jobs(config: dict[str, Any], root: str, base_dir: str | Path = ".")
 def steering_inputs(config: dict[str, Any], root: str, dataset: str, model: str, name: str) -> dict[str, Any]:
     """The files one steering job reads: the prompt set, the model's files, and the vector's source (an SAE's
     weights and features, a semi-NMF file, the Moran file that picks ``top_moran``, CSV sides)."""
-    from mechflow.models import resolve_model
+    from mechflow.models import model_input_files
 
     spec = vector_spec(config, name)
     out: dict[str, Any] = {"prompts": result_path("prompts", root, dataset=dataset),
-           "model": [str(p) for p in resolve_model(config["models"][model]["spec"]).input_files]}
+                           "model": model_input_files(config["models"][model]["spec"])}
     where = dict(dataset=dataset, model=model, hook=spec["hook"], layer=spec["layer"], run=spec["run"])
     if spec["source"] == "sae":
         sae_dir = result_path("sae_dir", root, **where)
@@ -103,7 +99,7 @@ def steering_inputs(config: dict[str, Any], root: str, dataset: str, model: str,
 def steering_params(config: dict[str, Any], dataset: str, model: str, name: str) -> dict[str, Any]:
     """Everything that defines one steering job's result (resources left out)."""
     sec = _section(config)
-    return {"model": {k: config["models"][model][k] for k in MODEL_KEYS}, "vector": vector_spec(config, name),
+    return {"model": model_params(config, model), "vector": vector_spec(config, name),
             **{k: sec[k] for k in SETTINGS}}
 
 
