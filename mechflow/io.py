@@ -312,17 +312,21 @@ def open_dataset(path: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
         return xr.open_dataset(path, engine="h5netcdf", **kwargs)
 
 
+def primary_variable(ds: xr.Dataset, path: str | os.PathLike) -> str:
+    """The data variable of a mechflow file: its single variable, or ``activations`` in an activations file
+    that also holds auxiliary variables (``sink``); ValueError naming ``path`` otherwise."""
+    names = list(ds.data_vars)
+    if len(names) == 1:
+        return str(names[0])
+    if "activations" in names:
+        return "activations"
+    raise ValueError(f"{path} holds {sorted(names)}; use open_dataset for several variables")
+
+
 def open_dataarray(path: str | os.PathLike, **kwargs: Any) -> xr.DataArray:
-    """Open the data variable of a mechflow file, with the file's attrs: its single variable, or
-    ``activations`` in an activations file that also holds auxiliary variables (``sink``)."""
+    """Open the data variable of a mechflow file (:func:`primary_variable`), with the file's attrs."""
     ds = open_dataset(path, **kwargs)
-    if len(ds.data_vars) == 1:
-        (name,) = ds.data_vars
-    elif "activations" in ds.data_vars:
-        name = "activations"
-    else:
-        raise ValueError(f"{path} holds {sorted(ds.data_vars)}; use open_dataset for several variables")
-    da = ds[name]
+    da = ds[primary_variable(ds, path)]
     da.attrs = {**ds.attrs, **da.attrs}
     return da
 
@@ -407,11 +411,8 @@ class FeatureColumns:
                     self._n_tokens = ds["n_tokens"].values
                     return da, ds["sink"].sel(layer=layer, drop=True), {**attrs, "pool_excluded": "none (rebuilt)"}
             return da, None, attrs
-        if kind == "sae":  # the file's variable, as open_dataarray picks it
-            names = list(ds.data_vars)
-            name = names[0] if len(names) == 1 else "activations" if "activations" in names else None
-            if name is None:
-                raise ValueError(f"{path} holds {sorted(names)}; use open_dataset for several variables")
+        if kind == "sae":
+            name = primary_variable(ds, path)
             return ds[name], None, {**ds.attrs, **ds[name].attrs}
         with _reading(path):
             return ds["G"], None, dict(ds["G"].attrs)

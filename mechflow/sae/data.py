@@ -72,6 +72,16 @@ class DataArraySource:
         return block
 
 
+def layer_rows(da: xr.DataArray, layer: int, row_dim: str, what: str) -> xr.DataArray:
+    """The lazy [row_dim, unit] slice of ``layer`` of ``da`` [row_dim, layer, unit] (``what``: how the error
+    names the file); ValueError when the layer is not in it."""
+    layers = [int(v) for v in da["layer"].values] if "layer" in da.coords else list(range(da.sizes["layer"]))
+    if int(layer) not in layers:
+        raise ValueError(f"layer {layer} is not in the {what}; it holds layers {layers}")
+    out = da.sel(layer=int(layer)) if "layer" in da.coords else da.isel(layer=int(layer))
+    return out.transpose(row_dim, "unit")
+
+
 def as_source(x: torch.Tensor | np.ndarray | xr.DataArray | RowSource) -> RowSource:
     """Wrap a tensor, array or 2-D DataArray as a :class:`RowSource`."""
     if isinstance(x, xr.DataArray):

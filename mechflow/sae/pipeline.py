@@ -15,7 +15,7 @@ from mechflow.io import RowWriter, file_sha256, open_dataarray, provenance_attrs
 from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder
 from mechflow.sae.config import validate_run
-from mechflow.sae.data import DataArraySource, RowSource
+from mechflow.sae.data import DataArraySource, RowSource, layer_rows
 from mechflow.sae.export import hf_model_id, sae_cfg, save_sae
 from mechflow.sae.tokens import (
     LEVELS,
@@ -34,11 +34,7 @@ def select_layer(da: xr.DataArray, layer: int) -> xr.DataArray:
     """``activations`` [prompt, layer, unit] -> the lazy [prompt, unit] slice of ``layer``."""
     if set(da.dims) != {"prompt", "layer", "unit"}:
         raise ValueError(f"activations must have dims (prompt, layer, unit), got {da.dims}")
-    layers = [int(v) for v in da["layer"].values] if "layer" in da.coords else list(range(da.sizes["layer"]))
-    if int(layer) not in layers:
-        raise ValueError(f"layer {layer} is not in the activations file; it holds layers {layers}")
-    out = da.sel(layer=int(layer)) if "layer" in da.coords else da.isel(layer=int(layer))
-    return out.transpose("prompt", "unit")
+    return layer_rows(da, layer, "prompt", "activations file")
 
 
 def features_coords(n_features: int, layer_da: xr.DataArray | xr.Dataset, val_rows: np.ndarray | None = None) -> xr.Dataset:

@@ -21,7 +21,7 @@ import torch
 import xarray as xr
 
 from mechflow.contracts import PROMPT_COORDS
-from mechflow.sae.data import DataArraySource, RowSource, SubsetSource, split_rows
+from mechflow.sae.data import DataArraySource, RowSource, SubsetSource, layer_rows, split_rows
 
 #: what the SAE trains on: one pooled vector per prompt, or every kept token
 LEVELS: tuple[str, ...] = ("pooled", "tokens")
@@ -38,11 +38,7 @@ def select_token_layer(da: xr.DataArray, layer: int) -> xr.DataArray:
     if "prompt_index" not in da.coords or da["prompt_index"].dims != ("token",):
         raise ValueError("the token file has no prompt_index [token] coordinate (the prompt of each token); "
                          "re-extract it with rule extract_tokens")
-    layers = [int(v) for v in da["layer"].values] if "layer" in da.coords else list(range(da.sizes["layer"]))
-    if int(layer) not in layers:
-        raise ValueError(f"layer {layer} is not in the token file; it holds layers {layers}")
-    out = da.sel(layer=int(layer)) if "layer" in da.coords else da.isel(layer=int(layer))
-    return out.transpose("token", "unit")
+    return layer_rows(da, layer, "token", "token file")
 
 
 @dataclass(frozen=True)
