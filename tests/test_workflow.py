@@ -16,6 +16,7 @@ import yaml
 from conftest import REPO, VENV_BIN, run_snakemake
 
 from mechflow.io import load_dataarray, load_dataset
+from mechflow.plan import parse_job_stats
 
 ACT = "results/activations/{dataset}/{model}/{hook}.nc"
 
@@ -31,15 +32,8 @@ def planned_jobs(workdir: Path, *args: str) -> collections.Counter:
     out = run_snakemake(workdir, "-n", "--configfile", "study.yaml", *args).stdout
     if "Nothing to be done" in out:
         return collections.Counter()
-    table = out.split("Job stats:", 1)[1]
-    jobs = collections.Counter()
-    for line in table.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if m is None:
-            break
-        if m.group(1) != "total":
-            jobs[m.group(1)] = int(m.group(2))
-    return jobs
+    assert "Job stats:" in out, out[-2000:]
+    return collections.Counter(parse_job_stats(out))
 
 
 def reverse_keys(value):
