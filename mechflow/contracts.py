@@ -102,6 +102,10 @@ class _KeepMissing(dict):
 GATHER_WINDOW_MB: float = 256.0
 #: rows an SAE encodes, and writes into features.nc, at a time
 ENCODE_BATCH: int = 2048
+#: semi-NMF runs every product along the samples over blocks of at most this many MiB of float64
+#: columns (:mod:`mechflow.snmf.blocks`), kept in memory or read from disk at each pass alike, so
+#: where the matrix lives never changes a bit of the result
+SNMF_BLOCK_MB: float = 64.0
 
 #: the template of a name-only prompt set: the control for the template confound
 NAME_ONLY_TEMPLATE = "{name}"

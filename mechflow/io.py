@@ -431,6 +431,13 @@ class FeatureColumns:
         da.attrs = dict(self.attrs)
         return da
 
+    def lazy(self) -> xr.DataArray:
+        """The whole set [prompt, <feature-dim>] as a lazily indexed DataArray (read as it is indexed,
+        while this is open), with the set's attrs; not for a set rebuilt with the sink."""
+        if self._sink is not None:
+            raise ValueError(f"{self.path}: a feature set rebuilt with the sink is read by columns() only")
+        return self._da.assign_attrs(self.attrs)
+
     def close(self) -> None:
         self._ds.close()
 

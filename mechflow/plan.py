@@ -13,8 +13,9 @@
 - **Working memory** per job of the steps whose memory grows with the data, estimated from the same
   facts, next to the ``mem_mb`` the job requests. Extraction holds one window of prompts, the gather
   one window of rows (:data:`GATHER_WINDOW_MB`), SAE training two shuffle windows and encoding one batch
-  of rows (``features.nc`` is written batch by batch), semi-NMF
-  the whole matrix (its updates need it each iteration), the spatial step one block of columns sized
+  of rows (``features.nc`` is written batch by batch), semi-NMF its layer's matrix in float64 where
+  that fits the job's ``mem_mb``, else one block of samples read from disk at every pass plus G
+  [samples, factors] (:mod:`mechflow.snmf.blocks`; the result is the same), the spatial step one block of columns sized
   to its ``mem_mb`` (:func:`mechflow.spatial.analysis.columns_per_block`).
 
 :func:`study_plan` runs the dry run and gathers the facts; :func:`build_plan` is the pure part (jobs
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mechflow.contracts import ENCODE_BATCH, GATHER_WINDOW_MB, RESULT_PATHS
+from mechflow.contracts import ENCODE_BATCH, GATHER_WINDOW_MB, RESULT_PATHS, SNMF_BLOCK_MB
 
 __all__ = ["Job", "ModelFacts", "StudyFacts", "FileSize", "RulePlan", "Plan", "PlanError", "PYTHON_MB",
            "parse_dry_run", "parse_job_stats", "dry_run_command", "study_facts", "build_plan", "study_plan", "format_plan", "human"]
@@ -40,10 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 #: resident memory of a step's interpreter once torch, numpy, xarray, scipy and numba are imported
 #: (measured 565 MB for the spatial step's imports on Linux; rounded up)
 PYTHON_MB = 600
-
-#: bytes per value of semi-NMF's float64 working copies of its [units, samples] matrix (A, A scaled,
-#: the SVD / k-means initialisation's copy)
-SNMF_COPIES = 3 * 8
 
 #: the arrays SAE training streams: two shuffle windows, each read, concatenated and reordered once
 SAE_WINDOW_COPIES = 2 * 3
@@ -417,6 +414,7 @@ def file_size(kind: str, wc: dict[str, str], config: dict[str, Any], facts: Stud
 def job_memory(job: Job, config: dict[str, Any], facts: StudyFacts) -> tuple[int | None, str, bool]:
     """Estimated peak resident bytes of one job (None where small or not estimated), a note, and whether
     the estimate is an upper bound (it counts every prompt at ``extract.max_length`` tokens)."""
+    from mechflow.snmf.blocks import keep_in_memory, working_bytes
     from mechflow.spatial.analysis import BYTES_PER_VALUE, columns_per_block, output_bytes
 
     wc, rule = job.wildcards, job.rule
@@ -456,15 +454,13 @@ def job_memory(job: Job, config: dict[str, Any], facts: StudyFacts) -> tuple[int
         run, width = config["snmf"]["runs"][wc["run"]], facts.models[m].widths.get(hook)
         if width is None:
             return None, "", False
-        k = int(run["n_factors"])
-        if config["snmf"]["level"] == "tokens":
-            samples = n * int(ex["max_length"])
-            loaded = token_bytes(config, facts, d, m, hook) or 0  # the whole token file (all its layers) is loaded
-            note, bound = "the whole token file, float64 copies of one layer", True
-        else:
-            samples, loaded = n, 4 * n * width
-            note, bound = "the whole [units, prompts] matrix in float64, every iteration", False
-        return base + loaded + SNMF_COPIES * samples * width + 4 * 8 * samples * k, note, bound
+        k, tokens = int(run["n_factors"]), config["snmf"]["level"] == "tokens"
+        samples = n * int(ex["max_length"]) if tokens else n
+        mem_mb = float(job.resources.get("mem_mb", 0) or 0)
+        in_memory = not mem_mb or keep_in_memory(width, samples, k, mem_mb, base)
+        note = ("the layer in memory as float64 sample blocks" if in_memory else
+                f"the layer read from disk in {SNMF_BLOCK_MB:g} MiB sample blocks at every pass; G in memory")
+        return base + working_bytes(width, samples, k, in_memory), note, tokens
     if rule == "spatial":
         F, R = n_features(config, facts, wc["source"], m, hook), len(facts.regions[d])
         if F is None:

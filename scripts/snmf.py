@@ -2,13 +2,19 @@
 
 At token level, the factorisation runs over every token; ``G`` [prompt, factor] is then each
 prompt's maximum over its tokens (so spatial analysis sees one value per place) and ``G_token``
-[token, factor] keeps the token-level loadings.
+[token, factor] keeps the token-level loadings. The layer is read from the activations file in
+blocks of samples: kept in memory when they fit the job's ``mem_mb``, else read again at every pass
+(the same result to the bit; :mod:`mechflow.snmf.blocks`).
 """
+
+import logging
 
 from mechflow import snmf
 from mechflow.contracts import upstream_attrs
-from mechflow.io import digest, load_dataarray, load_feature_set, write_dataset
+from mechflow.io import FeatureColumns, digest, write_dataset
 from mechflow.kernels import set_backend
+from mechflow.memory import rss_bytes
+from mechflow.snmf.blocks import keep_in_memory
 from mechflow.workflow import run_rule
 
 
@@ -17,15 +23,19 @@ def main(sm) -> None:
     run = dict(sm.params.run)
     layer = int(sm.wildcards.layer)
     tokens = sm.params.level == "tokens"
-    if tokens:
-        units = load_dataarray(sm.input[0], layer=layer).rename(token="prompt")  # samples are tokens; one layer read
-    else:
-        units = load_feature_set(sm.input[0], "units", layer)  # [prompt, unit]
-    result = snmf.fit(units.T, **run)
+    with FeatureColumns(sm.input[0], "units", layer) as features:
+        units = features.lazy()  # [prompt, unit] or [token, unit], read block by block
+        if tokens:
+            units = units.rename(token="prompt")  # samples are tokens
+        n_samples, n_units = units.shape
+        in_memory = keep_in_memory(n_units, n_samples, int(run["n_factors"]), sm.resources.mem_mb, rss_bytes())
+        logging.getLogger("mechflow").info("semi-NMF of %d x %d: A %s (mem_mb %s)", n_units, n_samples,
+                                           "in memory" if in_memory else "read from disk at every pass", sm.resources.mem_mb)
+        result = snmf.fit(units.T, in_memory=in_memory, **run)
     attrs = {**upstream_attrs(units.attrs), "layer": layer, "run": sm.wildcards.run, "level": sm.params.level,
              "config_digest": digest({"run": run, "code": sm.params.code})}
-    ds = result.to_dataset(prompt_coords=units, attrs=attrs)
-    top = snmf.top_prompts(ds, k=min(int(sm.params.top_prompts), units.sizes["prompt"]))
+    ds = result.to_dataset(attrs=attrs)
+    top = snmf.top_prompts(ds, k=min(int(sm.params.top_prompts), n_samples))
     if tokens:
         ds = snmf.tokens_to_prompts(ds)  # G per prompt (max over its tokens), G_token kept
         top = top.rename(prompt="token_index")

@@ -10,6 +10,7 @@ import xarray as xr
 from conftest import REPO, VENV_BIN
 
 from mechflow.plan import (
+    PYTHON_MB,
     Job,
     activation_bytes,
     build_plan,
@@ -161,3 +162,28 @@ def test_the_printed_plan_flags_a_step_over_its_memory(tiny_llama, tmp_path):
     text = format_plan(build_plan(jobs, config, facts, "s.yaml"))
     assert "snmf" in text and "(over mem_mb)" in text and "raise <step>.mem_mb" in text
     assert "snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.nc" in text
+
+
+def test_semi_nmf_reads_its_layer_from_disk_when_it_does_not_fit_mem_mb(tiny_llama, tmp_path):
+    """The plan's semi-NMF note and estimate follow the choice the rule makes (mechflow.snmf.blocks)."""
+    csv = _csv_prompts(tmp_path, n=12)
+    config = {
+        "results": "results",
+        "datasets": {"d": {"source": "csv", "path": str(csv)}},
+        "models": {"m": {"spec": str(tiny_llama)}},
+        "extract": {"layers": "all", "hook_layers": {}, "keep_sink": False, "pooling": "mean", "exclude": "first",
+                    "max_length": 32, "shards": 1},
+        "snmf": {"level": "tokens", "runs": {"k2": {"n_factors": 2, "max_iter": 10}}},
+    }
+    facts = study_facts(config)
+
+    def plan(mem_mb: int):
+        job = Job("snmf", {"dataset": "d", "model": "m", "hook": "resid", "layer": "1", "run": "k2"},
+                  ("results/snmf/d/m/resid/layer1/k2.nc",), 1, {"mem_mb": str(mem_mb), "gpu": "0"})
+        (rule,) = build_plan([job], config, facts, "s.yaml").rules
+        return rule
+
+    small, large = plan(300), plan(8000)
+    assert "read from disk" in small.note and "in memory" in large.note
+    assert small.peak_bound and large.peak_bound  # token counts at max_length: upper bounds
+    assert small.peak_bytes > PYTHON_MB * 1e6 and large.peak_bytes > PYTHON_MB * 1e6

@@ -35,6 +35,11 @@ fit stops with ``stop_reason='precision'``). Alternating sparse fits have local 
 Scale: A is divided by ``||A||_F`` internally (so ``eps`` and ``ridge`` are scale-free) and F is
 multiplied back at the end. G's columns have unit Euclidean norm.
 
+Out of core: every product along the samples runs over fixed blocks of samples
+(:class:`mechflow.snmf.blocks.SampleBlocks`), each iteration in one pass over them; with
+``in_memory=False`` the blocks are read from the file at every pass, so memory holds one block plus
+``G`` [samples, factors], and the result is the same to the bit as with A in memory.
+
 Determinism: a multi-threaded BLAS product over the long sample axis rounds differently for each
 thread count, so the fit runs at a fixed intra-op thread count (``num_threads``, default 1) and
 spreads its large products over the caller's threads as fixed row blocks of single-threaded
@@ -54,8 +59,9 @@ import numpy as np
 import torch
 
 from mechflow.kernels.threads import RowBlockMatmul, torch_threads
+from mechflow.snmf.blocks import SampleBlocks
 from mechflow.snmf.config import INITS, Init, SNMFError, SNMFRunConfig
-from mechflow.snmf.inputs import as_matrix, n_keep_for, user_G0
+from mechflow.snmf.inputs import as_blocks, n_keep_for, user_G0
 from mechflow.snmf.result import SNMFResult
 
 log = logging.getLogger(__name__)
@@ -165,65 +171,113 @@ def _unit_columns(G: torch.Tensor) -> torch.Tensor:
     return torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
-def _kmeans_labels(X: torch.Tensor, K: int, gen: torch.Generator, n_iter: int = 25, mm: Matmul = _plain_mm) -> torch.Tensor:
-    """k-means++ seeding then Lloyd iterations on the rows of X [n, d]; labels [n] (int64)."""
-    n = X.shape[0]
-    x2 = (X * X).sum(1)
-    centres = torch.empty(K, X.shape[1], dtype=X.dtype, device=X.device)
+def _unit_rows(Xb: torch.Tensor) -> torch.Tensor:
+    """The samples of one block as rows of unit norm [b, units] (k-means clusters directions)."""
+    return Xb.T / Xb.norm(dim=0).clamp(min=torch.finfo(Xb.dtype).tiny)[:, None]
+
+
+def _kmeans_labels(A: SampleBlocks, K: int, gen: torch.Generator, n_iter: int = 25, mm: Matmul = _plain_mm) -> torch.Tensor:
+    """Spherical k-means: k-means++ seeding then Lloyd iterations on the unit-norm samples of A; labels [n].
+
+    One pass over A's blocks per seed and per Lloyd iteration (each accumulates the new centres' sums
+    as it assigns labels); the seeds' rows are taken from their whole block.
+    """
+    n, d = A.shape[1], A.shape[0]
+    dtype, device = A.dtype, A.device
+
+    def row(j: int) -> torch.Tensor:
+        i, at = A.find(j)
+        return _unit_rows(A.block(i))[at]
+
+    x2 = torch.cat([(X * X).sum(1) for X in (_unit_rows(Xb) for _, Xb in A)])
+    centres = torch.empty(K, d, dtype=dtype, device=device)
     first = int(torch.randint(n, (1,), generator=gen))
-    centres[0] = X[first]
-    d2 = (x2 - 2 * X @ centres[0] + x2[first]).clamp(min=0)
+    centres[0] = row(first)
+
+    def dist2(c: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(x2[sl] - 2 * _unit_rows(Xb) @ c + c2).clamp(min=0) for sl, Xb in A])
+
+    d2 = dist2(centres[0], x2[first])
     for j in range(1, K):
         w = d2.double().cpu()
         pick = int(torch.multinomial(w, 1, generator=gen)) if float(w.sum()) > 0 else int(torch.randint(n, (1,), generator=gen))
-        centres[j] = X[pick]
-        d2 = torch.minimum(d2, (x2 - 2 * X @ centres[j] + x2[pick]).clamp(min=0))
-    labels = torch.full((n,), -1, dtype=torch.long, device=X.device)
+        centres[j] = row(pick)
+        d2 = torch.minimum(d2, dist2(centres[j], x2[pick]))
+    labels = torch.full((n,), -1, dtype=torch.long, device=device)
     for _ in range(n_iter):
-        dist = x2[:, None] - 2 * mm(X, centres.T) + (centres * centres).sum(1)[None, :]
-        new = dist.argmin(1)
+        c2 = (centres * centres).sum(1)[None, :]
+        new = torch.empty_like(labels)
+        sums = torch.zeros_like(centres)
+        for sl, Xb in A:
+            X = _unit_rows(Xb)
+            new[sl] = (x2[sl, None] - 2 * mm(X, centres.T) + c2).argmin(1)
+            sums.index_add_(0, new[sl], X)
         if torch.equal(new, labels):
             break
         labels = new
-        counts = torch.bincount(labels, minlength=K).to(X.dtype)
-        sums = torch.zeros_like(centres).index_add_(0, labels, X)
+        counts = torch.bincount(labels, minlength=K).to(dtype)
         keep = counts > 0
         centres[keep] = sums[keep] / counts[keep, None]
     return labels
 
 
-def _init_G(A: torch.Tensor, K: int, init: str, seed: int, mm: Matmul = _plain_mm) -> torch.Tensor:
+def _gram_eig(A: SampleBlocks, K: int, mm: Matmul) -> torch.Tensor:
+    """``V S`` [samples, K] of A's top-K singular triplets (float64), from the smaller Gram matrix."""
+    m, n = A.shape
+    if m <= n:
+        gram = torch.zeros(m, m, dtype=torch.float64, device=A.device)
+        for _, Xb in A:
+            X64 = Xb.double()
+            gram += mm(X64, X64.T)
+        evals, U = torch.linalg.eigh(gram)
+        U = U[:, -K:].flip(1)
+        VS = torch.empty(n, K, dtype=torch.float64, device=A.device)  # [n, K] = V S
+        for sl, Xb in A:
+            VS[sl] = mm(Xb.double().T, U)
+        return VS
+    gram = torch.empty(n, n, dtype=torch.float64, device=A.device)
+    for i, si in enumerate(A.slices):
+        Xi = A.block(i).double()
+        gram[si, si] = mm(Xi.T, Xi)
+        for j in range(i + 1, len(A)):
+            sj = A.slices[j]
+            gram[si, sj] = mm(Xi.T, A.block(j).double())
+            gram[sj, si] = gram[si, sj].T
+    evals, V = torch.linalg.eigh(gram)
+    return V[:, -K:].flip(1) * evals[-K:].flip(0).clamp(min=0).sqrt()
+
+
+def _init_G(A: SampleBlocks, K: int, init: str, seed: int, mm: Matmul = _plain_mm) -> torch.Tensor:
     """Strictly positive initial G [samples, K] (zeros would stay zero under multiplicative updates)."""
     n = A.shape[1]
     gen = torch.Generator().manual_seed(seed)
     if init == "random":
-        return torch.rand(n, K, generator=gen, dtype=torch.float64).to(A) + 1e-2
+        return torch.rand(n, K, generator=gen, dtype=torch.float64).to(device=A.device, dtype=A.dtype).add_(1e-2)
     if init == "kmeans":
         # spherical k-means: cluster the samples' directions, not their magnitudes (a sample that
         # is mostly one factor points along it, however strongly it activates)
-        X = A.T / A.norm(dim=0).clamp(min=torch.finfo(A.dtype).tiny)[:, None]
-        labels = _kmeans_labels(X, K, gen, mm=mm)
+        labels = _kmeans_labels(A, K, gen, mm=mm)
         G = torch.nn.functional.one_hot(labels, K).to(A.dtype)
         return G + 0.2  # Ding, Li & Jordan (2010): cluster indicators + 0.2
     if init == "svd":
         # top-K right singular directions scaled by the singular values, from the smaller Gram
-        m = A.shape[0]
-        A64 = A.double()
-        if m <= n:
-            evals, U = torch.linalg.eigh(mm(A64, A64.T))
-            U = U[:, -K:].flip(1)
-            VS = mm(A64.T, U)  # [n, K] = V S
-        else:
-            evals, V = torch.linalg.eigh(mm(A64.T, A64))
-            VS = V[:, -K:].flip(1) * evals[-K:].flip(0).clamp(min=0).sqrt()
+        VS = _gram_eig(A, K, mm)
         # G >= 0 fixes each direction's sign: take the sign with the larger positive part
         pos, neg = VS.clamp(min=0).norm(dim=0), (-VS).clamp(min=0).norm(dim=0)
-        VS = VS * torch.where(pos >= neg, 1.0, -1.0).to(VS)
-        G = VS.clamp(min=0)
+        G = VS.mul_(torch.where(pos >= neg, 1.0, -1.0).to(VS)).clamp_(min=0)  # in place: G is [samples, K]
         # lift every entry (as NNDSVDa fills zeros) so no entry is frozen at zero
         floor = 0.2 * G.mean(0, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny) + 1e-12
-        return (G + floor).to(A.dtype)
+        return G.add_(floor).to(A.dtype)
     raise SNMFError(f"init must be one of {INITS}, got {init!r}")
+
+
+def _times(A: SampleBlocks, G: torch.Tensor, mm: Matmul) -> torch.Tensor:
+    """``A G`` [units, K], summed over the blocks in order."""
+    out = None
+    for sl, Xb in A:
+        part = mm(Xb, G[sl])
+        out = part if out is None else out + part
+    return out
 
 
 def _g_update_fn(backend: str | None) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]:
@@ -271,6 +325,7 @@ def fit(
     backend: str | None = None,
     callback: Callable[[int, float], None] | None = None,
     num_threads: int | None = 1,
+    in_memory: bool = True,
 ) -> SNMFResult:
     """Fit ``A [units, samples] ~ F G^T`` (see the module docstring for the algorithm).
 
@@ -301,14 +356,18 @@ def fit(
         (:class:`mechflow.kernels.threads.RowBlockMatmul`), so the results are bit-identical whatever
         the caller's setting, yet use its threads. None: the caller's setting as it is, plain
         products (the results may then depend on the thread count).
+    in_memory: keep A in memory as float64 (or ``dtype``) sample blocks (:mod:`mechflow.snmf.blocks`).
+        False re-reads each block at every pass instead: with a DataArray opened lazily from a file,
+        the fit then holds one block of A (``SNMF_BLOCK_MB`` MiB) however many samples it has, and
+        its result is bit-identical to the in-memory fit (same blocks, same arithmetic).
     """
     if num_threads is None:
         return _fit(A, n_factors, sparsity, init, max_iter, tol, seed, n_init, ridge, refit_iter, eps, dtype, device,
-                    backend, callback, _plain_mm)
+                    backend, callback, _plain_mm, in_memory)
     workers = max(1, torch.get_num_threads() // int(num_threads))  # the caller's threads
     with torch_threads(num_threads), RowBlockMatmul(workers) as mm:
         return _fit(A, n_factors, sparsity, init, max_iter, tol, seed, n_init, ridge, refit_iter, eps, dtype, device,
-                    backend, callback, mm)
+                    backend, callback, mm, in_memory)
 
 
 def _fit(
@@ -328,6 +387,7 @@ def _fit(
     backend: str | None,
     callback: Callable[[int, float], None] | None,
     mm: Matmul,
+    in_memory: bool = True,
 ) -> SNMFResult:
     """:func:`fit` at the current thread count, with ``mm`` for the products along the sample axis."""
     t0 = time.perf_counter()
@@ -341,17 +401,16 @@ def _fit(
     if isinstance(eps, bool) or not (isinstance(eps, (int, float, np.floating)) and math.isfinite(eps) and eps >= 0):
         raise SNMFError(f"eps must be a finite number >= 0, got {eps!r}")
     update_g = _g_update_fn(backend)
-    X, unit_coord, prompt_coords = as_matrix(A, dtype, device)
+    X, unit_coord, prompt_coords = as_blocks(A, dtype, device, in_memory)
     n_units, n_samples = X.shape
     if cfg.n_factors > min(n_units, n_samples):
         raise SNMFError(
             f"n_factors={n_factors} exceeds min(units, samples) = min({n_units}, {n_samples}); "
             "use fewer factors or more samples"
         )
-    scale = float(torch.linalg.norm(X))
+    scale = X.scale
     if scale == 0.0:
         raise SNMFError("A is all zeros; there is nothing to factorise")
-    X = X / scale
     K, n_keep = cfg.n_factors, n_keep_for(cfg.sparsity, n_units)
     ridge, eps = cfg.ridge, float(eps)
 
@@ -364,8 +423,9 @@ def _fit(
             best_run, best = run, r
     F, G, losses, it, converged, stop_reason, fallbacks = best_run
     seconds = time.perf_counter() - t0
-    log.info("semi-NMF: %d factors of A [%d, %d], %d iterations (%s), loss %.6g, %.2f s", K, n_units, n_samples, it,
-             stop_reason, losses[-1], seconds)
+    log.info("semi-NMF: %d factors of A [%d, %d] (%d sample blocks, %s), %d iterations (%s), loss %.6g, %.2f s", K,
+             n_units, n_samples, len(X), "in memory" if X.in_memory else "read from disk at every pass", it, stop_reason,
+             losses[-1], seconds)
     return SNMFResult(
         F=(F * scale).cpu().numpy(),
         G=G.cpu().numpy(),
@@ -397,7 +457,7 @@ def _fit(
 
 
 def _fit_once(
-    X: torch.Tensor,
+    X: SampleBlocks,
     K: int,
     init: Any,
     seed: int,
@@ -413,25 +473,33 @@ def _fit_once(
 ) -> tuple[torch.Tensor, torch.Tensor, list[float], int, bool, str, int]:
     """One run from one initialisation on X [units, samples] with ||X||_F = 1 (``mm``: the large products).
 
+    Each iteration is one pass over X's blocks: a block's G rows are updated from ``X_b^T F`` and
+    its share of ``X G`` is added at once (G's column scale is divided out after the pass).
     Returns (F masked, G, losses, n_iter, converged, stop_reason, F-step fallbacks).
     """
     n_samples = X.shape[1]
     if isinstance(init, str):
         G = _init_G(X, K, init, seed, mm=mm)
     else:
-        G = user_G0(init, n_samples, K, X)
-    G = G / _unit_columns(G)
-    B, H = mm(X, G), mm(G.T, G)
+        G = user_G0(init, n_samples, K, torch.empty(0, dtype=X.dtype, device=X.device))
+    G = G.div_(_unit_columns(G))
+    B, H = _times(X, G, mm), mm(G.T, G)
     F, mask = _ridge_wta(B, H, ridge, n_keep)
     F = _refit(F, mask, B, H, refit_iter)
     losses = [_rel_loss(F, B, H)]
 
     converged, stop_reason, fallbacks, it = False, "max_iter", 0, 0
     for it in range(1, max_iter + 1):
-        G_new = update_g(mm(X.T, F), F.T @ F, G, eps)
+        Q = F.T @ F
+        G_new = torch.empty_like(G)
+        B = None
+        for sl, Xb in X:
+            G_new[sl] = update_g(mm(Xb.T, F), Q, G[sl], eps)
+            part = mm(Xb, G_new[sl])
+            B = part if B is None else B + part
         norms = _unit_columns(G_new)
-        G_new, F_scaled = G_new / norms, F * norms
-        B, H = mm(X, G_new), mm(G_new.T, G_new)
+        G_new, F_scaled, B = G_new.div_(norms), F * norms, B / norms
+        H = mm(G_new.T, G_new)
         loss_g = _rel_loss(F_scaled, B, H)
         F_new, mask_new, loss, fell = _f_step(B, H, F_scaled, mask, loss_g, n_keep, ridge, refit_iter)
         prev = losses[-1]

@@ -1,4 +1,4 @@
-"""Input coercion and checks of a semi-NMF fit: the matrix A, the sparsity rule, a caller's G0."""
+"""Input coercion and checks of a semi-NMF fit: the matrix A (as sample blocks), the sparsity rule, a caller's G0."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import xarray as xr
 
 from mechflow.runconfig import check_field
+from mechflow.snmf.blocks import SampleBlocks
 from mechflow.snmf.config import SNMFError, SNMFRunConfig
 from mechflow.snmf.result import SAMPLE_DIM, UNIT_DIM
 
@@ -26,14 +27,15 @@ def n_keep_for(sparsity: float, n_units: int) -> int:
     return min(n_units, max(1, math.ceil(round(sparsity * n_units, 9))))
 
 
-def as_matrix(
-    A: Any, dtype: torch.dtype | None, device: str | torch.device | None
-) -> tuple[torch.Tensor, np.ndarray | None, dict[str, np.ndarray]]:
-    """A (numpy, torch or xarray) -> float tensor [units, samples], unit labels, prompt coords.
+def as_blocks(
+    A: Any, dtype: torch.dtype | None, device: str | torch.device | None, in_memory: bool = True
+) -> tuple[SampleBlocks, np.ndarray | None, dict[str, np.ndarray]]:
+    """A (numpy, torch or xarray) -> :class:`SampleBlocks` [units, samples], unit labels, prompt coords.
 
     A DataArray with a ``unit`` dim is transposed to (unit, other); its unit labels and 1-D
-    coordinates along the sample dim (renamed ``prompt``) are returned. dtype defaults to float64
-    on CPU, float32 on CUDA.
+    coordinates along the sample dim (renamed ``prompt``) are returned. A DataArray opened lazily
+    from a file is read block by block, never whole: with ``in_memory=False`` at every pass, so the
+    fit holds one block of it at a time. dtype defaults to float64 on CPU, float32 on CUDA.
     """
     unit_coord: np.ndarray | None = None
     prompt_coords: dict[str, np.ndarray] = {}
@@ -53,37 +55,47 @@ def as_matrix(
             for k, v in A.coords.items()
             if v.dims == (sample_dim,)
         }
-        A = A.values
-    if isinstance(A, torch.Tensor):
-        t = A.detach()
+        _check_dtype(A.dtype, "xarray DataArray")
+        da = A.variable
+
+        def read(start: int, stop: int) -> np.ndarray:
+            return np.asarray(da[:, start:stop].values)
+
+        shape, source_device = tuple(int(s) for s in A.shape), torch.device("cpu")
     else:
-        try:
-            arr = np.asarray(A)
-        except (TypeError, ValueError) as err:
-            raise SNMFError(f"A must be a numpy array, torch tensor or xarray DataArray, got {type(A).__name__}") from err
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise SNMFError(
-                f"A must be a numpy array, torch tensor or xarray DataArray of real numbers, got {type(A).__name__} "
-                f"with dtype {arr.dtype}"
-            )
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.ndim != 2:
-        raise SNMFError(f"A must be 2-D [units, samples], got shape {tuple(t.shape)}")
-    if t.shape[0] < 1 or t.shape[1] < 1:
-        raise SNMFError(f"A must be non-empty, got shape {tuple(t.shape)}")
-    if t.is_complex():
-        raise SNMFError("A must be real, got a complex tensor")
-    if device is None:
-        device = t.device
+        if isinstance(A, torch.Tensor):
+            t = A.detach()
+            if t.is_complex():
+                raise SNMFError("A must be real, got a complex tensor")
+        else:
+            try:
+                arr = np.asarray(A)
+            except (TypeError, ValueError) as err:
+                raise SNMFError(f"A must be a numpy array, torch tensor or xarray DataArray, got {type(A).__name__}") from err
+            _check_dtype(arr.dtype, type(A).__name__)
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+
+        def read(start: int, stop: int) -> torch.Tensor:
+            return t[:, start:stop]
+
+        shape, source_device = tuple(int(s) for s in t.shape), t.device
+    if len(shape) != 2:
+        raise SNMFError(f"A must be 2-D [units, samples], got shape {shape}")
+    if shape[0] < 1 or shape[1] < 1:
+        raise SNMFError(f"A must be non-empty, got shape {shape}")
+    device = torch.device(source_device if device is None else device)
     if dtype is None:
-        dtype = torch.float32 if torch.device(device).type == "cuda" else torch.float64
+        dtype = torch.float32 if device.type == "cuda" else torch.float64
     if dtype not in (torch.float32, torch.float64):
         raise SNMFError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    t = t.to(device=device, dtype=dtype)
-    bad = int((~torch.isfinite(t)).sum())
-    if bad:
-        raise SNMFError(f"A holds {bad} non-finite values (NaN or inf); clean or drop them before fitting")
-    return t, unit_coord, prompt_coords
+    return SampleBlocks(read, shape[0], shape[1], dtype, device, in_memory=in_memory), unit_coord, prompt_coords
+
+
+def _check_dtype(dtype: Any, what: str) -> None:
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise SNMFError(
+            f"A must be a numpy array, torch tensor or xarray DataArray of real numbers, got {what} with dtype {dtype}"
+        )
 
 
 def user_G0(G0: Any, n_samples: int, K: int, like: torch.Tensor) -> torch.Tensor:
@@ -91,7 +103,7 @@ def user_G0(G0: Any, n_samples: int, K: int, like: torch.Tensor) -> torch.Tensor
     G = torch.as_tensor(np.asarray(G0) if not isinstance(G0, torch.Tensor) else G0.detach())
     if G.shape != (n_samples, K):
         raise SNMFError(f"init array G0 has shape {tuple(G.shape)}; expected [samples, factors] = ({n_samples}, {K})")
-    G = G.to(like)
+    G = G.to(like, copy=True)  # the fit scales its G in place; never the caller's array
     if not bool(torch.isfinite(G).all()) or bool((G < 0).any()):
         raise SNMFError("init array G0 must be finite and >= 0")
     if bool((G.sum(0) == 0).any()):

@@ -15,8 +15,6 @@ batches the whole set would use, so the result is bit for bit the unblocked one 
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -24,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from mechflow.data.regions import region_crs
+from mechflow.memory import rss_bytes
 from mechflow.spatial.datasets import MORAN_Q, MORAN_VARS, lisa_dataset, moran_dataset, region_weights, top_features
 from mechflow.spatial.fdr import fdr_bh
 from mechflow.spatial.residualise import RESIDUAL_CHUNK, TEMPLATE_COVARIATES, residualise_within_regions
@@ -106,18 +105,6 @@ BLOCK_ALIGN = RESIDUAL_CHUNK
 BYTES_PER_VALUE = 64
 
 
-def _rss_bytes() -> int:
-    """This process's resident memory now (Linux /proc; elsewhere its peak so far)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 def output_bytes(n_features: int, n_regions: int, n_controls: int = 3) -> int:
     """Bytes of the moran Dataset of ``n_features`` features (float64 [region, feature] variables)."""
     return 8 * n_regions * n_features * (len(MORAN_VARS) + n_controls * len(CONTROL_VARS))
@@ -130,7 +117,7 @@ def columns_per_block(n_prompts: int, n_features: int, memory_mb: float, n_regio
     memory now) and the output (twice: the blocks' results and their concatenation) come off first,
     the rest is shared out at :data:`BYTES_PER_VALUE` per value. A multiple of :data:`BLOCK_ALIGN`, at
     least one such multiple; ``n_features`` when all fit."""
-    in_use = _rss_bytes() if in_use_bytes is None else int(in_use_bytes)
+    in_use = rss_bytes() if in_use_bytes is None else int(in_use_bytes)
     free = memory_mb * 1e6 - in_use - 2 * output_bytes(n_features, n_regions, n_controls)
     width = int(max(free, 0) // (max(n_prompts, 1) * BYTES_PER_VALUE)) // BLOCK_ALIGN * BLOCK_ALIGN
     return n_features if width >= n_features else max(width, BLOCK_ALIGN)
