@@ -8,6 +8,7 @@ hub: loading runs with ``local_files_only=True`` and ``trust_remote_code=False``
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -93,10 +94,21 @@ def model_input_files(spec: str, base_dir: str | os.PathLike = ".") -> list[str]
 
 
 def model_digest(resolved: ResolvedModel) -> str:
-    """sha256 over the model's weight files (names and contents)."""
+    """sha256 over the model's weight files (names and contents); hashed once per process while the
+    files keep their size and modification time (a job asks for it for the cache key and its provenance)."""
+    stats = tuple((str(p), *_identity(os.stat(p))) for p in resolved.weight_files)
+    return _files_digest(stats)
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _files_digest(stats: tuple[tuple[Any, ...], ...]) -> str:
     from mechflow.io import files_sha256
 
-    return files_sha256(resolved.weight_files)
+    return files_sha256([entry[0] for entry in stats])
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -109,3 +109,19 @@ def test_an_unwritable_cache_falls_back_to_the_gguf(fake_gguf, monkeypatch, tmp_
     model, _ = load_model(resolved, device="cpu")
     assert calls == ["tiny.Q4.gguf"] and "parsing the GGUF file instead" in caplog.text
     assert all(not p.is_meta for p in model.parameters())
+
+
+def test_model_digest_hashes_once_until_the_weights_change(tmp_path, monkeypatch):
+    import types
+
+    import mechflow.io as mio
+
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"a" * 10)
+    resolved = types.SimpleNamespace(weight_files=[weights])
+    calls, real = [], mio.files_sha256
+    monkeypatch.setattr(mio, "files_sha256", lambda paths: calls.append(1) or real(paths))
+    first = models.model_digest(resolved)
+    assert models.model_digest(resolved) == first and len(calls) == 1
+    weights.write_bytes(b"b" * 11)
+    assert models.model_digest(resolved) == real([weights]) != first and len(calls) == 2
