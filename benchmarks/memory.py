@@ -1,4 +1,4 @@
-"""Bounded memory: data 4x larger than a memory bound through extraction + gather, SAE training and global Moran.
+"""Bounded memory: data 4x larger than a memory bound through extraction + gather, SAE training, semi-NMF and global Moran.
 
 Each stage runs in its own process under ``/usr/bin/time -v``; its peak resident memory (maximum RSS,
 and the kernel's VmHWM read by the stage itself at exit) is compared with the bound. The data are
@@ -14,9 +14,13 @@ synthetic but laid out as the workflow writes them:
 4. ``sae_encode``: the trained SAE (``UNITS`` features) encodes every row of that file into an SAE
    ``features.nc`` [prompt, feature] as large as the activations, streamed batch by batch
    (:func:`mechflow.sae.pipeline.write_features`, the ``sae`` rule's writer);
-5. ``write_features``: a feature set ``features [prompt, feature]`` float32 of ``4 x bound`` bytes (an SAE
+5. ``snmf``: :func:`mechflow.snmf.fit` (16 factors, SVD init, 5 iterations) of that layer, which does not
+   fit the bound, so it is read from disk in sample blocks at every pass (as the ``snmf`` rule does when
+   a layer exceeds its ``mem_mb``); it holds one block and ``G`` [samples, factors] (``3 x 8 x n x K``
+   bytes, 384 MB here: G grows with the samples, 32x slower than the data at 1,024 units);
+6. ``write_features``: a feature set ``features [prompt, feature]`` float32 of ``4 x bound`` bytes (an SAE
    features file's layout: contiguous, with the prompt coordinates), written by row blocks;
-6. ``spatial``: the spatial rule's path, :class:`mechflow.io.FeatureColumns` +
+7. ``spatial``: the spatial rule's path, :class:`mechflow.io.FeatureColumns` +
    :func:`mechflow.spatial.analysis.spatial_analysis` with ``memory_mb = bound`` (global Moran's I and
    Geary's C with permutations, the residualised and shuffled controls, LISA of the top features), and
    the moran/lisa files written.
@@ -158,10 +162,35 @@ def stage_sae_encode(wd: Path, cfg: dict) -> dict:
                               wd / "sae_features.nc")
     finally:
         da.close()
-    (wd / "resid.nc").unlink()
     size = path.stat().st_size
     path.unlink()
     return {"file_bytes": size, "n": int(layer.shape[0]), "n_features": cfg["sae_features"]}
+
+
+def stage_snmf(wd: Path, cfg: dict) -> dict:
+    """Semi-NMF of the activations file's layer (``snmf_factors`` factors, SVD init), as the ``snmf`` rule
+    runs it when the layer does not fit its ``mem_mb``: the lazily opened layer is read from disk in
+    sample blocks at every pass (:mod:`mechflow.snmf.blocks`); F, G and the loss are written."""
+    from mechflow import snmf
+    from mechflow.io import FeatureColumns, write_dataset
+    from mechflow.memory import return_large_frees, rss_bytes
+    from mechflow.snmf.blocks import block_samples, keep_in_memory
+
+    with FeatureColumns(wd / "resid.nc", "units", 5) as features:
+        layer = features.lazy()
+        n, d = layer.shape
+        in_memory = keep_in_memory(d, n, cfg["snmf_factors"], cfg["bound_mb"], rss_bytes())
+        if not in_memory:
+            return_large_frees()  # as the snmf rule does
+        t = time.perf_counter()
+        result = snmf.fit(layer, cfg["snmf_factors"], init="svd", max_iter=cfg["snmf_iter"], tol=0, in_memory=in_memory)
+        seconds = time.perf_counter() - t
+    write_dataset(result.to_dataset(attrs={"hook": "resid"}), wd / "snmf.nc")
+    (wd / "resid.nc").unlink()
+    (wd / "snmf.nc").unlink()
+    return {"in_memory": in_memory, "samples": n, "units": d, "n_factors": cfg["snmf_factors"],
+            "block_samples": block_samples(d), "iterations": result.n_iter, "loss_first": float(result.loss[0]),
+            "loss_last": float(result.loss[-1]), "fit_s": round(seconds, 1)}
 
 
 def stage_write_features(wd: Path, cfg: dict) -> dict:
@@ -210,7 +239,8 @@ def stage_spatial(wd: Path, cfg: dict) -> dict:
 
 
 STAGES = {"extract_shards": stage_extract_shards, "gather": stage_gather, "sae_train": stage_sae_train,
-          "sae_encode": stage_sae_encode, "write_features": stage_write_features, "spatial": stage_spatial}
+          "sae_encode": stage_sae_encode, "snmf": stage_snmf, "write_features": stage_write_features,
+          "spatial": stage_spatial}
 
 
 def run_stage(name: str, wd: Path, cfg: dict) -> dict:
@@ -256,6 +286,7 @@ def main() -> None:
         "bound_mb": bound, "threads": args.threads,
         "n_prompts": data // (4 * UNITS), "shards": 16, "window": 1024,
         "sae_features": UNITS, "sae_steps": 20 if args.quick else 100, "sae_batch": 1024, "sae_window": 8192,
+        "snmf_factors": 16, "snmf_iter": 2 if args.quick else 5,
         "n_features": data // (4 * N_SPATIAL), "permutations": args.permutations, "controls": not args.quick,
     }
     from _device import device_info, write_result  # benchmarks/_device.py

@@ -13,7 +13,7 @@ from mechflow import snmf
 from mechflow.contracts import upstream_attrs
 from mechflow.io import FeatureColumns, digest, write_dataset
 from mechflow.kernels import set_backend
-from mechflow.memory import rss_bytes
+from mechflow.memory import return_large_frees, rss_bytes
 from mechflow.snmf.blocks import keep_in_memory
 from mechflow.workflow import run_rule
 
@@ -29,9 +29,11 @@ def main(sm) -> None:
             units = units.rename(token="prompt")  # samples are tokens
         n_samples, n_units = units.shape
         in_memory = keep_in_memory(n_units, n_samples, int(run["n_factors"]), sm.resources.mem_mb, rss_bytes())
+        if not in_memory:
+            return_large_frees()  # each block read is returned to the system as it is dropped
         logging.getLogger("mechflow").info("semi-NMF of %d x %d: A %s (mem_mb %s)", n_units, n_samples,
                                            "in memory" if in_memory else "read from disk at every pass", sm.resources.mem_mb)
-        result = snmf.fit(units.T, in_memory=in_memory, **run)
+        result = snmf.fit(units, in_memory=in_memory, **run)  # [sample, unit] as stored: fit reads it by unit dim
     attrs = {**upstream_attrs(units.attrs), "layer": layer, "run": sm.wildcards.run, "level": sm.params.level,
              "config_digest": digest({"run": run, "code": sm.params.code})}
     ds = result.to_dataset(attrs=attrs)

@@ -84,9 +84,23 @@ def test_fit_from_disk_equals_fit_in_memory(tmp_path, small_blocks, units, sampl
     kw = dict(n_factors=4, init=start, max_iter=12, tol=0, sparsity=0.2)
     with open_dataarray(path) as lazy:
         assert lazy.variable._in_memory is False
-        on_disk = snmf.fit(lazy, in_memory=False, **kw)
+        on_disk = snmf.fit(lazy, in_memory=False, **kw)  # [prompt, unit] as stored
         read_once = snmf.fit(lazy, in_memory=True, **kw)
+        reads = []
+        real = type(lazy.variable).isel
+
+        def spy(self, *args, **kwargs):
+            out = real(self, *args, **kwargs)
+            reads.append(out.shape)
+            return out
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(type(lazy.variable), "isel", spy)
+            snmf.fit(lazy, in_memory=False, **{**kw, "max_iter": 1})
+        assert reads and max(r[0] for r in reads) <= block_samples(units)  # never more than one block read
     in_memory = snmf.fit(A, **kw)
+    transposed = snmf.fit(xr.DataArray(A.T, dims=("prompt", "unit")).T, **kw)  # a DataArray in either order
+    np.testing.assert_array_equal(transposed.F, in_memory.F)
     if init == "array":  # the fit scales its own copy
         np.testing.assert_array_equal(start, np.random.default_rng(5).random((samples, 4)) + 0.1)
     assert len(SampleBlocks(lambda a, b: A[:, a:b], units, samples, torch.float64, "cpu")) >= 2

@@ -247,6 +247,17 @@ def _gram_eig(A: SampleBlocks, K: int, mm: Matmul) -> torch.Tensor:
     return V[:, -K:].flip(1) * evals[-K:].flip(0).clamp(min=0).sqrt()
 
 
+def _sign_parts(VS: torch.Tensor, slices: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Norms of the positive and of the negative part of each column of VS [samples, K], over row blocks."""
+    pos = torch.zeros(VS.shape[1], dtype=VS.dtype, device=VS.device)
+    neg = torch.zeros_like(pos)
+    for sl in slices:
+        part = VS[sl]
+        pos += (part.clamp(min=0) ** 2).sum(0)
+        neg += (part.clamp(max=0) ** 2).sum(0)
+    return pos.sqrt(), neg.sqrt()
+
+
 def _init_G(A: SampleBlocks, K: int, init: str, seed: int, mm: Matmul = _plain_mm) -> torch.Tensor:
     """Strictly positive initial G [samples, K] (zeros would stay zero under multiplicative updates)."""
     n = A.shape[1]
@@ -263,7 +274,7 @@ def _init_G(A: SampleBlocks, K: int, init: str, seed: int, mm: Matmul = _plain_m
         # top-K right singular directions scaled by the singular values, from the smaller Gram
         VS = _gram_eig(A, K, mm)
         # G >= 0 fixes each direction's sign: take the sign with the larger positive part
-        pos, neg = VS.clamp(min=0).norm(dim=0), (-VS).clamp(min=0).norm(dim=0)
+        pos, neg = _sign_parts(VS, A.slices)
         G = VS.mul_(torch.where(pos >= neg, 1.0, -1.0).to(VS)).clamp_(min=0)  # in place: G is [samples, K]
         # lift every entry (as NNDSVDa fills zeros) so no entry is frozen at zero
         floor = 0.2 * G.mean(0, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny) + 1e-12
@@ -333,7 +344,8 @@ def fit(
     checked by its validator; errors are :class:`SNMFError` naming the key.
 
     A: numpy array, torch tensor or xarray DataArray [units, samples]; a DataArray with a ``unit``
-        dim is transposed to (unit, other) and its coords are kept for :meth:`SNMFResult.to_dataset`.
+        dim is read as (unit, other) in either order (pass a lazily opened one as opened, not
+        transposed) and its coords are kept for :meth:`SNMFResult.to_dataset`.
     n_factors: K, between 1 and min(units, samples).
     sparsity: fraction of units kept per factor, in (0, 1]; ``n_keep = ceil(sparsity * units)``.
     init: 'svd' (top singular directions, sign chosen so their positive part dominates),

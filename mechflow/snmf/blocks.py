@@ -51,28 +51,33 @@ class SampleBlocks:
         norms, bad = [], 0
         for sl in self.slices:
             block = self._convert(sl)
-            bad += int((~torch.isfinite(block)).sum())
+            finite = torch.isfinite(block)
+            if not bool(finite.all()):
+                bad += int(finite.numel() - finite.sum())
+            del finite
             norms.append(torch.linalg.norm(block))
+            del block
         if bad:
             raise SNMFError(f"A holds {bad} non-finite values (NaN or inf); clean or drop them before fitting")
         self.scale = float(norms[0] if len(norms) == 1 else torch.linalg.norm(torch.stack(norms)))
         self._kept: list[torch.Tensor] | None = None
         if self.in_memory and self.scale > 0:
-            self._kept = [self._convert(sl) / self.scale for sl in self.slices]
+            self._kept = [self._convert(sl).div_(self.scale) for sl in self.slices]
 
     def _convert(self, sl: slice) -> torch.Tensor:
         block = self._read(sl.start, sl.stop)
-        t = block.detach() if isinstance(block, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(block))
-        if tuple(t.shape) != (self.shape[0], sl.stop - sl.start):
-            raise SNMFError(f"read({sl.start}, {sl.stop}) gave shape {tuple(t.shape)}; expected "
-                            f"({self.shape[0]}, {sl.stop - sl.start})")
-        return t.to(device=self.device, dtype=self.dtype).contiguous()
+        t = block.detach() if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
+        shape = (self.shape[0], sl.stop - sl.start)
+        if tuple(t.shape) != shape:
+            raise SNMFError(f"read({sl.start}, {sl.stop}) gave shape {tuple(t.shape)}; expected {shape}")
+        # one contiguous copy in the working dtype, whatever the layout read (a [b, units] block's transpose)
+        return torch.empty(shape, dtype=self.dtype, device=self.device).copy_(t)
 
     def block(self, i: int) -> torch.Tensor:
         """Block ``i`` [units, b], scaled."""
         if self._kept is not None:
             return self._kept[i]
-        return self._convert(self.slices[i]) / self.scale
+        return self._convert(self.slices[i]).div_(self.scale)
 
     def __iter__(self) -> Iterator[tuple[slice, torch.Tensor]]:
         for i, sl in enumerate(self.slices):

@@ -32,10 +32,12 @@ def as_blocks(
 ) -> tuple[SampleBlocks, np.ndarray | None, dict[str, np.ndarray]]:
     """A (numpy, torch or xarray) -> :class:`SampleBlocks` [units, samples], unit labels, prompt coords.
 
-    A DataArray with a ``unit`` dim is transposed to (unit, other); its unit labels and 1-D
-    coordinates along the sample dim (renamed ``prompt``) are returned. A DataArray opened lazily
-    from a file is read block by block, never whole: with ``in_memory=False`` at every pass, so the
-    fit holds one block of it at a time. dtype defaults to float64 on CPU, float32 on CUDA.
+    A DataArray with a ``unit`` dim is read as (unit, other), in whichever order it is stored; its unit
+    labels and 1-D coordinates along the sample dim (renamed ``prompt``) are returned. A DataArray
+    opened lazily from a file is read block by block, never whole: with ``in_memory=False`` at every
+    pass, so the fit holds one block of it at a time. Pass it as opened, not transposed (xarray reads a
+    lazily transposed array by vectorised indexing, which is slow and not bounded). dtype defaults to
+    float64 on CPU, float32 on CUDA.
     """
     unit_coord: np.ndarray | None = None
     prompt_coords: dict[str, np.ndarray] = {}
@@ -46,8 +48,9 @@ def as_blocks(
             )
         if UNIT_DIM in A.dims:
             (sample_dim,) = [d for d in A.dims if d != UNIT_DIM]
-            A = A.transpose(UNIT_DIM, sample_dim)
-        unit_dim, sample_dim = A.dims
+            unit_dim = UNIT_DIM
+        else:
+            unit_dim, sample_dim = A.dims
         if unit_dim in A.coords:
             unit_coord = np.asarray(A[unit_dim].values)
         prompt_coords = {
@@ -56,12 +59,16 @@ def as_blocks(
             if v.dims == (sample_dim,)
         }
         _check_dtype(A.dtype, "xarray DataArray")
-        da = A.variable
+        # basic indexing along the stored layout (a lazily transposed file array is read by vectorised,
+        # whole-array indexing); each block is transposed to [units, b] after it is read
+        variable, samples_first = A.variable, A.dims[0] == sample_dim
 
         def read(start: int, stop: int) -> np.ndarray:
-            return np.asarray(da[:, start:stop].values)
+            block = np.asarray(variable.isel({sample_dim: slice(start, stop)}).values)
+            return block.T if samples_first else block
 
-        shape, source_device = tuple(int(s) for s in A.shape), torch.device("cpu")
+        shape = (int(A.sizes[unit_dim]), int(A.sizes[sample_dim]))
+        source_device = torch.device("cpu")
     else:
         if isinstance(A, torch.Tensor):
             t = A.detach()
