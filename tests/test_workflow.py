@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -73,7 +74,7 @@ def tiny_config(n: int = 30, analyses: bool = False, **extract) -> dict:
     return cfg
 
 
-def test_end_to_end_tiny_study_and_rerun_plans(workdir):
+def test_end_to_end_tiny_study_and_rerun_plans(workdir, tmp_path_factory):
     cfg = tiny_config(analyses=True)
     write_config(workdir, cfg)
     proc = run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
@@ -104,6 +105,17 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir):
     assert "tiny-name" not in table  # a companion: its numbers are the name-only column, not rows of their own
     assert (workdir / "results/logs/extract/tiny/minilm.log").stat().st_size > 0
     assert (workdir / "results/benchmarks/extract/tiny/minilm.tsv").exists()
+    # semi-NMF with too little mem_mb for its layer reads it from disk at every pass: the same file, bit for bit
+    snmf_rel = "results/snmf/tiny/minilm/mlp_hidden/layer3/k6.nc"
+    assert "A in memory" in (workdir / "results/logs/snmf/tiny/minilm/mlp_hidden/layer3/k6.log").read_text()
+    lowmem = tmp_path_factory.mktemp("lowmem") / "study"
+    shutil.copytree(workdir, lowmem, symlinks=True)
+    run_snakemake(lowmem, "-c", "1", "--configfile", "study.yaml", "--forcerun", "snmf", "--until", "snmf",
+                  "--set-resources", "snmf:mem_mb=256")
+    assert "A read from disk at every pass" in (lowmem / "results/logs/snmf/tiny/minilm/mlp_hidden/layer3/k6.log").read_text()
+    ours, streamed = load_dataset(workdir / snmf_rel), load_dataset(lowmem / snmf_rel)
+    for name in ("F", "G", "G_token", "loss"):
+        np.testing.assert_array_equal(streamed[name].values, ours[name].values, err_msg=name)
 
     assert planned_jobs(workdir) == {}  # right after a run: nothing to do
     # the same study written by a tool: keys in another order, every default written out, integers where
