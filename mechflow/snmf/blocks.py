@@ -37,8 +37,9 @@ class SampleBlocks:
     in_memory: keep the scaled blocks after reading them once (``8 * units * samples`` bytes in
         float64); False reads and scales each block again at every pass, holding one at a time.
 
-    Construction reads A once: it checks every value is finite and computes ``scale`` (the Frobenius
-    norm of the per-block norms, so one block gives exactly ``torch.linalg.norm(A)``).
+    Construction reads A once: it checks every value is finite, computes ``scale`` (the Frobenius
+    norm of the per-block norms, so one block gives exactly ``torch.linalg.norm(A)``) and, in memory,
+    keeps the blocks it read.
     """
 
     def __init__(self, read: Reader, n_units: int, n_samples: int, dtype: torch.dtype, device: torch.device | str,
@@ -48,7 +49,7 @@ class SampleBlocks:
         self.in_memory = bool(in_memory)
         self._step = step = block_samples(n_units)
         self.slices = [slice(s, min(s + step, n_samples)) for s in range(0, n_samples, step)]
-        norms, bad = [], 0
+        norms, bad, kept = [], 0, []
         for sl in self.slices:
             block = self._convert(sl)
             finite = torch.isfinite(block)
@@ -56,13 +57,15 @@ class SampleBlocks:
                 bad += int(finite.numel() - finite.sum())
             del finite
             norms.append(torch.linalg.norm(block))
+            if self.in_memory:
+                kept.append(block)
             del block
         if bad:
             raise SNMFError(f"A holds {bad} non-finite values (NaN or inf); clean or drop them before fitting")
         self.scale = float(norms[0] if len(norms) == 1 else torch.linalg.norm(torch.stack(norms)))
         self._kept: list[torch.Tensor] | None = None
         if self.in_memory and self.scale > 0:
-            self._kept = [self._convert(sl).div_(self.scale) for sl in self.slices]
+            self._kept = [block.div_(self.scale) for block in kept]  # as _convert(...).div_(scale): the same bits
 
     def _convert(self, sl: slice) -> torch.Tensor:
         block = self._read(sl.start, sl.stop)
