@@ -112,14 +112,10 @@ def _files_digest(stats: tuple[tuple[Any, ...], ...]) -> str:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
-    import torch
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu`` (:func:`mechflow.devices.resolve_device`)."""
+    from mechflow.devices import resolve_device as resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelSpecError(f"device {device!r} requested but torch sees no CUDA device")
-    return device
+    return str(resolve(device, ModelSpecError, "the model"))
 
 
 def resolve_dtype(dtype: str, device: str):

@@ -8,6 +8,7 @@ rule snmf:
         run=lambda wc: canonical(SNMF["runs"][wc.run]),
         top_prompts=SNMF["top_prompts"],
         level=SNMF["level"],
+        device=SNMF["device"],
         kernels=config["kernels"],
         code=code("snmf"),
     log:

@@ -11,6 +11,7 @@ import logging
 
 from mechflow import snmf
 from mechflow.contracts import upstream_attrs
+from mechflow.devices import resolve_device
 from mechflow.io import FeatureColumns, digest, write_dataset
 from mechflow.kernels import set_backend
 from mechflow.memory import return_large_frees, rss_bytes
@@ -28,14 +29,15 @@ def main(sm) -> None:
         if tokens:
             units = units.rename(token="prompt")  # samples are tokens
         n_samples, n_units = units.shape
-        in_memory = keep_in_memory(n_units, n_samples, int(run["n_factors"]), sm.resources.mem_mb, rss_bytes())
+        device = resolve_device(sm.params.device, snmf.SNMFError, "snmf")
+        in_memory = keep_in_memory(n_units, n_samples, int(run["n_factors"]), sm.resources.mem_mb, rss_bytes(), device)
         if not in_memory:
             return_large_frees()  # each block read is returned to the system as it is dropped
-        logging.getLogger("mechflow").info("semi-NMF of %d x %d: A %s (mem_mb %s)", n_units, n_samples,
+        logging.getLogger("mechflow").info("semi-NMF of %d x %d on %s: A %s (mem_mb %s)", n_units, n_samples, device,
                                            "in memory" if in_memory else "read from disk at every pass", sm.resources.mem_mb)
-        result = snmf.fit(units, in_memory=in_memory, **run)  # [sample, unit] as stored: fit reads it by unit dim
+        result = snmf.fit(units, in_memory=in_memory, device=device, **run)  # [sample, unit] as stored: fit reads it by unit dim
     attrs = {**upstream_attrs(units.attrs), "layer": layer, "run": sm.wildcards.run, "level": sm.params.level,
-             "config_digest": digest({"run": run, "code": sm.params.code})}
+             "config_digest": digest({"run": run, "device": sm.params.device, "code": sm.params.code})}
     ds = result.to_dataset(attrs=attrs)
     top = snmf.top_prompts(ds, k=min(int(sm.params.top_prompts), n_samples))
     if tokens:

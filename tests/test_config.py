@@ -44,6 +44,7 @@ def test_defaults_are_filled():
     (lambda c: c["models"]["smollm2"].update(spec="/no/such/model"), r"models.smollm2.spec: .*does not exist"),
     (lambda c: c["models"]["smollm2"].update(spec="tests"), r"models.smollm2.spec: .*has no weights"),
     (lambda c: c["models"]["smollm2"].update(device="gpu"), r"models.smollm2.device: 'gpu' does not match"),
+    (lambda c: c["snmf"].update(device="gpu"), r"snmf.device: 'gpu' does not match"),
     (lambda c: c.update(models={"bad name!": {"spec": "x"}}), r"does not match"),
     (lambda c: c["datasets"]["places"].update(models=["gpt9"]), r"datasets.places.models: unknown model 'gpt9'"),
     (lambda c: c["sae"].update(datasets=["nowhere"]), r"sae.datasets: unknown prompt set 'nowhere'"),

@@ -143,3 +143,15 @@ def test_non_finite_value_in_a_later_block_is_named(tmp_path, small_blocks):
     with open_dataarray(activations_file(tmp_path / "act.nc", A)) as lazy, \
             pytest.raises(snmf.SNMFError, match="1 non-finite values"):
         snmf.fit(lazy, n_factors=3, in_memory=False)
+
+
+def test_device_auto_runs_where_torch_sees_a_gpu_and_a_missing_gpu_is_named():
+    A = planted(20, 60)
+    auto = snmf.fit(A, 3, max_iter=2, device="auto")
+    expected = "float32" if torch.cuda.is_available() else "float64"  # float64 on the CPU, float32 on CUDA
+    assert auto.params["dtype"] == expected
+    if torch.cuda.is_available():
+        return
+    np.testing.assert_array_equal(auto.F, snmf.fit(A, 3, max_iter=2, device="cpu").F)
+    with pytest.raises(snmf.SNMFError, match="semi-NMF asks for device 'cuda:1' but torch sees no CUDA device"):
+        snmf.fit(A, 3, device="cuda:1")

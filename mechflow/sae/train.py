@@ -24,6 +24,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from mechflow.devices import resolve_device
 from mechflow.io import digest
 from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder, build_sae
@@ -83,14 +84,6 @@ def _init_seed(seed: int) -> int:
     return int(digest({"sae_init": seed}), 16) % (2**63)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"sae run asks for device {device!r} but CUDA is not available")
-    return torch.device(device)
-
-
 class Trainer:
     """Train one SAE on a :class:`~mechflow.sae.data.RowSource` according to a run dict.
 
@@ -135,7 +128,7 @@ class Trainer:
         self.resolved = parse_run(self.run).resolve(source.n_rows, source.d)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.progress = progress
-        self.device = resolve_device(self.run["device"])
+        self.device = resolve_device(self.run["device"], ValueError, "sae run")
         self.input_id = None if input_id is None else dict(input_id)
         self.code = str(code)
         self.num_threads = num_threads

@@ -360,6 +360,8 @@ def fit(
     refit_iter: CG steps refitting F on its support per iteration.
     eps: added to the denominator of the multiplicative update.
     dtype: float64 by default on CPU, float32 on CUDA.
+    device: where the fit runs: None (default) where A lives (numpy and DataArrays: the CPU); 'auto'
+        (CUDA when torch sees a GPU, else the CPU; the workflow's ``snmf.device``), 'cpu', 'cuda', 'cuda:N'.
     backend: kernel backend of the G update: None follows mechflow.kernels' process-wide setting
         (default 'auto': Triton on CUDA, PyTorch reference on CPU); or 'auto', 'reference', 'triton'.
     callback: called as ``callback(iteration, loss)`` after every iteration.

@@ -110,7 +110,13 @@ def working_bytes(n_units: int, n_samples: int, n_factors: int, in_memory: bool)
     return held + G_COPIES * 8 * n_samples * n_factors + gram
 
 
-def keep_in_memory(n_units: int, n_samples: int, n_factors: int, mem_mb: float, in_use_bytes: int) -> bool:
-    """Whether a fit with A in memory fits ``mem_mb`` (MB = 10^6 bytes) beside ``in_use_bytes`` already
-    held; else it reads A from disk at every pass (the same result, bit for bit; slower)."""
-    return in_use_bytes + working_bytes(n_units, n_samples, n_factors, True) <= 0.9 * float(mem_mb) * 1e6
+def keep_in_memory(n_units: int, n_samples: int, n_factors: int, mem_mb: float, in_use_bytes: int,
+                   device: Any = "cpu") -> bool:
+    """Whether a fit with A in memory fits: on the CPU, ``mem_mb`` (MB = 10^6 bytes) beside
+    ``in_use_bytes`` already held; on a CUDA device, 80% of its free memory. Else the fit reads A from
+    disk at every pass (the same result, bit for bit; slower)."""
+    need = working_bytes(n_units, n_samples, n_factors, True)
+    if torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return need <= 0.8 * free
+    return in_use_bytes + need <= 0.9 * float(mem_mb) * 1e6

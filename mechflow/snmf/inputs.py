@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from mechflow.devices import resolve_device
 from mechflow.runconfig import check_field
 from mechflow.snmf.blocks import SampleBlocks
 from mechflow.snmf.config import SNMFError, SNMFRunConfig
@@ -36,8 +37,9 @@ def as_blocks(
     labels and 1-D coordinates along the sample dim (renamed ``prompt``) are returned. A DataArray
     opened lazily from a file is read block by block, never whole: with ``in_memory=False`` at every
     pass, so the fit holds one block of it at a time. Pass it as opened, not transposed (xarray reads a
-    lazily transposed array by vectorised indexing, which is slow and not bounded). dtype defaults to
-    float64 on CPU, float32 on CUDA.
+    lazily transposed array by vectorised indexing, which is slow and not bounded). device: None keeps
+    A's own device; else ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`mechflow.devices.resolve_device`).
+    dtype defaults to float64 on CPU, float32 on CUDA.
     """
     unit_coord: np.ndarray | None = None
     prompt_coords: dict[str, np.ndarray] = {}
@@ -90,7 +92,7 @@ def as_blocks(
         raise SNMFError(f"A must be 2-D [units, samples], got shape {shape}")
     if shape[0] < 1 or shape[1] < 1:
         raise SNMFError(f"A must be non-empty, got shape {shape}")
-    device = torch.device(source_device if device is None else device)
+    device = source_device if device is None else resolve_device(device, SNMFError, "semi-NMF")
     if dtype is None:
         dtype = torch.float32 if device.type == "cuda" else torch.float64
     if dtype not in (torch.float32, torch.float64):

@@ -32,13 +32,6 @@ def weights_csr(w: W) -> sp.csr_matrix:
     return sp.csr_matrix(w.sparse, dtype=np.float64)
 
 
-def resolve_device(device) -> torch.device:
-    """``None`` -> CUDA when torch sees it, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def locality_order(A: sp.csr_matrix) -> np.ndarray:
     """Bandwidth-reducing order (reverse Cuthill-McKee) so neighbours sit close in memory."""
     return np.asarray(reverse_cuthill_mckee(sp.csr_matrix(A + A.T), symmetric_mode=True))

@@ -45,12 +45,12 @@ import torch
 from libpysal.weights import W
 from scipy.stats import norm
 
+from mechflow.devices import resolve_device
 from mechflow.kernels.threads import torch_threads
 from mechflow.spatial._sparse import (
     as_2d_values,
     fold_counts,
     locality_order,
-    resolve_device,
     torch_csr,
     weights_csr,
 )

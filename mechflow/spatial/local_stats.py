@@ -22,8 +22,9 @@ import scipy.sparse as sp
 import torch
 from libpysal.weights import W
 
+from mechflow.devices import resolve_device
 from mechflow.kernels.threads import torch_threads
-from mechflow.spatial._sparse import as_2d_values, fold_counts, resolve_device, weights_csr
+from mechflow.spatial._sparse import as_2d_values, fold_counts, weights_csr
 
 __all__ = ["local_moran"]
 
