@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import xarray as xr
@@ -146,41 +147,37 @@ def test_mechflow_info_plans_the_tiny_study():
     assert weights == 4 * (2 * 384 * 128 + 128 + 384)
 
 
-def test_the_printed_plan_flags_a_step_over_its_memory(tiny_llama, tmp_path):
-    csv = _csv_prompts(tmp_path, n=12)
-    config = {
+def _snmf_study(csv: Path, model: Path, level: str) -> dict:
+    """A study of one prompt CSV, one model and one semi-NMF run (k2) at ``level``."""
+    return {
         "results": "results",
         "datasets": {"d": {"source": "csv", "path": str(csv)}},
-        "models": {"m": {"spec": str(tiny_llama)}},
+        "models": {"m": {"spec": str(model)}},
         "extract": {"layers": "all", "hook_layers": {}, "keep_sink": False, "pooling": "mean", "exclude": "first",
                     "max_length": 32, "shards": 1},
-        "snmf": {"level": "pooled", "runs": {"k2": {"n_factors": 2, "max_iter": 10}}},
+        "snmf": {"level": level, "runs": {"k2": {"n_factors": 2, "max_iter": 10}}},
     }
-    facts = study_facts(config)
-    jobs = [Job("snmf", {"dataset": "d", "model": "m", "hook": "resid", "layer": "1", "run": "k2"},
-                ("results/snmf/d/m/resid/layer1/k2.nc",), 2, {"mem_mb": "100", "gpu": "0"})]
-    text = format_plan(build_plan(jobs, config, facts, "s.yaml"))
+
+
+def _snmf_job(threads: int, mem_mb: int) -> Job:
+    return Job("snmf", {"dataset": "d", "model": "m", "hook": "resid", "layer": "1", "run": "k2"},
+               ("results/snmf/d/m/resid/layer1/k2.nc",), threads, {"mem_mb": str(mem_mb), "gpu": "0"})
+
+
+def test_the_printed_plan_flags_a_step_over_its_memory(tiny_llama, tmp_path):
+    config = _snmf_study(_csv_prompts(tmp_path, n=12), tiny_llama, "pooled")
+    text = format_plan(build_plan([_snmf_job(2, 100)], config, study_facts(config), "s.yaml"))
     assert "snmf" in text and "(over mem_mb)" in text and "raise <step>.mem_mb" in text
     assert "snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.nc" in text
 
 
 def test_semi_nmf_reads_its_layer_from_disk_when_it_does_not_fit_mem_mb(tiny_llama, tmp_path):
     """The plan's semi-NMF note and estimate follow the choice the rule makes (mechflow.snmf.blocks)."""
-    csv = _csv_prompts(tmp_path, n=12)
-    config = {
-        "results": "results",
-        "datasets": {"d": {"source": "csv", "path": str(csv)}},
-        "models": {"m": {"spec": str(tiny_llama)}},
-        "extract": {"layers": "all", "hook_layers": {}, "keep_sink": False, "pooling": "mean", "exclude": "first",
-                    "max_length": 32, "shards": 1},
-        "snmf": {"level": "tokens", "runs": {"k2": {"n_factors": 2, "max_iter": 10}}},
-    }
+    config = _snmf_study(_csv_prompts(tmp_path, n=12), tiny_llama, "tokens")
     facts = study_facts(config)
 
     def plan(mem_mb: int):
-        job = Job("snmf", {"dataset": "d", "model": "m", "hook": "resid", "layer": "1", "run": "k2"},
-                  ("results/snmf/d/m/resid/layer1/k2.nc",), 1, {"mem_mb": str(mem_mb), "gpu": "0"})
-        (rule,) = build_plan([job], config, facts, "s.yaml").rules
+        (rule,) = build_plan([_snmf_job(1, mem_mb)], config, facts, "s.yaml").rules
         return rule
 
     small, large = plan(300), plan(8000)
