@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from mechflow.devices import DEVICE_PATTERN
 from mechflow.kernels import sparse_decode, topk_encode
 from mechflow.runconfig import Check, RunConfig, config_fields, option
 from mechflow.sae.defaults import RunContext, dead_window, default_lr
@@ -89,7 +90,7 @@ class SAERunConfig(RunConfig):
                                          "larger than RAM)", minimum=1)
     shuffle_block: int = option(256, "contiguous rows read together (match the file's chunking)", minimum=1)
     device: str = option("auto", "auto (cuda when present), cpu, cuda or cuda:<i>",
-                         pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
+                         pattern=DEVICE_PATTERN)
 
     #: ``lr`` when the run leaves it null: ``LR_BASE * sqrt(64 / d_in)`` (:func:`mechflow.sae.defaults.default_lr`)
     LR_BASE: ClassVar[float] = 8e-3
