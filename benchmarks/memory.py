@@ -173,15 +173,12 @@ def stage_snmf(wd: Path, cfg: dict) -> dict:
     sample blocks at every pass (:mod:`mechflow.snmf.blocks`); F, G and the loss are written."""
     from mechflow import snmf
     from mechflow.io import FeatureColumns, write_dataset
-    from mechflow.memory import return_large_frees, rss_bytes
-    from mechflow.snmf.blocks import block_samples, keep_in_memory
+    from mechflow.snmf.blocks import block_samples, plan_this_process
 
     with FeatureColumns(wd / "resid.nc", "units", 5) as features:
         layer = features.lazy()
         n, d = layer.shape
-        in_memory = keep_in_memory(d, n, cfg["snmf_factors"], cfg["bound_mb"], rss_bytes())
-        if not in_memory:
-            return_large_frees()  # as the snmf rule does
+        in_memory = plan_this_process(d, n, cfg["snmf_factors"], cfg["bound_mb"])  # as the snmf rule decides
         t = time.perf_counter()
         result = snmf.fit(layer, cfg["snmf_factors"], init="svd", max_iter=cfg["snmf_iter"], tol=0, in_memory=in_memory)
         seconds = time.perf_counter() - t

@@ -14,8 +14,7 @@ from mechflow.contracts import upstream_attrs
 from mechflow.devices import resolve_device
 from mechflow.io import FeatureColumns, digest, write_dataset
 from mechflow.kernels import set_backend
-from mechflow.memory import return_large_frees, rss_bytes
-from mechflow.snmf.blocks import keep_in_memory
+from mechflow.snmf.blocks import plan_this_process
 from mechflow.workflow import run_rule
 
 
@@ -30,9 +29,7 @@ def main(sm) -> None:
             units = units.rename(token="prompt")  # samples are tokens
         n_samples, n_units = units.shape
         device = resolve_device(sm.params.device, snmf.SNMFError, "snmf")
-        in_memory = keep_in_memory(n_units, n_samples, int(run["n_factors"]), sm.resources.mem_mb, rss_bytes(), device)
-        if not in_memory:
-            return_large_frees()  # each block read is returned to the system as it is dropped
+        in_memory = plan_this_process(n_units, n_samples, int(run["n_factors"]), sm.resources.mem_mb, device)
         logging.getLogger("mechflow").info("semi-NMF of %d x %d on %s: A %s (mem_mb %s)", n_units, n_samples, device,
                                            "in memory" if in_memory else "read from disk at every pass", sm.resources.mem_mb)
         result = snmf.fit(units, in_memory=in_memory, device=device, **run)  # [sample, unit] as stored: fit reads it by unit dim

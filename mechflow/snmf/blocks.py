@@ -120,3 +120,15 @@ def keep_in_memory(n_units: int, n_samples: int, n_factors: int, mem_mb: float, 
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return need <= 0.8 * free
     return in_use_bytes + need <= 0.9 * float(mem_mb) * 1e6
+
+
+def plan_this_process(n_units: int, n_samples: int, n_factors: int, mem_mb: float, device: Any = "cpu") -> bool:
+    """:func:`keep_in_memory` for this process as it stands (its resident memory counted); when the fit
+    will read A from disk, also has glibc return each dropped block to the system
+    (:func:`mechflow.memory.return_large_frees`), so the process holds one block at a time."""
+    from mechflow.memory import return_large_frees, rss_bytes
+
+    in_memory = keep_in_memory(n_units, n_samples, n_factors, mem_mb, rss_bytes(), device)
+    if not in_memory:
+        return_large_frees()
+    return in_memory
