@@ -21,6 +21,7 @@ from mechflow.contracts import result_path
 __all__ = ["lens_models", "consistency_sets", "lens_sets", "prompt_set_spec", "prompt_set_inputs", "lens_jobs", "check_lens",
            "tuned_lens_inputs"]
 
+
 def lens_models(config: dict[str, Any]) -> list[str]:
     """Models the lens reads (``lens.models``, null = every model of the study)."""
     lens = config.get("lens") or {}
