@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 #: the pattern of a ``device`` setting in a study (``auto``, ``cpu``, ``cuda`` or ``cuda:N``)
 DEVICE_PATTERN = "^(auto|cpu|cuda(:[0-9]+)?)$"
 
 
-def resolve_device(device: Any = "auto", error: type[Exception] = ValueError, what: str = "") -> Any:
+def resolve_device(device: Any = "auto", error: type[Exception] = ValueError, what: str = "") -> torch.device:
     """``auto`` (or None) -> ``cuda`` when torch sees a GPU, else ``cpu``; any other device as given.
 
     Returns a ``torch.device``. Raises ``error`` when a CUDA device is asked for and torch sees none
