@@ -136,11 +136,11 @@ def _is_causal_lm(config: Any) -> bool:
     Uses ``config.architectures`` where given (safetensors folders); GGUF configs have none, so
     fall back to the model type: causal-LM only, not also a masked LM (BERT is both).
     """
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
     archs = getattr(config, "architectures", None) or []
     if archs:
         return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
     model_type = getattr(config, "model_type", "")
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
@@ -284,7 +284,7 @@ def check_tokenizer(tokenizer: Any, model: Any) -> None:
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def _gguf_metadata_value(path: Path, suffix: str) -> Any:
+def gguf_metadata_value(path: Path, suffix: str) -> Any:
     """Read one metadata value (first key ending in ``suffix``) from a GGUF header, stopping there.
 
     Parses only the key-value header (not the tensor table), so it takes milliseconds.
@@ -330,7 +330,7 @@ def _gguf_metadata_value(path: Path, suffix: str) -> Any:
 def count_layers(resolved: ResolvedModel) -> int | None:
     """Number of transformer blocks, read from config.json or the GGUF header (None if unknown)."""
     if resolved.gguf_file:
-        value = _gguf_metadata_value(resolved.directory / resolved.gguf_file, ".block_count")
+        value = gguf_metadata_value(resolved.directory / resolved.gguf_file, ".block_count")
         return int(value) if value is not None else None
     config = resolved.directory / "config.json"
     if not config.exists():
@@ -351,7 +351,7 @@ def is_causal_lm(resolved: ResolvedModel) -> bool:
     ``architectures``, or by a ``model_type`` that is a causal LM and not also a masked LM (as :func:`_is_causal_lm`).
     """
     if resolved.gguf_file:
-        return _gguf_metadata_value(resolved.directory / resolved.gguf_file, "general.architecture") is not None
+        return gguf_metadata_value(resolved.directory / resolved.gguf_file, "general.architecture") is not None
     config = resolved.directory / "config.json"
     if not config.exists():
         return False
@@ -369,11 +369,15 @@ _HOOK_WIDTH_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+#: the hooks whose width a model's config states
+WIDTH_HOOKS: tuple[str, ...] = tuple(_HOOK_WIDTH_KEYS)
+
+
 def hook_width(resolved: ResolvedModel, hook: str) -> int | None:
     """Units of a hook's activations (d_model, or the MLP width), from config.json or the GGUF header."""
     config_keys, gguf_key = _HOOK_WIDTH_KEYS[hook]
     if resolved.gguf_file:
-        value = _gguf_metadata_value(resolved.directory / resolved.gguf_file, gguf_key)
+        value = gguf_metadata_value(resolved.directory / resolved.gguf_file, gguf_key)
         return int(value) if isinstance(value, int) else None
     config = resolved.directory / "config.json"
     if not config.exists():

@@ -269,9 +269,9 @@ def _parameters(resolved, layers: int | None, widths: dict[str, int | None]) -> 
         return None
     vocab = None
     if resolved.gguf_file:
-        from mechflow.models import _gguf_metadata_value
+        from mechflow.models import gguf_metadata_value
 
-        tokens = _gguf_metadata_value(resolved.directory / resolved.gguf_file, "tokenizer.ggml.tokens")
+        tokens = gguf_metadata_value(resolved.directory / resolved.gguf_file, "tokenizer.ggml.tokens")
         vocab = len(tokens) if isinstance(tokens, list) else None
     elif (resolved.directory / "config.json").exists():
         vocab = json.loads((resolved.directory / "config.json").read_text(encoding="utf-8")).get("vocab_size")
