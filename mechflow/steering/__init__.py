@@ -9,6 +9,7 @@ Modules, one job each:
 - ``measure``: KL to the unsteered model, entropy and target log-probabilities per scale and prompt at the
   last token, and greedy generations (:func:`steering_effects`, :func:`greedy_generations`);
 - ``result``: the ``steering/{dataset}/{model}/{name}.nc`` file;
+- ``pipeline``: :func:`run_steering`, the ``steer`` rule's entry point (the vector, its effects, the file's Dataset);
 - ``jobs``: the step in a study: manifest entries, inputs, params and config checks (no torch).
 
 Names are re-exported lazily, so that the workflow can import ``mechflow.steering.jobs`` without loading
@@ -29,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "activation_norm": "measure", "first_token_ids": "measure",
     "heldout_mask": "prompts",
     "steering_dataset": "result",
+    "run_steering": "pipeline",
     "steering_jobs": "jobs", "check_steering": "jobs",
 }
 __all__ = sorted(_EXPORTS)
