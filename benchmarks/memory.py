@@ -180,7 +180,7 @@ def stage_snmf(wd: Path, cfg: dict) -> dict:
         n, d = layer.shape
         in_memory = plan_this_process(d, n, cfg["snmf_factors"], cfg["bound_mb"])  # as the snmf rule decides
         t = time.perf_counter()
-        result = snmf.fit(layer, cfg["snmf_factors"], init="svd", max_iter=cfg["snmf_iter"], tol=0, in_memory=in_memory)
+        result = snmf.fit(layer, n_factors=cfg["snmf_factors"], init="svd", max_iter=cfg["snmf_iter"], tol=0, in_memory=in_memory)
         seconds = time.perf_counter() - t
     write_dataset(result.to_dataset(attrs={"hook": "resid"}), wd / "snmf.nc")
     (wd / "resid.nc").unlink()

@@ -63,7 +63,7 @@ def time_case(
     n_keep = snmf.n_keep_for(sparsity, units)
 
     def ours(n: int):
-        return snmf.fit(A, K, sparsity=sparsity, init=G0, max_iter=n, tol=0, dtype=dtype, device=device)
+        return snmf.fit(A, n_factors=K, sparsity=sparsity, G0=G0, max_iter=n, tol=0, dtype=dtype, device=device)
 
     def base(n: int):
         return baseline(A, G0, n_keep, n)
@@ -114,7 +114,7 @@ def time_out_of_core(units: int, samples: int, K: int, n_iter: int, sparsity: fl
         with open_dataarray(path) as lazy:
             for name, in_memory in (("on_disk", False), ("in_memory", True)):
                 def fit(n: int, in_memory=in_memory):
-                    return snmf.fit(lazy, K, sparsity=sparsity, init=G0, max_iter=n, tol=0, in_memory=in_memory)
+                    return snmf.fit(lazy, n_factors=K, sparsity=sparsity, G0=G0, max_iter=n, tol=0, in_memory=in_memory)
 
                 fit(1)
                 t0 = min(_timed(fit, 0, "cpu")[0] for _ in range(reps))

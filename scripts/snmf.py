@@ -32,7 +32,8 @@ def main(sm) -> None:
         in_memory = plan_this_process(n_units, n_samples, int(run["n_factors"]), sm.resources.mem_mb, device)
         logging.getLogger("mechflow").info("semi-NMF of %d x %d on %s: A %s (mem_mb %s)", n_units, n_samples, device,
                                            "in memory" if in_memory else "read from disk at every pass", sm.resources.mem_mb)
-        result = snmf.fit(units, in_memory=in_memory, device=device, **run)  # [sample, unit] as stored: fit reads it by unit dim
+        # [sample, unit] as stored: fit reads it by unit dim
+        result = snmf.fit(units, snmf.SNMFRunConfig.from_dict(run), snmf.SNMFRuntime(device=device, in_memory=in_memory))
     attrs = {**upstream_attrs(units.attrs), "layer": layer, "run": sm.wildcards.run, "level": sm.params.level,
              "config_digest": digest({"run": run, "device": sm.params.device, "code": sm.params.code})}
     ds = result.to_dataset(attrs=attrs)

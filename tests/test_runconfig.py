@@ -95,15 +95,12 @@ def test_snmf_defaults_agree_everywhere():
                         "ridge": 1e-6, "refit_iter": 5}  # the workflow's values, now the library's too
     schema = snmf.run_schema()
     assert _schema_defaults(schema["properties"]) == defaults and schema["required"] == ["n_factors"]
-    params = inspect.signature(snmf.fit).parameters
-    assert params["n_factors"].default is inspect.Parameter.empty
-    for key, value in defaults.items():
-        assert params[key].default == value, key
-    assert {f.name for f in runconfig.config_fields(snmf.SNMFRunConfig)} <= set(params)  # every run key is a fit keyword
+    assert snmf.DEFAULTS == defaults
     assert snmf.validate_run({"n_factors": 3}) == {"n_factors": 3, **defaults}
     A = np.random.default_rng(0).normal(size=(12, 30))
-    r = snmf.fit(A, 3)
+    r = snmf.fit(A, snmf.SNMFRunConfig(n_factors=3))
     assert {k: r.params[k] for k in defaults} == defaults
+    assert snmf.fit(A, **snmf.validate_run({"n_factors": 3})).params == r.params  # every run key is a fit keyword
 
 
 def test_every_run_key_is_typed_and_documented():
@@ -181,9 +178,9 @@ def test_library_entry_points_use_the_same_validator():
         build_sae("gba", 4, 8, gba_freq_min=0.9, gba_freq_max=0.5)
     A = np.ones((10, 20))
     with pytest.raises(snmf.SNMFError, match="'ridge' must be a number >= 0"):
-        snmf.fit(A, 2, ridge=-1.0)
+        snmf.fit(A, n_factors=2, ridge=-1.0)
     with pytest.raises(snmf.SNMFError, match="'max_iter' must be an integer >= 0"):
-        snmf.fit(A, 2, max_iter=1.5)
+        snmf.fit(A, n_factors=2, max_iter=1.5)
 
 
 # ---- (d) the JSON schema and the Python validator agree ------------------------------------------

@@ -60,7 +60,7 @@ def problem():
 @pytest.fixture(scope="module")
 def fitted(problem):
     A, _, _ = problem
-    return snmf.fit(A, 8, sparsity=0.1, init="kmeans", max_iter=200, tol=1e-7, seed=0, n_init=4)
+    return snmf.fit(A, n_factors=8, sparsity=0.1, init="kmeans", max_iter=200, tol=1e-7, seed=0, n_init=4)
 
 
 def test_recovers_planted_factors(problem, fitted):
@@ -77,7 +77,7 @@ def test_objective_is_monotone(problem, fitted):
     # also along a single run from every init (restarts only pick one run)
     A, _, _ = problem
     for init in snmf.INITS:
-        r = snmf.fit(A, 8, sparsity=0.1, init=init, max_iter=60, tol=0, seed=3)
+        r = snmf.fit(A, n_factors=8, sparsity=0.1, init=init, max_iter=60, tol=0, seed=3)
         assert r.n_iter == 60 or r.stop_reason == "precision"
         assert np.all(np.diff(r.loss) <= 0), (init, np.diff(r.loss).max())
 
@@ -103,7 +103,7 @@ def test_n_keep_rule(sparsity, units, expected):
 
 def test_sparsity_count_on_odd_fraction():
     A, _, _ = synthetic(units=90, samples=300, K=5, seed=4)
-    r = snmf.fit(A, 5, sparsity=0.07, max_iter=20, seed=0)
+    r = snmf.fit(A, n_factors=5, sparsity=0.07, max_iter=20, seed=0)
     assert r.n_keep == math.ceil(0.07 * 90) == 7
     np.testing.assert_array_equal((r.F != 0).sum(0), 7)
     assert r.G.min() >= 0
@@ -113,7 +113,7 @@ def test_matches_straightforward_dense_implementation(problem):
     A, _, _ = problem
     K, n_iter = 8, 40
     G0 = np.random.default_rng(5).random((A.shape[1], K)) + 0.01
-    ours = snmf.fit(A, K, sparsity=0.1, init=G0, max_iter=n_iter, tol=0, backend="reference")
+    ours = snmf.fit(A, n_factors=K, sparsity=0.1, G0=G0, max_iter=n_iter, tol=0, backend="reference")
     F_ref, G_ref, loss_ref = dense_reference_fit(torch.from_numpy(A), torch.from_numpy(G0), ours.n_keep, n_iter)
     assert ours.n_iter == n_iter and len(loss_ref) == n_iter + 1
     assert ours.loss[-1] == pytest.approx(loss_ref[-1], rel=0.01)
@@ -123,9 +123,9 @@ def test_matches_straightforward_dense_implementation(problem):
 
 def test_deterministic_for_a_seed(problem):
     A, _, _ = problem
-    a = snmf.fit(A, 8, init="kmeans", max_iter=15, seed=7)
-    b = snmf.fit(A, 8, init="kmeans", max_iter=15, seed=7)
-    c = snmf.fit(A, 8, init="kmeans", max_iter=15, seed=8)
+    a = snmf.fit(A, n_factors=8, init="kmeans", max_iter=15, seed=7)
+    b = snmf.fit(A, n_factors=8, init="kmeans", max_iter=15, seed=7)
+    c = snmf.fit(A, n_factors=8, init="kmeans", max_iter=15, seed=8)
     np.testing.assert_array_equal(a.F, b.F)
     np.testing.assert_array_equal(a.G, b.G)
     np.testing.assert_array_equal(a.loss, b.loss)
@@ -134,15 +134,15 @@ def test_deterministic_for_a_seed(problem):
 
 def test_float32_torch_and_xarray_inputs(problem):
     A, _, _ = problem
-    r32 = snmf.fit(torch.from_numpy(A).float(), 8, init="svd", max_iter=30, dtype=torch.float32)
-    r64 = snmf.fit(A, 8, init="svd", max_iter=30)
+    r32 = snmf.fit(torch.from_numpy(A).float(), n_factors=8, init="svd", max_iter=30, dtype=torch.float32)
+    r64 = snmf.fit(A, n_factors=8, init="svd", max_iter=30)
     assert r32.F.dtype == np.float32 and r64.F.dtype == np.float64
     assert np.all(np.diff(r32.loss) <= 0)
     assert r32.loss[-1] == pytest.approx(r64.loss[-1], rel=0.05)
     # a DataArray [prompt, unit] is transposed by its dim names and keeps its coords
     da = xr.DataArray(A.T, dims=("prompt", "unit"),
                       coords={"unit": np.arange(200) + 1000, "text": ("prompt", [f"p{i}" for i in range(1000)])})
-    rx = snmf.fit(da, 8, init="svd", max_iter=30)
+    rx = snmf.fit(da, n_factors=8, init="svd", max_iter=30)
     np.testing.assert_array_equal(rx.F, r64.F)
     np.testing.assert_array_equal(rx.unit_coord, np.arange(200) + 1000)
     assert rx.prompt_coords["text"][3] == "p3"
@@ -194,8 +194,8 @@ def test_dataset_contract_and_top_prompts(tmp_path, problem, fitted):
         (np.ones((10, 20)), {"sparsity": 1.5}, "sparsity"),
         (np.ones((10, 20)), {"sparsity": -0.1}, "sparsity"),
         (np.ones((10, 20)), {"init": "nndsvd"}, "init"),
-        (np.ones((10, 20)), {"init": np.ones((20, 3))}, "shape"),
-        (np.ones((10, 20)), {"init": -np.ones((20, 2))}, ">= 0"),
+        (np.ones((10, 20)), {"G0": np.ones((20, 3))}, "shape"),
+        (np.ones((10, 20)), {"G0": -np.ones((20, 2))}, ">= 0"),
         (np.ones((10, 20)), {"n_init": 3, "init": "svd"}, "n_init"),
         (np.ones((10, 20)), {"tol": -1.0}, "tol"),
         (np.ones((10, 20)), {"backend": "cuda-magic"}, "backend"),
@@ -206,6 +206,31 @@ def test_clear_errors(A, kwargs, message):
     kwargs = {"n_factors": 2, **kwargs}
     with pytest.raises(ValueError, match=message):
         snmf.fit(A, **kwargs)
+
+
+def test_typed_config_and_runtime_equal_the_keywords(problem):
+    """fit(A, cfg, runtime) is fit(A, **cfg keys, **runtime keys); a key goes one way, not both."""
+    A, _, _ = problem
+    seen = []
+    cfg = snmf.SNMFRunConfig(n_factors=4, init="random", max_iter=5, seed=2)
+    typed = snmf.fit(A, cfg, snmf.SNMFRuntime(backend="reference", callback=lambda it, loss: seen.append(it)))
+    keys = snmf.fit(A, n_factors=4, init="random", max_iter=5, seed=2, backend="reference")
+    assert seen == [1, 2, 3, 4, 5]
+    for name in ("F", "G", "loss"):
+        np.testing.assert_array_equal(getattr(typed, name), getattr(keys, name), err_msg=name)
+    assert typed.params == keys.params
+    with pytest.raises(TypeError, match="cfg and its keys"):
+        snmf.fit(A, cfg, max_iter=3)
+    with pytest.raises(TypeError, match="runtime and its keys"):
+        snmf.fit(A, cfg, snmf.SNMFRuntime(), device="cpu")
+    with pytest.raises(TypeError, match="SNMFRunConfig"):
+        snmf.fit(A, 4)
+    with pytest.raises(snmf.SNMFError, match="G0="):
+        snmf.fit(A, n_factors=4, init=np.ones((1000, 4)))
+    with pytest.raises(snmf.SNMFError, match="n_init"):  # an array G0 is deterministic: no restarts
+        snmf.fit(A, snmf.SNMFRunConfig(n_factors=4, init="kmeans", n_init=2), G0=np.ones((1000, 4)))
+    with pytest.raises(snmf.SNMFError, match="n_factors"):  # a config built directly is checked too
+        snmf.fit(A, snmf.SNMFRunConfig(n_factors=0))
 
 
 def test_top_prompts_errors(fitted):
@@ -225,9 +250,9 @@ def test_triton_g_update_inside_a_fit_matches_the_reference(triton_device, monke
     monkeypatch.setattr(tk, "snmf_update", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
     A, _, _ = synthetic(units=30, samples=70, K=4, seed=2)
     kw = dict(sparsity=0.2, init="random", max_iter=6, tol=0, seed=1, dtype=torch.float32, device=triton_device)
-    ref = snmf.fit(A, 4, backend="reference", **kw)
+    ref = snmf.fit(A, n_factors=4, backend="reference", **kw)
     assert not calls
-    tri = snmf.fit(A, 4, backend="triton", **kw)
+    tri = snmf.fit(A, n_factors=4, backend="triton", **kw)
     assert len(calls) == 6  # one G update per iteration, all through the kernel
     np.testing.assert_allclose(tri.loss, ref.loss, rtol=1e-5)
     np.testing.assert_allclose(tri.G, ref.G, rtol=1e-4, atol=1e-6)

@@ -80,8 +80,8 @@ def test_fit_from_disk_equals_fit_in_memory(tmp_path, small_blocks, units, sampl
     """4-8 blocks read from a netCDF file at every pass == the same blocks kept in memory == numpy input."""
     A = planted(units, samples, seed=units + samples)
     path = activations_file(tmp_path / "act.nc", A)
-    start = np.random.default_rng(5).random((samples, 4)) + 0.1 if init == "array" else init
-    kw = dict(n_factors=4, init=start, max_iter=12, tol=0, sparsity=0.2)
+    start = {"G0": np.random.default_rng(5).random((samples, 4)) + 0.1} if init == "array" else {"init": init}
+    kw = dict(n_factors=4, max_iter=12, tol=0, sparsity=0.2, **start)
     with open_dataarray(path) as lazy:
         assert lazy.variable._in_memory is False
         on_disk = snmf.fit(lazy, in_memory=False, **kw)  # [prompt, unit] as stored
@@ -102,7 +102,7 @@ def test_fit_from_disk_equals_fit_in_memory(tmp_path, small_blocks, units, sampl
     transposed = snmf.fit(xr.DataArray(A.T, dims=("prompt", "unit")).T, **kw)  # a DataArray in either order
     np.testing.assert_array_equal(transposed.F, in_memory.F)
     if init == "array":  # the fit scales its own copy
-        np.testing.assert_array_equal(start, np.random.default_rng(5).random((samples, 4)) + 0.1)
+        np.testing.assert_array_equal(start["G0"], np.random.default_rng(5).random((samples, 4)) + 0.1)
     assert len(SampleBlocks(lambda a, b: A[:, a:b], units, samples, torch.float64, "cpu")) >= 2
     for other in (read_once, in_memory):
         np.testing.assert_array_equal(on_disk.F, other.F)
@@ -147,11 +147,11 @@ def test_non_finite_value_in_a_later_block_is_named(tmp_path, small_blocks):
 
 def test_device_auto_runs_where_torch_sees_a_gpu_and_a_missing_gpu_is_named():
     A = planted(20, 60)
-    auto = snmf.fit(A, 3, max_iter=2, device="auto")
+    auto = snmf.fit(A, n_factors=3, max_iter=2, device="auto")
     expected = "float32" if torch.cuda.is_available() else "float64"  # float64 on the CPU, float32 on CUDA
     assert auto.params["dtype"] == expected
     if torch.cuda.is_available():
         return
-    np.testing.assert_array_equal(auto.F, snmf.fit(A, 3, max_iter=2, device="cpu").F)
+    np.testing.assert_array_equal(auto.F, snmf.fit(A, n_factors=3, max_iter=2, device="cpu").F)
     with pytest.raises(snmf.SNMFError, match="semi-NMF asks for device 'cuda:1' but torch sees no CUDA device"):
-        snmf.fit(A, 3, device="cuda:1")
+        snmf.fit(A, n_factors=3, device="cuda:1")

@@ -9,7 +9,7 @@ One iteration
 1. **G step**: the multiplicative semi-NMF update of Ding, Li & Jordan (2010),
    ``G <- G * sqrt(((A^T F)+ + G (F^T F)-) / ((A^T F)- + G (F^T F)+))``, through
    :func:`mechflow.kernels.snmf_update_g` (the fused Triton kernel on CUDA, the PyTorch reference
-   on CPU; ``backend=`` picks one). For fixed F it never increases ``||A - F G^T||^2`` (Ding et al., Theorem 1).
+   on CPU; :attr:`SNMFRuntime.backend` picks one). For fixed F it never increases ``||A - F G^T||^2`` (Ding et al., Theorem 1).
 2. **Rescale** G's columns to unit norm; F's columns absorb the scale (the product is unchanged).
 3. **F step**: ridge least squares ``F_ls = A G (G^T G + ridge I)^-1``; winner-take-all keeps the
    ``n_keep`` largest ``|F_ls|`` per column; the kept entries are then refit by ``refit_iter``
@@ -37,11 +37,11 @@ multiplied back at the end. G's columns have unit Euclidean norm.
 
 Out of core: every product along the samples runs over fixed blocks of samples
 (:class:`mechflow.snmf.blocks.SampleBlocks`), each iteration in one pass over them; with
-``in_memory=False`` the blocks are read from the file at every pass, so memory holds one block plus
+``SNMFRuntime(in_memory=False)`` the blocks are read from the file at every pass, so memory holds one block plus
 ``G`` [samples, factors], and the result is the same to the bit as with A in memory.
 
 Determinism: a multi-threaded BLAS product over the long sample axis rounds differently for each
-thread count, so the fit runs at a fixed intra-op thread count (``num_threads``, default 1) and
+thread count, so the fit runs at a fixed intra-op thread count (``SNMFRuntime.num_threads``, default 1) and
 spreads its large products over the caller's threads as fixed row blocks of single-threaded
 products: F, G and the losses are bit-identical whatever ``torch.set_num_threads`` the caller
 chose. The wall time goes to the log, not into the result's data.
@@ -53,6 +53,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,14 +61,17 @@ import torch
 
 from mechflow.kernels.threads import RowBlockMatmul, torch_threads
 from mechflow.snmf.blocks import SampleBlocks
-from mechflow.snmf.config import INITS, Init, SNMFError, SNMFRunConfig
+from mechflow.snmf.config import INITS, SNMFError, SNMFRunConfig
 from mechflow.snmf.inputs import as_blocks, n_keep_for, user_G0
 from mechflow.snmf.result import SNMFResult
+from mechflow.snmf.runtime import RUNTIME_KEYS, SNMFRuntime
 
 log = logging.getLogger(__name__)
 
 #: ``mm(a, b) -> a @ b``: the products that grow with the sample axis go through one (see :func:`fit`)
 Matmul = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``update_g(P, Q, G, eps) -> G_new``: the multiplicative G update (:func:`mechflow.kernels.snmf_update_g`)
+GUpdate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
 def _plain_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -76,6 +80,49 @@ def _plain_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 #: defaults of the run keys of :func:`fit`: those of :class:`SNMFRunConfig` (the workflow's too)
 DEFAULTS: dict[str, Any] = SNMFRunConfig.defaults()
+#: default ``eps`` of :func:`fit`, added to the denominator of the multiplicative G update
+EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """What every restart of one fit shares: A [units, samples] as sample blocks scaled to ``||A||_F = 1``,
+    what is fitted (``cfg``; ``G0``: the caller's initial G [samples, factors] in place of ``cfg.init``,
+    or None), and the routines it runs through (``mm`` for the products along the sample axis)."""
+
+    X: SampleBlocks
+    cfg: SNMFRunConfig
+    n_keep: int
+    eps: float
+    G0: np.ndarray | torch.Tensor | None
+    update_g: GUpdate
+    mm: Matmul
+    callback: Callable[[int, float], None] | None
+
+
+@dataclass(frozen=True)
+class _FModel:
+    """F [units, K] (zero off its support), its winner-take-all support ``mask`` [units, K] (bool), and
+    the relative loss it gives with the current G."""
+
+    F: torch.Tensor
+    mask: torch.Tensor
+    loss: float
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One run from one initialisation: F [units, K] masked to its support, G [samples, K], the loss at the
+    initialisation and after every iteration, the iterations run, how it stopped, F-step fallbacks."""
+
+    F: torch.Tensor
+    G: torch.Tensor
+    losses: list[float]
+    n_iter: int
+    converged: bool
+    stop_reason: str
+    fallbacks: int
+
 
 # --------------------------------------------------------------------------------------------
 # building blocks (all vectorised over factors)
@@ -135,34 +182,27 @@ def _ridge_wta(B: torch.Tensor, H: torch.Tensor, ridge: float, n_keep: int) -> t
     return F * mask, mask
 
 
-def _f_step(
-    B: torch.Tensor,
-    H: torch.Tensor,
-    F_cur: torch.Tensor,
-    mask_cur: torch.Tensor,
-    loss_cur: float,
-    n_keep: int,
-    ridge: float,
-    refit_iter: int,
-) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
-    """Guarded F update; returns (F, mask, loss, fell_back) with loss <= loss_cur."""
+def _f_step(p: _Problem, B: torch.Tensor, H: torch.Tensor, cur: _FModel) -> tuple[_FModel, bool]:
+    """Guarded F update from ``B = A G`` [units, K] and ``H = G^T G`` [K, K]; returns (new F, fell_back),
+    the new loss <= ``cur.loss``."""
+    n_keep, ridge, refit_iter = p.n_keep, p.cfg.ridge, p.cfg.refit_iter
     F_new, mask_new = _ridge_wta(B, H, ridge, n_keep)
     F_new = _refit(F_new, mask_new, B, H, refit_iter)
     loss_new = _rel_loss(F_new, B, H)
-    if loss_new <= loss_cur:
-        return F_new, mask_new, loss_new, False
+    if loss_new <= cur.loss:
+        return _FModel(F_new, mask_new, loss_new), False
     # fallback: one iterative-hard-thresholding step from the current F (gradient step of length
     # 1 / lambda_max(G^T G), then winner-take-all), which cannot raise the loss (majorisation), so
     # supports can still move; then the CG refit on the new support
     lam = float(torch.linalg.eigvalsh(H)[-1])
     if lam > 0:
-        F_iht = F_cur + (B - F_cur @ H) / lam
+        F_iht = cur.F + (B - cur.F @ H) / lam
         mask_iht = _top_mask(F_iht, n_keep)
         F_iht = _refit(F_iht * mask_iht, mask_iht, B, H, refit_iter)
         loss_iht = _rel_loss(F_iht, B, H)
-        if loss_iht <= loss_cur:
-            return F_iht, mask_iht, loss_iht, True
-    return F_cur, mask_cur, loss_cur, True
+        if loss_iht <= cur.loss:
+            return _FModel(F_iht, mask_iht, loss_iht), True
+    return cur, True
 
 
 def _unit_columns(G: torch.Tensor) -> torch.Tensor:
@@ -291,7 +331,7 @@ def _times(A: SampleBlocks, G: torch.Tensor, mm: Matmul) -> torch.Tensor:
     return out
 
 
-def _g_update_fn(backend: str | None) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]:
+def _g_update_fn(backend: str | None) -> GUpdate:
     """The G update of :mod:`mechflow.kernels`: its process-wide backend (None) or the named one."""
     import mechflow.kernels as kernels
 
@@ -320,148 +360,111 @@ def _g_update_fn(backend: str | None) -> Callable[[torch.Tensor, torch.Tensor, t
 
 def fit(
     A: Any,
-    n_factors: int,
-    sparsity: float = DEFAULTS["sparsity"],
-    init: Init | np.ndarray | torch.Tensor = DEFAULTS["init"],
-    max_iter: int = DEFAULTS["max_iter"],
-    tol: float = DEFAULTS["tol"],
-    seed: int = DEFAULTS["seed"],
+    cfg: SNMFRunConfig | None = None,
+    runtime: SNMFRuntime | None = None,
     *,
-    n_init: int = DEFAULTS["n_init"],
-    ridge: float = DEFAULTS["ridge"],
-    refit_iter: int = DEFAULTS["refit_iter"],
-    eps: float = 1e-12,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-    backend: str | None = None,
-    callback: Callable[[int, float], None] | None = None,
-    num_threads: int | None = 1,
-    in_memory: bool = True,
+    G0: np.ndarray | torch.Tensor | None = None,
+    eps: float = EPS,
+    **keys: Any,
 ) -> SNMFResult:
-    """Fit ``A [units, samples] ~ F G^T`` (see the module docstring for the algorithm).
-
-    The run keys (n_factors ... refit_iter) and their defaults are those of :class:`SNMFRunConfig`,
-    checked by its validator; errors are :class:`SNMFError` naming the key.
+    """Fit ``A [units, samples] ~ F G^T``: ``F [units, factors]`` sparse, ``G [samples, factors] >= 0``
+    (the algorithm: the module docstring). Returns an :class:`SNMFResult` (F in A's units, G with
+    unit-norm columns, the loss at the initialisation and after every iteration).
 
     A: numpy array, torch tensor or xarray DataArray [units, samples]; a DataArray with a ``unit``
         dim is read as (unit, other) in either order (pass a lazily opened one as opened, not
         transposed) and its coords are kept for :meth:`SNMFResult.to_dataset`.
-    n_factors: K, between 1 and min(units, samples).
-    sparsity: fraction of units kept per factor, in (0, 1]; ``n_keep = ceil(sparsity * units)``.
-    init: 'svd' (top singular directions, sign chosen so their positive part dominates),
-        'kmeans' (spherical k-means++ / Lloyd on samples; cluster indicators + 0.2), 'random'
-        (uniform), or an array G0 [samples, factors] >= 0 (entries at 0 stay 0 under the G update).
-    max_iter: iterations after the initialisation (0 returns the initialisation).
-    tol: stop when the relative loss decrease of an iteration falls below ``tol`` (0: run max_iter).
-    seed: seeds every random choice; the fit is deterministic for a fixed seed on a given device.
-    n_init: restarts from seeds seed, seed+1, ...; the run with the lowest final loss is returned
-        (alternating sparse fits have local minima; a few restarts of 'kmeans'/'random' avoid most).
-    ridge: lambda of the ridge step, relative to G's unit-norm columns.
-    refit_iter: CG steps refitting F on its support per iteration.
+    cfg: what is fitted, an :class:`SNMFRunConfig` (checked again here by its validator; errors are
+        :class:`SNMFError` naming the key): ``n_factors`` K, between 1 and min(units, samples);
+        ``sparsity``, ``n_keep = ceil(sparsity * units)`` units kept per factor; ``init`` 'svd' (top
+        singular directions, sign chosen so their positive part dominates), 'kmeans' (spherical
+        k-means++ / Lloyd on samples; cluster indicators + 0.2) or 'random' (uniform); ``max_iter``
+        iterations after the initialisation (0 returns it); ``tol``, stop when an iteration lowers the
+        relative loss by less (0: run max_iter); ``seed`` of every random choice (the fit is
+        deterministic for a seed on a given device); ``n_init`` restarts from seeds seed, seed+1, ...,
+        the lowest final loss kept (alternating sparse fits have local minima; a few restarts of
+        'kmeans'/'random' avoid most); ``ridge`` lambda of the ridge step, relative to G's unit-norm
+        columns; ``refit_iter`` CG steps refitting F on its support per iteration.
+    runtime: how it runs, an :class:`SNMFRuntime` (device, dtype, G-update backend, threads, A in
+        memory or re-read from its file, a per-iteration callback); default ``SNMFRuntime()``.
+    G0: an initial G [samples, factors] >= 0 in place of ``cfg.init`` (entries at 0 stay 0 under the
+        G update; deterministic, so ``n_init`` must be 1); the result records init 'array'.
     eps: added to the denominator of the multiplicative update.
-    dtype: float64 by default on CPU, float32 on CUDA.
-    device: where the fit runs: None (default) where A lives (numpy and DataArrays: the CPU); 'auto'
-        (CUDA when torch sees a GPU, else the CPU; the workflow's ``snmf.device``), 'cpu', 'cuda', 'cuda:N'.
-    backend: kernel backend of the G update: None follows mechflow.kernels' process-wide setting
-        (default 'auto': Triton on CUDA, PyTorch reference on CPU); or 'auto', 'reference', 'triton'.
-    callback: called as ``callback(iteration, loss)`` after every iteration.
-    num_threads: intra-op threads of the fit (default 1). The products along the sample axis then run
-        as fixed row blocks spread over the caller's ``torch.get_num_threads()`` threads
-        (:class:`mechflow.kernels.threads.RowBlockMatmul`), so the results are bit-identical whatever
-        the caller's setting, yet use its threads. None: the caller's setting as it is, plain
-        products (the results may then depend on the thread count).
-    in_memory: keep A in memory as float64 (or ``dtype``) sample blocks (:mod:`mechflow.snmf.blocks`).
-        False re-reads each block at every pass instead: with a DataArray opened lazily from a file,
-        the fit then holds one block of A (``SNMF_BLOCK_MB`` MiB) however many samples it has, and
-        its result is bit-identical to the in-memory fit (same blocks, same arithmetic).
+    keys: the fields of ``cfg`` and/or of ``runtime``, where that one is not given:
+        ``fit(A, n_factors=8, init='kmeans', device='auto')`` is
+        ``fit(A, SNMFRunConfig.from_dict({'n_factors': 8, 'init': 'kmeans'}), SNMFRuntime(device='auto'))``.
     """
-    if num_threads is None:
-        return _fit(A, n_factors, sparsity, init, max_iter, tol, seed, n_init, ridge, refit_iter, eps, dtype, device,
-                    backend, callback, _plain_mm, in_memory)
-    workers = max(1, torch.get_num_threads() // int(num_threads))  # the caller's threads
-    with torch_threads(num_threads), RowBlockMatmul(workers) as mm:
-        return _fit(A, n_factors, sparsity, init, max_iter, tol, seed, n_init, ridge, refit_iter, eps, dtype, device,
-                    backend, callback, mm, in_memory)
+    cfg, runtime = _settings(cfg, runtime, G0, keys)
+    if runtime.num_threads is None:
+        return _fit(A, cfg, runtime, G0, eps, _plain_mm)
+    workers = max(1, torch.get_num_threads() // int(runtime.num_threads))  # the caller's threads
+    with torch_threads(runtime.num_threads), RowBlockMatmul(workers) as mm:
+        return _fit(A, cfg, runtime, G0, eps, mm)
 
 
-def _fit(
-    A: Any,
-    n_factors: int,
-    sparsity: float,
-    init: Init | np.ndarray | torch.Tensor,
-    max_iter: int,
-    tol: float,
-    seed: int,
-    n_init: int,
-    ridge: float,
-    refit_iter: int,
-    eps: float,
-    dtype: torch.dtype | None,
-    device: str | torch.device | None,
-    backend: str | None,
-    callback: Callable[[int, float], None] | None,
-    mm: Matmul,
-    in_memory: bool = True,
-) -> SNMFResult:
-    """:func:`fit` at the current thread count, with ``mm`` for the products along the sample axis."""
+def _settings(
+    cfg: SNMFRunConfig | None, runtime: SNMFRuntime | None, G0: Any, keys: dict[str, Any]
+) -> tuple[SNMFRunConfig, SNMFRuntime]:
+    """The checked run config and the runtime of :func:`fit`, each from its argument or from ``keys``."""
+    run = {k: v for k, v in keys.items() if k not in RUNTIME_KEYS}
+    how = {k: v for k, v in keys.items() if k in RUNTIME_KEYS}
+    for given, name, passed in ((cfg, "cfg", run), (runtime, "runtime", how)):
+        if given is not None and passed:
+            raise TypeError(f"fit() got {name} and its keys {sorted(passed)} as keywords; pass one or the other")
+    if cfg is not None and not isinstance(cfg, SNMFRunConfig):
+        raise TypeError(f"fit()'s cfg must be an SNMFRunConfig, got {type(cfg).__name__}; or pass the run keys as "
+                        "keywords, e.g. fit(A, n_factors=8)")
+    if not isinstance(run.get("init", ""), str):
+        raise SNMFError(f"init must be one of {INITS}; pass an initial G [samples, factors] as G0=")
+    run = cfg.to_dict() if cfg is not None else run
+    # an array G0 stands in as 'svd' for the checks: both are deterministic (no restarts)
+    cfg = SNMFRunConfig.from_dict(run if G0 is None else {**run, "init": "svd"}, label="semi-NMF")
+    return cfg, runtime if runtime is not None else SNMFRuntime(**how)
+
+
+def _fit(A: Any, cfg: SNMFRunConfig, runtime: SNMFRuntime, G0: Any, eps: float, mm: Matmul) -> SNMFResult:
+    """:func:`fit` of a checked ``cfg`` at the current thread count, with ``mm`` for the products along the sample axis."""
     t0 = time.perf_counter()
-    if isinstance(init, str) and init not in INITS:
-        raise SNMFError(f"init must be one of {INITS} or an array G0 [samples, factors] >= 0, got {init!r}")
-    # an array init stands in as 'svd' for the checks: both are deterministic (no restarts)
-    cfg = SNMFRunConfig.from_dict(
-        {"n_factors": n_factors, "sparsity": sparsity, "init": init if isinstance(init, str) else "svd",
-         "max_iter": max_iter, "tol": tol, "seed": seed, "n_init": n_init, "ridge": ridge, "refit_iter": refit_iter},
-        label="semi-NMF")
     if isinstance(eps, bool) or not (isinstance(eps, (int, float, np.floating)) and math.isfinite(eps) and eps >= 0):
         raise SNMFError(f"eps must be a finite number >= 0, got {eps!r}")
-    update_g = _g_update_fn(backend)
-    X, unit_coord, prompt_coords = as_blocks(A, dtype, device, in_memory)
+    update_g = _g_update_fn(runtime.backend)
+    X, unit_coord, prompt_coords = as_blocks(A, runtime.dtype, runtime.device, runtime.in_memory)
     n_units, n_samples = X.shape
     if cfg.n_factors > min(n_units, n_samples):
         raise SNMFError(
-            f"n_factors={n_factors} exceeds min(units, samples) = min({n_units}, {n_samples}); "
+            f"n_factors={cfg.n_factors} exceeds min(units, samples) = min({n_units}, {n_samples}); "
             "use fewer factors or more samples"
         )
     scale = X.scale
     if scale == 0.0:
         raise SNMFError("A is all zeros; there is nothing to factorise")
-    K, n_keep = cfg.n_factors, n_keep_for(cfg.sparsity, n_units)
-    ridge, eps = cfg.ridge, float(eps)
+    p = _Problem(X, cfg, n_keep_for(cfg.sparsity, n_units), float(eps), G0, update_g, mm, runtime.callback)
 
     best_run, best, restart_losses = None, 0, []
     for r in range(cfg.n_init):  # keep only the best run in memory
-        run = _fit_once(X, K, init, cfg.seed + r, n_keep, cfg.max_iter, cfg.tol, ridge, cfg.refit_iter, eps, update_g, callback,
-                        mm)
-        restart_losses.append(run[2][-1])
-        if best_run is None or run[2][-1] < best_run[2][-1]:
+        run = _fit_once(p, cfg.seed + r)
+        restart_losses.append(run.losses[-1])
+        if best_run is None or run.losses[-1] < best_run.losses[-1]:
             best_run, best = run, r
-    F, G, losses, it, converged, stop_reason, fallbacks = best_run
     seconds = time.perf_counter() - t0
-    log.info("semi-NMF: %d factors of A [%d, %d] (%d sample blocks, %s), %d iterations (%s), loss %.6g, %.2f s", K,
-             n_units, n_samples, len(X), "in memory" if X.in_memory else "read from disk at every pass", it, stop_reason,
-             losses[-1], seconds)
+    log.info("semi-NMF: %d factors of A [%d, %d] (%d sample blocks, %s), %d iterations (%s), loss %.6g, %.2f s",
+             cfg.n_factors, n_units, n_samples, len(X), "in memory" if X.in_memory else "read from disk at every pass",
+             best_run.n_iter, best_run.stop_reason, best_run.losses[-1], seconds)
     return SNMFResult(
-        F=(F * scale).cpu().numpy(),
-        G=G.cpu().numpy(),
-        loss=np.asarray(losses, dtype=np.float64),
-        n_iter=it,
-        converged=converged,
-        stop_reason=stop_reason,
-        n_keep=n_keep,
+        F=(best_run.F * scale).cpu().numpy(),
+        G=best_run.G.cpu().numpy(),
+        loss=np.asarray(best_run.losses, dtype=np.float64),
+        n_iter=best_run.n_iter,
+        converged=best_run.converged,
+        stop_reason=best_run.stop_reason,
+        n_keep=p.n_keep,
         params={
-            "n_factors": K,
-            "sparsity": cfg.sparsity,
-            "init": init if isinstance(init, str) else "array",
-            "max_iter": cfg.max_iter,
-            "tol": cfg.tol,
-            "seed": cfg.seed,
-            "n_init": cfg.n_init,
-            "ridge": ridge,
-            "refit_iter": cfg.refit_iter,
-            "eps": eps,
+            **cfg.to_dict(),
+            "init": cfg.init if G0 is None else "array",
+            "eps": p.eps,
             "dtype": str(X.dtype).removeprefix("torch."),
         },
-        f_fallbacks=fallbacks,
+        f_fallbacks=best_run.fallbacks,
         seconds=seconds,
         unit_coord=unit_coord,
         prompt_coords=prompt_coords,
@@ -470,64 +473,48 @@ def _fit(
     )
 
 
-def _fit_once(
-    X: SampleBlocks,
-    K: int,
-    init: Any,
-    seed: int,
-    n_keep: int,
-    max_iter: int,
-    tol: float,
-    ridge: float,
-    refit_iter: int,
-    eps: float,
-    update_g: Callable[..., torch.Tensor],
-    callback: Callable[[int, float], None] | None,
-    mm: Matmul = _plain_mm,
-) -> tuple[torch.Tensor, torch.Tensor, list[float], int, bool, str, int]:
-    """One run from one initialisation on X [units, samples] with ||X||_F = 1 (``mm``: the large products).
+def _fit_once(p: _Problem, seed: int) -> _Attempt:
+    """One run of ``p`` from one initialisation (seeded by ``seed``).
 
     Each iteration is one pass over X's blocks: a block's G rows are updated from ``X_b^T F`` and
     its share of ``X G`` is added at once (G's column scale is divided out after the pass).
-    Returns (F masked, G, losses, n_iter, converged, stop_reason, F-step fallbacks).
     """
-    n_samples = X.shape[1]
-    if isinstance(init, str):
-        G = _init_G(X, K, init, seed, mm=mm)
+    X, cfg, mm = p.X, p.cfg, p.mm
+    if p.G0 is None:
+        G = _init_G(X, cfg.n_factors, cfg.init, seed, mm=mm)
     else:
-        G = user_G0(init, n_samples, K, torch.empty(0, dtype=X.dtype, device=X.device))
+        G = user_G0(p.G0, X.shape[1], cfg.n_factors, torch.empty(0, dtype=X.dtype, device=X.device))
     G = G.div_(_unit_columns(G))
     B, H = _times(X, G, mm), mm(G.T, G)
-    F, mask = _ridge_wta(B, H, ridge, n_keep)
-    F = _refit(F, mask, B, H, refit_iter)
+    F, mask = _ridge_wta(B, H, cfg.ridge, p.n_keep)
+    F = _refit(F, mask, B, H, cfg.refit_iter)
     losses = [_rel_loss(F, B, H)]
 
     converged, stop_reason, fallbacks, it = False, "max_iter", 0, 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, cfg.max_iter + 1):
         Q = F.T @ F
         G_new = torch.empty_like(G)
         B = None
         for sl, Xb in X:
-            G_new[sl] = update_g(mm(Xb.T, F), Q, G[sl], eps)
+            G_new[sl] = p.update_g(mm(Xb.T, F), Q, G[sl], p.eps)
             part = mm(Xb, G_new[sl])
             B = part if B is None else B + part
         norms = _unit_columns(G_new)
         G_new, F_scaled, B = G_new.div_(norms), F * norms, B / norms
         H = mm(G_new.T, G_new)
-        loss_g = _rel_loss(F_scaled, B, H)
-        F_new, mask_new, loss, fell = _f_step(B, H, F_scaled, mask, loss_g, n_keep, ridge, refit_iter)
+        new, fell = _f_step(p, B, H, _FModel(F_scaled, mask, _rel_loss(F_scaled, B, H)))
         prev = losses[-1]
-        if loss > prev:  # only rounding can get here (the G step is non-increasing in exact arithmetic)
+        if new.loss > prev:  # only rounding can get here (the G step is non-increasing in exact arithmetic)
             it -= 1
             converged, stop_reason = True, "precision"
             break
-        F, G, mask = F_new, G_new, mask_new
+        F, G, mask = new.F, G_new, new.mask
         fallbacks += int(fell)
-        losses.append(loss)
-        if callback is not None:
-            callback(it, loss)
-        if prev == 0.0 or (prev - loss) / prev < tol:
+        losses.append(new.loss)
+        if p.callback is not None:
+            p.callback(it, new.loss)
+        if prev == 0.0 or (prev - new.loss) / prev < cfg.tol:
             converged, stop_reason = True, "tol"
             break
 
-    return F * mask, G, losses, it, converged, stop_reason, fallbacks
+    return _Attempt(F * mask, G, losses, it, converged, stop_reason, fallbacks)
