@@ -21,6 +21,7 @@ from mechflow.models import load_model, resolve_model
 from mechflow.steering.hook import positions_from, steering
 from mechflow.steering.jobs import check_steering, steering_jobs
 from mechflow.steering.measure import encode_left, first_token_ids, greedy_generations, steering_effects
+from mechflow.steering.pipeline import run_steering
 from mechflow.steering.prompts import eval_rows, heldout_mask, render, side_texts
 from mechflow.steering.result import steering_dataset
 from mechflow.steering.vectors import mean_difference, sae_decoder_row, snmf_factor, top_moran_feature
@@ -291,6 +292,47 @@ def test_steering_plans_one_job_per_causal_model_and_refuses_an_encoder(tiny_lla
         check_steering(bad, {"llama": 3, "bert": 2}, REPO)
     cfg["steering"]["enabled"] = False
     assert steering_jobs(cfg, "out") == []
+
+
+def test_run_steering_makes_each_kind_of_vector_and_measures_it_on_prompts_it_was_not_made_from(tiny_llama, tmp_path):
+    """The rule's entry point without Snakemake: a difference of means measured on held-out GB prompts, an SAE row
+    measured on the SAE run's validation prompts, and a zero semi-NMF factor refused."""
+    from safetensors.numpy import save_file
+
+    prompts = _places(10)
+    write_dataset(prompts, tmp_path / "prompts.nc")
+    split = np.where(np.arange(20) % 4 == 0, "validation", "train")
+    write_dataset(xr.Dataset(coords={"prompt": np.arange(20), "split": ("prompt", split)}), tmp_path / "features.nc")
+    w_dec = np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32)
+    save_file({"W_dec": w_dec, "b_dec": np.zeros(16, np.float32)}, str(tmp_path / "sae_weights.safetensors"))
+    write_dataset(xr.Dataset({"F": (("unit", "factor"), np.zeros((24, 3)))}), tmp_path / "snmf.nc")
+    section = _study(tiny_llama, eval_region="GB", eval_template="{name} is a town in")["steering"]  # schema defaults
+    section.update(scales=[-1.0, 0.0, 1.0], eval_prompts=4, generations=2, max_new_tokens=2)
+    v = section["vectors"]["v"]
+    vectors = {"v": v, "feat": {**v, "source": "sae", "run": "r", "feature": 5},
+               "factor": {**v, "source": "snmf", "hook": "mlp_hidden", "run": "k", "feature": 1}}
+
+    def run(name, **inputs):  # the job's params: the section's settings, the model and the vector
+        params = {**section, "model": {"spec": str(tiny_llama)}, "vector": vectors[name]}
+        return run_steering(params, {"prompts": str(tmp_path / "prompts.nc"), **inputs}, name, "mini", "llama",
+                            config_digest="d1g")
+
+    ds = run("v")
+    held = heldout_mask(prompts["region"].values, section["holdout"], section["seed"]) & (prompts["region"] == "GB").values
+    assert ds.sizes["scale"] == 3 and 0 < ds.sizes["prompt"] and set(ds["prompt"].values) <= set(np.flatnonzero(held))
+    assert ds["text"].values.tolist() == [f"{n} is a town in" for n in ds["name"].values]
+    assert not set(ds["prompt"].values.tolist()) & set(ds["train_prompt"].values.tolist())
+    assert (ds["kl"].sel(scale=0.0) == 0).all() and (ds["kl"].sel(scale=1.0) > 0).all()
+    assert ds.sizes["sample"] == 2 and ds.sizes["unit"] == 16
+    assert {k: ds.attrs[k] for k in ("config_digest", "dataset", "model", "name", "source", "hook", "layer")} == {
+        "config_digest": "d1g", "dataset": "mini", "model": "llama", "name": "v", "source": "means", "hook": "resid",
+        "layer": 1}
+    feat = run("feat", weights=[str(tmp_path / "sae_weights.safetensors")], features=[str(tmp_path / "features.nc")])
+    np.testing.assert_array_equal(feat["vector"].values, w_dec[5])
+    assert set(feat["prompt"].values.tolist()) <= set(np.flatnonzero(split == "validation").tolist())
+    assert feat.attrs["feature"] == 5 and "validation" in feat.attrs["eval_from"] and feat.sizes.get("train", 0) == 0
+    with pytest.raises(ValueError, match="steering vector 'factor' is zero"):
+        run("factor", snmf=str(tmp_path / "snmf.nc"))
 
 
 @pytest.mark.slow
