@@ -1,7 +1,8 @@
 """The run config of one SAE training run (config ``sae.runs.<name>``): validation, defaults, schema.
 
-The keys live in dataclasses: :class:`~mechflow.sae.archs.base.SAERunConfig` holds the keys every
-run takes, and each architecture's config (``mechflow.sae.archs.<arch>``) adds its own options.
+The keys live in dataclasses: :class:`~mechflow.sae.configs.base.SAERunConfig` holds the keys every
+run takes, and each architecture's config (``mechflow.sae.configs.<arch>``) adds its own options.
+Neither this module nor those import torch: a study's runs are checked without loading it.
 :func:`validate_run` is the one validator (workflow, :func:`mechflow.sae.train`, the SAE classes);
 :func:`run_schema` generates the JSON schema of a run, written into config.schema.yaml by
 :func:`mechflow.run_schemas.write_run_schemas`.
@@ -12,8 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from mechflow.runconfig import config_fields, properties_schema
-from mechflow.sae.archs import CONFIGS, REGISTRY, SAERunConfig
-from mechflow.sae.archs.base import ARCH_DOC
+from mechflow.sae.configs import ARCH_DOC, CONFIGS, SAERunConfig
 
 DEFAULT_ARCH: str = SAERunConfig.__dataclass_fields__["arch"].default
 
@@ -82,7 +82,7 @@ def run_schema() -> dict[str, Any]:
     :func:`validate_run`.
     """
     props = properties_schema(SAERunConfig)
-    props["arch"] = {"enum": list(REGISTRY), "default": DEFAULT_ARCH, "description": ARCH_DOC}
+    props["arch"] = {"enum": list(CONFIGS), "default": DEFAULT_ARCH, "description": ARCH_DOC}
     blocks = []
     for arch, cls in CONFIGS.items():
         cond: dict[str, Any] = {"properties": {"arch": {"const": arch}}}

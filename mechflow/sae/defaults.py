@@ -2,7 +2,7 @@
 
 A run key whose default is ``null`` and whose doc says *derived* gets its value here, from the run
 (``steps``, ``batch_size``, ``n_features``, ``k``) and the data (``n_rows``, ``d_in``), when training
-starts (:meth:`mechflow.sae.archs.base.SAERunConfig.resolve`). A value given in the run is used as it
+starts (:meth:`mechflow.sae.configs.base.SAERunConfig.resolve`). A value given in the run is used as it
 is. The trained model records both: ``model.run`` (the run as given) and ``model.resolved`` (every
 value used); cfg.json carries both too. The formulas, with ``S = steps * batch_size`` the samples seen:
 

@@ -1,30 +1,42 @@
-"""SAE architectures, one module each (run config dataclass + model), and the registry of both.
+"""SAE architectures, one module each (the model, torch), and the registry of models and run configs.
 
-``REGISTRY`` maps an arch name to ``(SAE class, config class)``; the config class declares the
-architecture's options with their defaults, types, bounds and docs (the only place they live).
+Each architecture's run config (its options with their defaults, types, bounds and docs: the only
+place they live) is in :mod:`mechflow.sae.configs` (no torch); its model, here, names it as
+``config_cls``. ``REGISTRY`` maps an arch name to ``(SAE class, config class)``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mechflow.sae.archs.base import LossOut, SAERunConfig, SparseAutoencoder, batch_fvu
-from mechflow.sae.archs.batchtopk import BatchTopKConfig, BatchTopKSAE
-from mechflow.sae.archs.gba import GBASAE, GBAConfig
-from mechflow.sae.archs.jumprelu import JumpReLUConfig, JumpReLUSAE
-from mechflow.sae.archs.matryoshka import MatryoshkaConfig, MatryoshkaSAE
-from mechflow.sae.archs.mp import MPSAE, MPConfig
-from mechflow.sae.archs.relu import ReLUConfig, ReLUSAE
-from mechflow.sae.archs.topk import TopKConfig, TopKSAE
+from mechflow.sae.archs.base import LossOut, SparseAutoencoder, batch_fvu
+from mechflow.sae.archs.batchtopk import BatchTopKSAE
+from mechflow.sae.archs.gba import GBASAE
+from mechflow.sae.archs.jumprelu import JumpReLUSAE
+from mechflow.sae.archs.matryoshka import MatryoshkaSAE
+from mechflow.sae.archs.mp import MPSAE
+from mechflow.sae.archs.relu import ReLUSAE
+from mechflow.sae.archs.topk import TopKSAE
+from mechflow.sae.configs import (
+    CONFIGS,
+    BatchTopKConfig,
+    GBAConfig,
+    JumpReLUConfig,
+    MatryoshkaConfig,
+    MPConfig,
+    ReLUConfig,
+    SAERunConfig,
+    TopKConfig,
+)
 
+#: arch name -> SAE class (in the order of :data:`mechflow.sae.configs.CONFIGS`, which names the same architectures)
+ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {
+    cls.arch: cls for cls in (TopKSAE, BatchTopKSAE, ReLUSAE, JumpReLUSAE, GBASAE, MPSAE, MatryoshkaSAE)
+}
 #: arch name -> (SAE class, run config class)
 REGISTRY: dict[str, tuple[type[SparseAutoencoder], type[SAERunConfig]]] = {
-    cls.arch: (cls, cls.config_cls) for cls in (TopKSAE, BatchTopKSAE, ReLUSAE, JumpReLUSAE, GBASAE, MPSAE, MatryoshkaSAE)
+    arch: (sae, sae.config_cls) for arch, sae in ARCHITECTURES.items()
 }
-#: arch name -> SAE class
-ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {arch: sae for arch, (sae, _) in REGISTRY.items()}
-#: arch name -> run config class
-CONFIGS: dict[str, type[SAERunConfig]] = {arch: cfg for arch, (_, cfg) in REGISTRY.items()}
 
 
 def build_sae(arch: str, d_in: int, n_features: int, k: int | None = None, **opts: Any) -> SparseAutoencoder:

@@ -3,23 +3,12 @@ Representations with Matching Pursuit")."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from mechflow.runconfig import option
-from mechflow.sae.archs.base import ARCH_DOC, SAERunConfig, SparseAutoencoder, reconstruction_only
-
-
-@dataclass(frozen=True, kw_only=True)
-class MPConfig(SAERunConfig):
-    """Options of an MP-SAE: the number of pursuit steps (``k`` unless given)."""
-
-    NEEDS_K: ClassVar[bool] = True
-
-    arch: str = option("mp", ARCH_DOC)
-    mp_steps: int | None = option(None, "greedy pursuit steps of the encoder (null: k)", minimum=1)
+from mechflow.sae.archs.base import SparseAutoencoder, reconstruction_only
+from mechflow.sae.configs.mp import MPConfig
 
 
 class MPSAE(SparseAutoencoder):

@@ -3,40 +3,16 @@ L1 as in Anthropic's April 2024 update)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from mechflow.runconfig import option
-from mechflow.sae.archs.base import (
-    ARCH_DOC,
-    SAERunConfig,
-    SparseAutoencoder,
-    SparsityController,
-    batch_fvu,
-    dense_loss_out,
-    warm,
-)
+from mechflow.sae.archs.base import SparseAutoencoder, SparsityController, batch_fvu, dense_loss_out, warm
+from mechflow.sae.configs.relu import ReLUConfig
 from mechflow.sae.defaults import controller_rate
 
 #: initial coefficient of the L1 controller (a null l1_coef)
 L1_INIT = 0.1
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReLUConfig(SAERunConfig):
-    """Options of a ReLU SAE: the L1 penalty (fixed, or adapted to an L0 of ``k``) and its warm-up."""
-
-    USES_K: ClassVar[bool] = True
-    LR_BASE: ClassVar[float] = 4e-3
-
-    arch: str = option("relu", ARCH_DOC)
-    l1_coef: float | None = option(None, "weight of the L1 penalty (activations x decoder row norms, relative to the "
-                                         "batch's RMS input norm); null: adapted every step so the batch L0 reaches "
-                                         "k (starting at 0.1; see mechflow.sae.defaults)", minimum=0)
-    l1_warmup: float = option(0.05, "fraction of steps over which a fixed L1 weight ramps up linearly from 0",
-                              minimum=0, maximum=1)
 
 
 class ReLUSAE(SparseAutoencoder):
