@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mechflow.io import digest
 from mechflow.kernels import set_backend
-from mechflow.sae import train_from_file
+from mechflow.sae.pipeline import train_from_file
 from mechflow.workflow import run_rule
 
 

@@ -12,7 +12,7 @@ import torch
 from mechflow.contracts import upstream_attrs
 from mechflow.io import digest, load_dataarray, load_dataset, provenance_attrs, write_dataset
 from mechflow.models import load_model, resolve_model
-from mechflow.sae import load_sae
+from mechflow.sae.export import load_sae
 from mechflow.splice import splice_dataset
 from mechflow.workflow import run_rule
 

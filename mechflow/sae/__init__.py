@@ -2,19 +2,58 @@
 
 ``train(x, arch=..., n_features=..., k=..., steps=..., seed=...)`` trains on a [n, d] tensor or
 DataArray; ``train_from_file`` is the entry point of the ``sae`` workflow rule. A run's keys are
-typed dataclasses (``SAERunConfig`` and one config per architecture, ``REGISTRY``); ``validate_run``
-checks a run dict against them and ``run_schema`` is their JSON schema.
+typed dataclasses (``SAERunConfig`` and one config per architecture, ``CONFIGS``: :mod:`mechflow.sae.configs`);
+``validate_run`` checks a run dict against them and ``run_schema`` is their JSON schema
+(:mod:`mechflow.sae.config`). The models are in :mod:`mechflow.sae.archs` (``REGISTRY``).
+
+The names below are re-exported lazily, so that resolving a study (which validates its SAE runs)
+does not load torch; code whose digest matters (rule scripts) imports from the submodules.
 """
 
-from mechflow.sae.archs import ARCHITECTURES, CONFIGS, REGISTRY, SAERunConfig, SparseAutoencoder, build_sae
-from mechflow.sae.config import ARCH_DEFAULTS, DEFAULT_RUN, RUN_DOCS, parse_run, run_defaults, run_schema, validate_run
-from mechflow.sae.export import load_sae, sae_cfg, save_sae
-from mechflow.sae.metrics import evaluate, fvu, mmcs
-from mechflow.sae.pipeline import train_from_file
-from mechflow.sae.train import Trainer, TrainingStopped, train
+from __future__ import annotations
 
+import importlib
+import sys
+import types
+from typing import Any
+
+#: public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "ARCHITECTURES": "archs", "REGISTRY": "archs", "SparseAutoencoder": "archs", "build_sae": "archs",
+    "CONFIGS": "configs", "SAERunConfig": "configs",
+    "ARCH_DEFAULTS": "config", "DEFAULT_RUN": "config", "RUN_DOCS": "config", "parse_run": "config",
+    "run_defaults": "config", "run_schema": "config", "validate_run": "config",
+    "load_sae": "export", "sae_cfg": "export", "save_sae": "export",
+    "evaluate": "metrics", "fvu": "metrics", "mmcs": "metrics",
+    "train_from_file": "pipeline",
+    "Trainer": "train", "TrainingStopped": "train", "train": "train",
+}
 __all__ = [
     "ARCHITECTURES", "ARCH_DEFAULTS", "CONFIGS", "DEFAULT_RUN", "REGISTRY", "RUN_DOCS", "SAERunConfig",
     "SparseAutoencoder", "Trainer", "TrainingStopped", "build_sae", "evaluate", "fvu", "load_sae", "mmcs", "parse_run",
     "run_defaults", "run_schema", "sae_cfg", "save_sae", "train", "train_from_file", "validate_run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"mechflow.sae.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'mechflow.sae' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``mechflow.sae.train`` stays the function: importing the submodule of the same name would bind the
+    module over it on the package (the import system sets it as an attribute), so that binding is skipped
+    and the name resolves through :func:`__getattr__`; the submodule is in ``sys.modules`` as usual."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _EXPORTS and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
