@@ -3,6 +3,7 @@
 Modules, one job each:
 
 - ``unembed``: find a causal LM's final norm and unembedding (:func:`find_unembedding`);
+- ``errors``: :class:`LensError`, which the workflow's checks raise without loading torch;
 - ``chunked``: softmax statistics over the vocabulary in chunks, for every layer and prompt at once
   (:func:`read_vocab`), and the differentiable chunked log-sum-exp;
 - ``residuals``: every block's output at the answer position (or chosen positions), from hooks;
@@ -14,10 +15,9 @@ Modules, one job each:
   (Xie et al. 2024);
 - ``prompt_sets``: lens prompt sets as files (``lens/{dataset}/prompts.nc``) and back;
 - ``model``: load a study model with its head, frozen, with provenance;
-- ``jobs``: the lens step's prompt sets, manifest entries and config checks for the workflow.
 
-The names below are re-exported lazily, so that the workflow can import ``mechflow.lens.jobs`` when
-it parses a study without loading torch; code whose digest matters (rule scripts) imports from the
+The names below are re-exported lazily, so that the study core (``mechflow.steps``) can import
+submodules without loading torch; code whose digest matters (rule scripts) imports from the
 submodules.
 """
 
@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "calibration_curve": "consistency", "internal_consistency": "consistency", "weighted_vote": "consistency",
     "LENSES": "reader", "LayerReadout": "reader", "pad_token_sets": "reader", "read_layers": "reader",
     "TunedLens": "tuned", "fit_tuned_lens": "tuned",
-    "LensError": "unembed", "Unembedding": "unembed", "find_unembedding": "unembed",
+    "LensError": "errors", "Unembedding": "unembed", "find_unembedding": "unembed",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -18,14 +18,17 @@ paper; ``language`` in the output names these three roles.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from mechflow.lens.reader import LayerReadout
-from mechflow.lens.unembed import LensError
+from mechflow.lens.errors import LensError
 from mechflow.lens.words import LANGUAGE_NAMES
+
+if TYPE_CHECKING:  # the read-outs come from mechflow.lens.reader (torch); the study's checks use this module without it
+    from mechflow.lens.reader import LayerReadout
 
 __all__ = ["ROLES", "translation_pairs", "prompt_line", "translation_prompts", "overlapping_sets", "latent_language_dataset"]
 

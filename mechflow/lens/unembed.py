@@ -16,16 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mechflow.lens.errors import LensError
+
 __all__ = ["LensError", "Unembedding", "find_unembedding", "FINAL_NORMS"]
 
 #: where the final norm lives, relative to the model with its LM head, by architecture family
 FINAL_NORMS: tuple[str, ...] = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
                                 "model.decoder.final_layer_norm", "model.final_layernorm", "transformer.norm_f",
                                 "model.final_norm", "norm")
-
-
-class LensError(ValueError):
-    """A model, prompt set or target set that the lens cannot read."""
 
 
 @dataclass(frozen=True)

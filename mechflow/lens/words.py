@@ -26,7 +26,7 @@ from typing import Literal
 import pandas as pd
 
 from mechflow.io import read_csv_checked
-from mechflow.lens.unembed import LensError
+from mechflow.lens.errors import LensError
 
 __all__ = ["LANGUAGE_NAMES", "SHIPPED_WORDS", "AnswerTokens", "shipped_words_path", "load_words", "first_token",
            "first_token_clashes", "answer_token_sets"]
