@@ -42,10 +42,11 @@ def run_steering(params: Mapping[str, Any], inputs: Mapping[str, Any], name: str
                  config_digest: str = "") -> xr.Dataset:
     """The steering file of vector ``name`` on prompt set ``dataset`` and model ``model``.
 
-    ``params``: the job's params (:func:`mechflow.steering.jobs.steering_params`: ``model``, ``vector`` and the
-    section's settings). ``inputs``: the rule's input files by name: ``prompts``, and per source ``csv`` (the CSV
-    sides of a difference of means), ``weights`` and ``features`` (an SAE run), ``snmf`` (a semi-NMF file), ``moran``
-    (the Moran file that picks ``top_moran``); each a path or a one-element list of paths, as the rule gives them.
+    ``params``: the job's params, as the rule gets them: ``model`` (the model's config entry), ``vector`` (the
+    vector's config entry, its hook resolved) and the ``steering`` section's settings. ``inputs``: the rule's input
+    files by name: ``prompts``, and per source ``csv`` (the CSV sides of a difference of means), ``weights`` and
+    ``features`` (an SAE run), ``snmf`` (a semi-NMF file), ``moran`` (the Moran file that picks ``top_moran``); each a
+    path or a one-element list of paths, as the rule gives them.
     ``config_digest`` goes into the file's provenance attrs.
     """
     p, spec = params, params["vector"]
