@@ -1,6 +1,6 @@
 """Rules extract / extract_shard / extract_tokens: activations of one model (pooled hooks in one pass)."""
 
-from mechflow.extract import extract_hooks_to_files, extract_tokens_to_file, shard_slice
+from mechflow.extract import ExtractSettings, extract_hooks_to_files, extract_tokens_to_file, shard_slice
 from mechflow.io import digest, load_dataset, provenance_attrs
 from mechflow.models import load_model, model_digest, resolve_model
 from mechflow.workflow import run_rule
@@ -31,13 +31,12 @@ def main(sm) -> None:
     )
     if sm.params.shard is not None:
         attrs["shard"] = f"{sm.params.shard[0]}/{sm.params.shard[1]}"
+    settings = ExtractSettings.from_params(p)
     if getattr(sm.params, "tokens", False):
-        extract_tokens_to_file(sm.output[0], model, tokenizer, prompts, p["hook"], p["layers"], p["batch_size"],
-                               p["max_length"], attrs, exclude=p["exclude"])
+        extract_tokens_to_file(sm.output[0], model, tokenizer, prompts, settings, attrs)
     else:  # every pooled hook in one pass; the rule names each output after its hook
-        paths = {hook: sm.output[hook] for hook in p["hooks"]}
-        extract_hooks_to_files(paths, model, tokenizer, prompts, dict(p["hooks"]), p["pooling"], p["batch_size"],
-                               p["max_length"], attrs, exclude=p["exclude"], keep_sink=p["keep_sink"])
+        extract_hooks_to_files({hook: sm.output[hook] for hook in settings.hooks}, model, tokenizer, prompts, settings,
+                               attrs)
 
 
 run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

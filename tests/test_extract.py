@@ -211,11 +211,12 @@ def test_unsupported_architecture_names_the_model_class():
 
 
 def test_token_level_file_holds_every_real_token(tiny_llama, tmp_path):
-    from mechflow.extract import extract_tokens_to_file
+    from mechflow.extract import ExtractSettings, extract_tokens_to_file
 
     model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
     prompts = _prompts()
-    path = extract_tokens_to_file(tmp_path / "t.nc", model, tok, prompts, "resid", [0, 1], 2, 32, {}, False, window=2)
+    settings = ExtractSettings({"resid": [0, 1]}, pooling=None, batch_size=2, max_length=32, window=2, progress=False)
+    path = extract_tokens_to_file(tmp_path / "t.nc", model, tok, prompts, settings, {})
     da = load_dataarray(path)
     lengths = [len(tok(t)["input_ids"]) for t in TEXTS]
     assert da.dims == ("token", "layer", "unit") and da.sizes["token"] == sum(lengths)
@@ -280,16 +281,17 @@ def test_kept_sink_rebuilds_the_pooling_without_the_fix(tiny_llama, tmp_path, po
 
 
 def test_several_hooks_in_one_forward_pass_equal_one_pass_each(tiny_llama, tmp_path):
-    from mechflow.extract import _base_model, extract_hooks_to_files
+    from mechflow.extract import ExtractSettings, _base_model, extract_hooks_to_files
 
     model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
     prompts = _prompts()
     calls = []
     handle = _base_model(model).register_forward_pre_hook(lambda mod, args: calls.append(1))
     try:
+        settings = ExtractSettings({"resid": "all", "mlp_hidden": [1]}, "mean", exclude="first", keep_sink=True, batch_size=2,
+                                   max_length=32, progress=False)
         paths = extract_hooks_to_files({"resid": tmp_path / "r.nc", "mlp_hidden": tmp_path / "m.nc"}, model, tok, prompts,
-                                       {"resid": "all", "mlp_hidden": [1]}, "mean", 2, 32, {"model": "tiny"}, False,
-                                       exclude="first", keep_sink=True)
+                                       settings, {"model": "tiny"})
     finally:
         handle.remove()
     assert len(calls) == 3  # 5 prompts in batches of 2: one forward pass per batch for both hooks
@@ -302,5 +304,6 @@ def test_several_hooks_in_one_forward_pass_equal_one_pass_each(tiny_llama, tmp_p
         assert both.attrs["hook"] == hook and both["n_tokens"].values.tolist() == single["n_tokens"].values.tolist()
     with pytest.raises(ExtractionError):  # one bad hook: neither file is written
         extract_hooks_to_files({"resid": tmp_path / "x.nc", "mlp_hidden": tmp_path / "y.nc"}, model, tok, prompts,
-                               {"resid": [0], "mlp_hidden": [9]}, "mean", 2, 32, {}, False)
+                               ExtractSettings({"resid": [0], "mlp_hidden": [9]}, "mean", batch_size=2, max_length=32,
+                                               progress=False), {})
     assert not (tmp_path / "x.nc").exists() and not (tmp_path / "y.nc").exists()

@@ -377,7 +377,7 @@ def test_a_docstring_edit_reruns_nothing_and_a_code_edit_reruns_its_step(tmp_pat
     write_config(work, tiny_config(n=4, layers=[0]))
     cmd = [str(VENV_BIN / "snakemake"), "-s", str(repo / "Snakefile"), "--configfile", "study.yaml"]
     subprocess.run([*cmd, "-c", "1"], cwd=work, check=True, capture_output=True, timeout=600)
-    module = repo / "mechflow" / "extract.py"
+    module = repo / "mechflow" / "extract" / "capture.py"
     text = module.read_text()
     module.write_text(text.replace('"""', '"""Edited docstring. ', 1).replace("\nlog = ", "\n# a new comment\nlog = ", 1))
     out = subprocess.run([*cmd, "-n"], cwd=work, check=True, capture_output=True, text=True).stdout
