@@ -9,12 +9,15 @@ blocks of samples: kept in memory when they fit the job's ``mem_mb``, else read 
 
 import logging
 
-from mechflow import snmf
 from mechflow.contracts import upstream_attrs
 from mechflow.devices import resolve_device
 from mechflow.io import FeatureColumns, digest, write_dataset
 from mechflow.kernels import set_backend
+from mechflow.snmf.algorithm import fit
 from mechflow.snmf.blocks import plan_this_process
+from mechflow.snmf.config import SNMFError, SNMFRunConfig
+from mechflow.snmf.result import tokens_to_prompts, top_prompts
+from mechflow.snmf.runtime import SNMFRuntime
 from mechflow.workflow import run_rule
 
 
@@ -28,18 +31,18 @@ def main(sm) -> None:
         if tokens:
             units = units.rename(token="prompt")  # samples are tokens
         n_samples, n_units = units.shape
-        device = resolve_device(sm.params.device, snmf.SNMFError, "snmf")
+        device = resolve_device(sm.params.device, SNMFError, "snmf")
         in_memory = plan_this_process(n_units, n_samples, int(run["n_factors"]), sm.resources.mem_mb, device)
         logging.getLogger("mechflow").info("semi-NMF of %d x %d on %s: A %s (mem_mb %s)", n_units, n_samples, device,
                                            "in memory" if in_memory else "read from disk at every pass", sm.resources.mem_mb)
         # [sample, unit] as stored: fit reads it by unit dim
-        result = snmf.fit(units, snmf.SNMFRunConfig.from_dict(run), snmf.SNMFRuntime(device=device, in_memory=in_memory))
+        result = fit(units, SNMFRunConfig.from_dict(run), SNMFRuntime(device=device, in_memory=in_memory))
     attrs = {**upstream_attrs(units.attrs), "layer": layer, "run": sm.wildcards.run, "level": sm.params.level,
              "config_digest": digest({"run": run, "device": sm.params.device, "code": sm.params.code})}
     ds = result.to_dataset(attrs=attrs)
-    top = snmf.top_prompts(ds, k=min(int(sm.params.top_prompts), n_samples))
+    top = top_prompts(ds, k=min(int(sm.params.top_prompts), n_samples))
     if tokens:
-        ds = snmf.tokens_to_prompts(ds)  # G per prompt (max over its tokens), G_token kept
+        ds = tokens_to_prompts(ds)  # G per prompt (max over its tokens), G_token kept
         top = top.rename(prompt="token_index")
     for name in top.data_vars:
         ds[f"top_{name}"] = top[name]

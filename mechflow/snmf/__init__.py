@@ -6,15 +6,38 @@
 ``top_prompts``, ``tokens_to_prompts``); :mod:`~mechflow.snmf.config` the typed run config
 (:class:`SNMFRunConfig`, ``validate_run``, ``run_schema``) whose defaults are ``fit``'s;
 :mod:`~mechflow.snmf.runtime` how a fit runs (:class:`SNMFRuntime`).
+
+The names below are re-exported lazily, so that resolving a study (which validates its semi-NMF runs
+with :mod:`~mechflow.snmf.config`) does not load torch; code whose digest matters (rule scripts)
+imports from the submodules.
 """
 
-from mechflow.snmf.algorithm import DEFAULTS, fit
-from mechflow.snmf.config import INITS, Init, SNMFError, SNMFRunConfig, run_schema, validate_run
-from mechflow.snmf.inputs import check_sparsity, n_keep_for
-from mechflow.snmf.result import LOSS_DEFINITION, SAMPLE_DIM, UNIT_DIM, SNMFResult, tokens_to_prompts, top_prompts
-from mechflow.snmf.runtime import SNMFRuntime
+from __future__ import annotations
 
+import importlib
+from typing import Any
+
+#: public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "DEFAULTS": "algorithm", "fit": "algorithm",
+    "INITS": "config", "Init": "config", "SNMFError": "config", "SNMFRunConfig": "config", "run_schema": "config",
+    "validate_run": "config",
+    "check_sparsity": "inputs", "n_keep_for": "inputs",
+    "LOSS_DEFINITION": "result", "SAMPLE_DIM": "result", "UNIT_DIM": "result", "SNMFResult": "result",
+    "tokens_to_prompts": "result", "top_prompts": "result",
+    "SNMFRuntime": "runtime",
+}
 __all__ = [
     "DEFAULTS", "INITS", "LOSS_DEFINITION", "SAMPLE_DIM", "UNIT_DIM", "Init", "SNMFError", "SNMFResult", "SNMFRunConfig",
     "SNMFRuntime", "check_sparsity", "fit", "n_keep_for", "run_schema", "tokens_to_prompts", "top_prompts", "validate_run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"mechflow.snmf.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'mechflow.snmf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
