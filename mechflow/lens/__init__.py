@@ -41,3 +41,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"mechflow.lens.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'mechflow.lens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
