@@ -14,13 +14,15 @@ min_version("8.20")
 
 sys.path.insert(0, workflow.basedir)  # the mechflow package of this checkout
 
-from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, ConfigError, resolve_study, workflow_study
+from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, workflow_study
+from mechflow.resolve import resolve
+from mechflow.study import ConfigError
 
 
 # No `configfile:` directive: Snakemake would deep-merge a --configfile into it. The default study is
 # read only when no --configfile is given.
 try:
-    _study = resolve_study(
+    _resolved = resolve(
         workflow_study(config, workflow.overwrite_configfiles, Path(workflow.basedir) / DEFAULT_STUDY),
         base_dir=Path.cwd(),
         schema_path=Path(workflow.basedir) / SCHEMA_FILE,
@@ -28,9 +30,10 @@ try:
     )
 except ConfigError as _err:
     sys.exit(f"mechflow: {_err}")
-validate(_study, SCHEMA_FILE, set_default=False)  # snakemake's own validator on the same schema: a second, independent check
+validate(_resolved.study, SCHEMA_FILE, set_default=False)  # snakemake's own validator on the same schema: a second, independent check
 config.clear()
-config.update(_study)
+config.update(_resolved.study)
+FACTS = _resolved.facts  # the study's models and prompt sets (mechflow.facts), read once
 
 
 report: "docs/workflow.rst"
@@ -61,7 +64,7 @@ include: "rules/report.smk"
 
 
 onstart:
-    print(study_summary(), file=sys.stderr)
+    print(summary(config, JOBS), file=sys.stderr)
 
 
 rule all:

@@ -62,8 +62,8 @@ def print_info(configfile: str | None, versions_only: bool = False, as_json: boo
     if versions_only:
         print(json.dumps(versions, indent=2))
         return 0
-    from mechflow.config import ConfigError
     from mechflow.plan import PlanError, format_plan, study_plan
+    from mechflow.study import ConfigError
 
     try:
         plan = study_plan(configfile)
@@ -82,7 +82,8 @@ def resolved_study(path: str | None) -> str:
     """The complete study a config file stands for (schema defaults filled, keys sorted), as YAML."""
     import yaml
 
-    from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, load_study, resolve_study
+    from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, load_study
+    from mechflow.resolve import resolve_study
 
     study = resolve_study(load_study(path or REPO / DEFAULT_STUDY), base_dir=Path.cwd(), schema_path=REPO / SCHEMA_FILE)
     return yaml.safe_dump(study, sort_keys=True, default_flow_style=False, allow_unicode=True)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             print(text, end="")
         return 0
     if args.command == "config":
-        from mechflow.config import ConfigError
+        from mechflow.study import ConfigError
 
         try:
             text = resolved_study(args.configfile)

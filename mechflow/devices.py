@@ -25,3 +25,10 @@ def resolve_device(device: Any = "auto", error: type[Exception] = ValueError, wh
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise error(f"{what + ' ' if what else ''}asks for device {str(device)!r} but torch sees no CUDA device")
     return dev
+
+
+def cuda_device_count() -> int:
+    """CUDA devices torch sees (0 without CUDA); imports torch, so call it only when a study names a CUDA device."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

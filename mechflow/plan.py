@@ -31,10 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, load_study
 from mechflow.contracts import ENCODE_BATCH, GATHER_WINDOW_MB, RESULT_PATHS, SNMF_BLOCK_MB
+from mechflow.facts import StudyFacts
+from mechflow.resolve import resolve
+from mechflow.snmf.blocks import keep_in_memory, working_bytes
+from mechflow.spatial.analysis import BYTES_PER_VALUE, CONTROL_VARS, columns_per_block, output_bytes
+from mechflow.spatial.datasets import MORAN_VARS
+from mechflow.steps.extract import n_extracted
 
-__all__ = ["Job", "ModelFacts", "StudyFacts", "FileSize", "RulePlan", "Plan", "PlanError", "PYTHON_MB",
-           "parse_dry_run", "parse_job_stats", "dry_run_command", "study_facts", "build_plan", "study_plan", "format_plan", "human"]
+__all__ = ["Job", "FileSize", "RulePlan", "Plan", "PlanError", "PYTHON_MB", "parse_dry_run", "parse_job_stats",
+           "dry_run_command", "build_plan", "study_plan", "format_plan", "human"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,29 +72,6 @@ class Job:
     outputs: tuple[str, ...] = ()
     threads: int = 1
     resources: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    layers: int | None  # transformer blocks
-    widths: dict[str, int | None]  # hook -> units
-    weight_bytes: int  # the files loading reads (weights as stored)
-    parameters: int | None = None  # estimated from the dims: layers x (4 d^2 + 3 d ff) + vocab x d
-
-    def loaded_bytes(self, dtype: str) -> int:
-        """The weights in memory once loaded in ``dtype`` (``auto`` is float32 on CPU), at least the files' size."""
-        per = 2 if dtype in ("bfloat16", "float16") else 4
-        return max(self.weight_bytes, (self.parameters or 0) * per)
-
-
-@dataclass(frozen=True)
-class StudyFacts:
-    regions: dict[str, dict[str, int]]  # dataset -> region -> places
-    prompt_bytes: dict[str, int]  # dataset -> bytes of the prompt set's variables
-    models: dict[str, ModelFacts]
-
-    def n(self, dataset: str) -> int:
-        return sum(self.regions[dataset].values())
 
 
 @dataclass(frozen=True)
@@ -229,55 +213,6 @@ def _run_dry_run(proc: subprocess.Popen, timeout: float) -> list[Job]:
     return jobs
 
 
-# ---- facts read before any job runs ---------------------------------------------------------------
-
-
-def study_facts(config: dict[str, Any], base_dir: str | Path = ".") -> StudyFacts:
-    """Places per region of every prompt set (built, as the pre-run checks build them) and each model's
-    layers, hook widths and weight-file bytes (config.json / GGUF header; no weights loaded)."""
-    from collections import Counter
-
-    from mechflow.data.prompts import build_prompts
-    from mechflow.models import count_layers, hook_width, resolve_model
-
-    regions, prompt_bytes = {}, {}
-    for name, ds in config["datasets"].items():
-        prompts = build_prompts(ds, base_dir)
-        regions[name] = dict(sorted(Counter(prompts["region"].values.astype(str).tolist()).items()))
-        prompt_bytes[name] = int(prompts.nbytes)
-    models = {}
-    for name, model in config["models"].items():
-        resolved = resolve_model(model["spec"], base_dir)
-        widths = {}
-        for hook in ("resid", "attn_out", "mlp_hidden"):
-            try:
-                widths[hook] = hook_width(resolved, hook)
-            except (KeyError, ValueError):
-                widths[hook] = None
-        weight_bytes = sum(p.stat().st_size for p in resolved.input_files if p.exists())
-        layers = count_layers(resolved)
-        models[name] = ModelFacts(layers, widths, int(weight_bytes), _parameters(resolved, layers, widths))
-    return StudyFacts(regions, prompt_bytes, models)
-
-
-def _parameters(resolved, layers: int | None, widths: dict[str, int | None]) -> int | None:
-    """Parameters from the dims (attention 4 d^2, a gated MLP 3 d ff per layer; embeddings vocab x d)."""
-    import json
-
-    d, ff = widths.get("resid"), widths.get("mlp_hidden")
-    if not layers or not d:
-        return None
-    vocab = None
-    if resolved.gguf_file:
-        from mechflow.models import gguf_metadata_value
-
-        tokens = gguf_metadata_value(resolved.directory / resolved.gguf_file, "tokenizer.ggml.tokens")
-        vocab = len(tokens) if isinstance(tokens, list) else None
-    elif (resolved.directory / "config.json").exists():
-        vocab = json.loads((resolved.directory / "config.json").read_text(encoding="utf-8")).get("vocab_size")
-    return int(layers * (4 * d * d + 3 * d * (ff or 4 * d)) + (vocab or 0) * d)
-
-
 # ---- sizes --------------------------------------------------------------------------------------
 
 
@@ -304,15 +239,6 @@ def match_result(path: str) -> tuple[str, dict[str, str]] | None:
     return None
 
 
-def n_layers_of(config: dict[str, Any], facts: StudyFacts, model: str, hook: str) -> int | None:
-    """Layers extracted for ``hook`` (``extract.hook_layers``, else ``extract.layers``)."""
-    layers = config["extract"]["hook_layers"].get(hook, config["extract"]["layers"])
-    total = facts.models[model].layers
-    if layers == "all":
-        return total
-    return len({layer + total if layer < 0 and total else layer for layer in layers})
-
-
 def _keeps_sink(config: dict[str, Any]) -> bool:
     ex = config["extract"]
     return bool(ex["keep_sink"]) and ex["pooling"] in ("mean", "max") and ex["exclude"] != "none"
@@ -320,7 +246,7 @@ def _keeps_sink(config: dict[str, Any]) -> bool:
 
 def activation_bytes(config: dict[str, Any], facts: StudyFacts, dataset: str, model: str, hook: str) -> int | None:
     """``activations`` [prompt, layer, unit] float32 (and ``sink``, the same shape, with ``keep_sink``)."""
-    layers, width = n_layers_of(config, facts, model, hook), facts.models[model].widths.get(hook)
+    layers, width = n_extracted(config, facts, model, hook), facts.models[model].widths.get(hook)
     if layers is None or width is None:
         return None
     return facts.n(dataset) * layers * width * 4 * (2 if _keeps_sink(config) else 1)
@@ -329,7 +255,7 @@ def activation_bytes(config: dict[str, Any], facts: StudyFacts, dataset: str, mo
 def token_bytes(config: dict[str, Any], facts: StudyFacts, dataset: str, model: str, hook: str) -> int | None:
     """Upper bound of a token file: every prompt at ``extract.max_length`` tokens, [token, layer, unit]
     float32, plus per-token coordinates (the prompt's, its position and token string)."""
-    layers, width = n_layers_of(config, facts, model, hook), facts.models[model].widths.get(hook)
+    layers, width = n_extracted(config, facts, model, hook), facts.models[model].widths.get(hook)
     if layers is None or width is None:
         return None
     n, max_len = facts.n(dataset), int(config["extract"]["max_length"])
@@ -354,9 +280,6 @@ def _spatial_controls(config: dict[str, Any], source: str) -> int:
 
 def file_size(kind: str, wc: dict[str, str], config: dict[str, Any], facts: StudyFacts) -> tuple[int | None, bool]:
     """Expected bytes of one result (None: small, not estimated) and whether that is an upper bound."""
-    from mechflow.spatial.analysis import CONTROL_VARS
-    from mechflow.spatial.datasets import MORAN_VARS
-
     d, m, hook = wc.get("dataset"), wc.get("model"), wc.get("hook")
     if kind == "prompts":
         return facts.prompt_bytes[d], False
@@ -414,9 +337,6 @@ def file_size(kind: str, wc: dict[str, str], config: dict[str, Any], facts: Stud
 def job_memory(job: Job, config: dict[str, Any], facts: StudyFacts) -> tuple[int | None, str, bool]:
     """Estimated peak resident bytes of one job (None where small or not estimated), a note, and whether
     the estimate is an upper bound (it counts every prompt at ``extract.max_length`` tokens)."""
-    from mechflow.snmf.blocks import keep_in_memory, working_bytes
-    from mechflow.spatial.analysis import BYTES_PER_VALUE, columns_per_block, output_bytes
-
     wc, rule = job.wildcards, job.rule
     d, m, hook = wc.get("dataset"), wc.get("model"), wc.get("hook")
     base = PYTHON_MB * 10**6
@@ -504,16 +424,12 @@ def build_plan(jobs: list[Job], config: dict[str, Any], facts: StudyFacts, confi
 def study_plan(configfile: str | Path | None = None, base_dir: str | Path | None = None, timeout: float = 900) -> Plan:
     """Plan a study file (None: the default study): the Snakemake dry run (in a subprocess, from
     ``base_dir``, default the current directory, as a run would) and the facts, gathered side by side."""
-    from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, load_study, resolve_study
-
     base = Path(base_dir or Path.cwd()).resolve()
     path = Path(configfile).resolve() if configfile else None
     proc = subprocess.Popen(dry_run_command(path), cwd=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # the dry run checks the whole study itself (prompt sets included): skip those checks here
-        config = resolve_study(load_study(path or REPO / DEFAULT_STUDY), base_dir=base, schema_path=REPO / SCHEMA_FILE,
-                               data_checks=False)
-        facts = study_facts(config, base)
+        resolved = resolve(load_study(path or REPO / DEFAULT_STUDY), base_dir=base, schema_path=REPO / SCHEMA_FILE)
+        config, facts = resolved.study, resolved.facts
     except BaseException:
         proc.kill()
         proc.communicate()

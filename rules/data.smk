@@ -1,11 +1,11 @@
 rule prompts:
     """Build a prompt set (placenames with coordinates, or a user's CSV / xarray file)."""
     input:
-        prompt_source_files,
+        lambda wc: data_step.inputs(config, wc.dataset),
     output:
         PROMPTS,
     params:
-        dataset=lambda wc: canonical(config["datasets"][wc.dataset]),
+        dataset=lambda wc: data_step.params(config, wc.dataset),
         code=code("prompts"),
     log:
         f"{LOGS}/prompts/{{dataset}}.log",

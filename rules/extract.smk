@@ -8,7 +8,7 @@ if EXTRACT["shards"] == 1:
         output:
             **{hook: ACTIVATIONS.replace("{hook}", hook) for hook in POOLED_HOOKS},
         params:
-            extract=extract_params,
+            extract=lambda wc: extract_step.params(config, wc.model),
             shard=None,
             code=code("extract"),
         log:
@@ -35,7 +35,7 @@ else:
         output:
             **{hook: temp(SHARD.replace("{hook}", hook)) for hook in POOLED_HOOKS},
         params:
-            extract=extract_params,
+            extract=lambda wc: extract_step.params(config, wc.model),
             shard=lambda wc: [int(wc.shard), EXTRACT["shards"]],
             code=code("extract"),
         log:
@@ -79,7 +79,7 @@ rule extract_tokens:
     output:
         TOKENS,
     params:
-        extract=token_extract_params,
+        extract=lambda wc: extract_step.token_params(config, wc.model, wc.hook),
         shard=None,
         tokens=True,
         code=code("extract"),

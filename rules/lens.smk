@@ -1,9 +1,6 @@
 # The lens step (mechflow.lens): read every layer through the model's own final norm and unembedding.
 # Prompt sets (the {dataset} wildcard here): the word-translation set (lens.latent_language.name) and the
-# multiple-choice question sets (lens.consistency); see mechflow.lens.jobs.
-
-from mechflow.config import model_params, one_of
-from mechflow.lens.jobs import consistency_sets, lens_sets, prompt_set_inputs, prompt_set_spec, tuned_lens_inputs
+# multiple-choice question sets (lens.consistency); see mechflow.steps.lens.
 
 LENS = config["lens"]
 LENS_PROMPTS = path("lens_prompts")
@@ -11,19 +8,19 @@ TUNED_LENS = path("tuned_lens")
 TUNED_TRAINING = path("tuned_lens_training")
 LATENT_LANGUAGE = path("latent_language")
 CONSISTENCY = path("consistency")
-LENS_SETS = lens_sets(config)
+LENS_SETS = lens_step.lens_sets(config)
 #: settings of every read-out (the translators' file is an input where the tuned lens is asked for)
-LENS_READ = settings(LENS, "lenses", "batch_size", "max_length", "chunk_mb")
+LENS_READ = lens_step.read_settings(config)
 
 
 rule lens_prompts:
     """Build a lens prompt set: few-shot word translations, or multiple-choice questions (placenames or a CSV)."""
     input:
-        lambda wc: prompt_set_inputs(config, wc.dataset),
+        lambda wc: lens_step.prompt_set_inputs(config, wc.dataset),
     output:
         LENS_PROMPTS,
     params:
-        spec=lambda wc: canonical(prompt_set_spec(config, wc.dataset)),
+        spec=lambda wc: canonical(lens_step.prompt_set_spec(config, wc.dataset)),
         code=code("lens_prompts"),
     wildcard_constraints:
         dataset=one_of(LENS_SETS),
@@ -46,9 +43,9 @@ rule tuned_lens:
         weights=TUNED_LENS,
         training=TUNED_TRAINING,
     params:
-        model=lambda wc: canonical(model_params(config, wc.model)),
+        model=lambda wc: lens_step.model_settings(config, wc.model),
         tuned=settings(LENS["tuned"]),
-        read=settings(LENS, "batch_size", "max_length", "chunk_mb"),
+        read=lens_step.read_settings(config, "batch_size", "max_length", "chunk_mb"),
         code=code("lens_tuned"),
     log:
         f"{LOGS}/tuned_lens/{{model}}.log",
@@ -68,12 +65,12 @@ rule latent_language:
     """Per layer and prompt: probability and rank of the answer in the target language, in English and in the source."""
     input:
         prompts=LENS_PROMPTS,
-        tuned=lambda wc: tuned_lens_inputs(config, ROOT, wc.model),
+        tuned=lambda wc: lens_step.tuned_lens_inputs(config, ROOT, wc.model),
         model=model_files,
     output:
         LATENT_LANGUAGE,
     params:
-        model=lambda wc: canonical(model_params(config, wc.model)),
+        model=lambda wc: lens_step.model_settings(config, wc.model),
         read=LENS_READ,
         answer_tokens=LENS["latent_language"]["answer_tokens"],
         code=code("latent_language"),
@@ -97,17 +94,17 @@ rule consistency:
     """Latent answer of every layer, internal consistency, its calibration curve and (with sampling) weighted voting."""
     input:
         prompts=LENS_PROMPTS,
-        tuned=lambda wc: tuned_lens_inputs(config, ROOT, wc.model),
+        tuned=lambda wc: lens_step.tuned_lens_inputs(config, ROOT, wc.model),
         model=model_files,
     output:
         CONSISTENCY,
     params:
-        model=lambda wc: canonical(model_params(config, wc.model)),
+        model=lambda wc: lens_step.model_settings(config, wc.model),
         read=LENS_READ,
         consistency=settings(LENS["consistency"], "layers", "bins", "samples", "max_new_tokens", "temperature", "top_p", "seed"),
         code=code("consistency"),
     wildcard_constraints:
-        dataset=one_of(list(consistency_sets(config)) if LENS_SETS else []),
+        dataset=one_of(list(lens_step.consistency_sets(config)) if LENS_SETS else []),
     log:
         f"{LOGS}/consistency/{{dataset}}/{{model}}.log",
     benchmark:

@@ -5,8 +5,8 @@ rule probes:
     output:
         PROBE_FILE,
     params:
-        probes=settings(PROBES, "layers", "folds", "blocks", "alphas", "seed"),
-        crs=CRS,
+        probes=probes_step.params(config),
+        crs=canonical(study_crs(config)),
         code=code("probes"),
     log:
         f"{LOGS}/probes/{{dataset}}/{{model}}/{{hook}}.log",

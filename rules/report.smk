@@ -1,7 +1,7 @@
 rule report:
     """One self-contained HTML page with maps and plots of every result."""
     input:
-        report_inputs(),
+        report_inputs(JOBS),
     output:
         html=report(REPORT_HTML, caption="../docs/report_caption.rst", category="Report"),
         figures=report(
@@ -14,7 +14,7 @@ rule report:
     params:
         manifest=canonical(JOBS),
         report=settings(REPORT),
-        study=study_settings(),
+        study=report_step.study_settings(config),
         benchmarks=BENCHMARKS,
         code=code("report"),
     log:

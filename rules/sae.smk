@@ -1,12 +1,12 @@
 rule sae:
     """Train one named SAE run on one layer's pooled activations, or on its tokens (sae.level: tokens)."""
     input:
-        sae_input,
+        lambda wc: sae_step.input_path(config, dict(wc.items())),
     output:
         expand(f"{SAE_DIR}/{{name}}", name=SAE_FILES, allow_missing=True),
     params:
-        run=lambda wc: canonical(SAE["runs"][wc.run]),
-        level=sae_level_params(),
+        run=lambda wc: sae_step.run_params(config, wc.run),
+        level=sae_step.level_params(config),
         checkpoints=lambda wc: SAE_CHECKPOINTS.format(**wc),
         kernels=config["kernels"],
         code=code("sae"),
@@ -36,7 +36,7 @@ rule sae_splice:
     output:
         SAE_SPLICE,
     params:
-        splice=splice_params,
+        splice=lambda wc: sae_step.splice_params(config, wc.model),
         code=code("sae_splice"),
     log:
         f"{LOGS}/sae_splice/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.log",

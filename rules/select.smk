@@ -3,9 +3,6 @@
 # SAE-cosine and sentence-embedding baselines. Selections are named under selection.runs (the {name} wildcard);
 # each reads one SAE the study trains.
 
-from mechflow.config import one_of
-from mechflow.selection.jobs import selection_inputs, selection_names, selection_params
-
 SELECTION = config["selection"]
 SELECTION_RANKING = path("selection")
 SELECTION_CSV = path("selection_csv")
@@ -14,15 +11,15 @@ SELECTION_CSV = path("selection_csv")
 rule select:
     """Rank one selection's candidates by generalized Jaccard similarity of their mean SAE codes to the target's prototype."""
     input:
-        unpack(lambda wc: selection_inputs(config, ROOT, wc.name)),
+        unpack(lambda wc: selection_step.selection_inputs(config, ROOT, wc.name)),
     output:
         ranking=SELECTION_RANKING,
         csv=SELECTION_CSV,
     params:
-        selection=lambda wc: canonical(selection_params(config, wc.name)),
+        selection=lambda wc: selection_step.selection_params(config, wc.name),
         code=code("selection"),
     wildcard_constraints:
-        name=one_of(selection_names(config)),
+        name=one_of(selection_step.selection_names(config)),
     log:
         f"{LOGS}/select/{{name}}.log",
     benchmark:

@@ -1,14 +1,12 @@
 rule snmf:
     """Semi-NMF of one layer's activations: units ~ F G^T, G >= 0, F sparse per factor."""
     input:
-        snmf_input,
+        lambda wc: snmf_step.input_path(config, dict(wc.items())),
     output:
         SNMF_FILE,
     params:
-        run=lambda wc: canonical(SNMF["runs"][wc.run]),
-        top_prompts=SNMF["top_prompts"],
-        level=SNMF["level"],
-        device=SNMF["device"],
+        run=lambda wc: snmf_step.run_params(config, wc.run),
+        **snmf_step.params(config),
         kernels=config["kernels"],
         code=code("snmf"),
     log:

@@ -1,13 +1,13 @@
 rule spatial:
     """Moran's I, Geary's C (+ shuffled-coordinates control) and LISA of one feature set, per region."""
     input:
-        spatial_input,
+        lambda wc: spatial_step.input_path(config, dict(wc.items())),
     output:
         moran=MORAN,
         lisa=LISA,
     params:
-        spatial=canonical(dict(settings(SPATIAL, "k", "transform", "permutations", "seed", "lisa_top_n", "shuffled_control", "residualise"), crs=CRS)),
-        sink_control=lambda wc: is_main(config, wc.dataset, wc.model),
+        spatial=spatial_step.params(config),
+        sink_control=lambda wc: spatial_step.sink_control(config, wc.dataset, wc.model),
         code=code("spatial"),
     log:
         f"{LOGS}/spatial/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{source}}.log",

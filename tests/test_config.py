@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mechflow.config import ConfigError, check_config
+from mechflow.resolve import resolve_study
+from mechflow.study import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
 def check(cfg, base=REPO):
-    return check_config(cfg, base_dir=base, schema_path=REPO / "config.schema.yaml")
+    return resolve_study(cfg, base_dir=base, schema_path=REPO / "config.schema.yaml")
 
 
 def test_default_and_shipped_configs_are_valid():
@@ -118,7 +119,7 @@ def test_bad_study_inputs_fail_before_any_job_with_one_line(tmp_path, mutate, ke
 
 
 def test_inline_region_crs_is_the_study_crs():
-    from mechflow.checks import study_crs
+    from mechflow.study import study_crs
 
     cfg = check({"datasets": {"d": {"regions": [{"name": "LAZIO", "country": "IT", "crs": "EPSG:32633",
                                                  "admin1": {"07": {"en": "Lazio", "local": "Lazio"}}}]}},

@@ -11,9 +11,10 @@ from conftest import run_snakemake
 from test_lens import build_lens_lm
 from test_workflow import planned_jobs
 
-from mechflow.config import ConfigError, check_config
 from mechflow.io import load_dataset
 from mechflow.lens.tuned import TunedLens
+from mechflow.resolve import resolve_study
+from mechflow.study import ConfigError
 
 SCHEMA = Path(__file__).resolve().parents[1] / "config.schema.yaml"
 
@@ -76,20 +77,20 @@ def test_lens_config_errors_name_the_key(tmp_path):
     model_dir = build_lens_lm(tmp_path / "tinyllama", "llama")
     cfg = _study(tmp_path, model_dir)
     schema = str(SCHEMA)
-    check_config(cfg, tmp_path, schema, data_checks=False)
+    resolve_study(cfg, tmp_path, schema, data_checks=False)
     bad = yaml.safe_load(yaml.safe_dump(cfg))
     bad["lens"]["consistency"]["questions"] = {"tiny": "questions.csv"}
     with pytest.raises(ConfigError, match="lens.consistency.questions.tiny: the name is taken"):
-        check_config(bad, tmp_path, schema, data_checks=False)
+        resolve_study(bad, tmp_path, schema, data_checks=False)
     bad = yaml.safe_load(yaml.safe_dump(cfg))
     bad["lens"]["latent_language"]["pairs"] = [["en", "fr"]]
     with pytest.raises(ConfigError, match="lens.latent_language"):
-        check_config(bad, tmp_path, schema, data_checks=False)
+        resolve_study(bad, tmp_path, schema, data_checks=False)
     bad = yaml.safe_load(yaml.safe_dump(cfg))
     bad["lens"]["consistency"]["layers"] = [7]
     with pytest.raises(ConfigError, match="lens.consistency.layers"):
-        check_config(bad, tmp_path, schema, data_checks=False)
+        resolve_study(bad, tmp_path, schema, data_checks=False)
     bad = yaml.safe_load(yaml.safe_dump(cfg))
     bad["lens"]["consistency"]["datasets"] = ["tiny"]
     with pytest.raises(ConfigError, match="not a GeoNames prompt set"):
-        check_config(bad, tmp_path, schema, data_checks=False)
+        resolve_study(bad, tmp_path, schema, data_checks=False)

@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 from conftest import REPO, VENV_BIN
 
+from mechflow.facts import gather_facts
 from mechflow.plan import (
     PYTHON_MB,
     Job,
@@ -19,7 +20,6 @@ from mechflow.plan import (
     match_result,
     parse_dry_run,
     parse_job_stats,
-    study_facts,
 )
 
 LISTING = """Building DAG of jobs...
@@ -107,7 +107,7 @@ def test_predicted_activations_equal_a_real_extraction(tiny_llama, tmp_path, kee
         "extract": {"layers": "all", "hook_layers": {"mlp_hidden": [-1]}, "keep_sink": keep_sink, "pooling": "mean",
                     "exclude": "first", "max_length": 32, "shards": 1},
     }
-    facts = study_facts(config)
+    facts = gather_facts(config)
     assert facts.regions == {"d": {"GB": 7}} and facts.models["m"].layers == 3
     model, tok = load_model(resolve_model(str(tiny_llama)), device="cpu")
     prompts = build_prompts(config["datasets"]["d"])
@@ -166,7 +166,7 @@ def _snmf_job(threads: int, mem_mb: int) -> Job:
 
 def test_the_printed_plan_flags_a_step_over_its_memory(tiny_llama, tmp_path):
     config = _snmf_study(_csv_prompts(tmp_path, n=12), tiny_llama, "pooled")
-    text = format_plan(build_plan([_snmf_job(2, 100)], config, study_facts(config), "s.yaml"))
+    text = format_plan(build_plan([_snmf_job(2, 100)], config, gather_facts(config), "s.yaml"))
     assert "snmf" in text and "(over mem_mb)" in text and "raise <step>.mem_mb" in text
     assert "snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.nc" in text
 
@@ -174,7 +174,7 @@ def test_the_printed_plan_flags_a_step_over_its_memory(tiny_llama, tmp_path):
 def test_semi_nmf_reads_its_layer_from_disk_when_it_does_not_fit_mem_mb(tiny_llama, tmp_path):
     """The plan's semi-NMF note and estimate follow the choice the rule makes (mechflow.snmf.blocks)."""
     config = _snmf_study(_csv_prompts(tmp_path, n=12), tiny_llama, "tokens")
-    facts = study_facts(config)
+    facts = gather_facts(config)
 
     def plan(mem_mb: int):
         (rule,) = build_plan([_snmf_job(1, mem_mb)], config, facts, "s.yaml").rules

@@ -14,7 +14,6 @@ import pytest
 import torch
 from conftest import REPO, build_tiny_model
 
-from mechflow.config import ConfigError
 from mechflow.selection.similarity import (
     cosine_similarity,
     generalized_jaccard,
@@ -24,6 +23,7 @@ from mechflow.selection.similarity import (
     rank,
     similarity_to_target,
 )
+from mechflow.study import ConfigError
 
 # ---- generalized Jaccard and ranking ----------------------------------------------------------------
 
@@ -343,7 +343,8 @@ def _study() -> dict:
 
 
 def test_resolve_sae_by_run_name_or_full_path():
-    from mechflow.selection.jobs import resolve_sae, sae_jobs, selection_params
+    from mechflow.steps.selection import resolve_sae, selection_params
+    from mechflow.study import sae_jobs
 
     cfg = _study()
     assert len(sae_jobs(cfg)) == 3 * 2 * 2  # (d1, m1), (d1, m2), (d2, m1) x 2 layers x 2 runs
@@ -369,7 +370,11 @@ def test_resolve_sae_by_run_name_or_full_path():
 
 
 def test_check_selection_reads_the_csvs_and_the_label(monkeypatch):
-    from mechflow.selection.jobs import check_selection
+    from mechflow.facts import StudyFacts
+    from mechflow.steps.selection import check
+
+    def check_selection(study, data_checks=True):  # the CSVs are read where the prompt sets are (data checks)
+        check(study, StudyFacts({}, regions={} if data_checks else None))
 
     monkeypatch.chdir(REPO)
     cfg = _study()
@@ -405,13 +410,14 @@ integrated = pytest.mark.skipif(not _integrated(), reason="the selection step is
 def test_the_shipped_selection_study_resolves_to_one_selection(monkeypatch):
     import yaml
 
-    from mechflow.config import resolve_study
-    from mechflow.selection.jobs import selection_inputs, selection_jobs
+    from mechflow.resolve import resolve
+    from mechflow.steps.selection import jobs, selection_inputs
 
     monkeypatch.chdir(REPO)
-    study = resolve_study(yaml.safe_load((REPO / "configs" / "selection.yaml").read_text()), base_dir=REPO,
-                          data_checks=False)
-    (job,) = selection_jobs(study, study["results"])
+    resolved = resolve(yaml.safe_load((REPO / "configs" / "selection.yaml").read_text()), base_dir=REPO,
+                       data_checks=False)
+    study = resolved.study
+    (job,) = jobs(study, resolved.facts)
     assert job["name"] == "geography" and job["run"] == "topk" and job["layer"] == 5
     assert job["path"].endswith("ranking.nc") and job["csv"].endswith("ranking.csv")
     inputs = selection_inputs(study, study["results"], "geography")

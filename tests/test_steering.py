@@ -13,18 +13,20 @@ import xarray as xr
 import yaml
 from conftest import REPO, build_tiny_model, run_snakemake
 
-from mechflow.config import ConfigError, load_schema, validate_schema
+from mechflow.config import load_schema, validate_schema
 from mechflow.extract import _base_model
+from mechflow.facts import StudyFacts, gather_facts
 from mechflow.hooks import capture_sites, find_blocks
 from mechflow.io import load_dataset, write_dataset
 from mechflow.models import load_model, resolve_model
 from mechflow.steering.hook import positions_from, steering
-from mechflow.steering.jobs import check_steering, steering_jobs
 from mechflow.steering.measure import encode_left, first_token_ids, greedy_generations, steering_effects
 from mechflow.steering.pipeline import run_steering
 from mechflow.steering.prompts import eval_rows, heldout_mask, render, side_texts
 from mechflow.steering.result import steering_dataset
 from mechflow.steering.vectors import mean_difference, sae_decoder_row, snmf_factor, top_moran_feature
+from mechflow.steps import steering as steering_step
+from mechflow.study import ConfigError
 
 TEXTS = ["london , england", "rome , lazio , italy", "bath", "new jersey city , town . york", "milan , lombardy",
          "york is a town in", "pisa is a city in"]
@@ -264,6 +266,11 @@ def _study(model_dir, **vector) -> dict:
     return validate_schema(cfg, load_schema(REPO / "config.schema.yaml"))
 
 
+def _facts(cfg, regions=None):
+    """The study's model facts (read from the tiny models' configs), with the prompt sets' regions given."""
+    return StudyFacts(gather_facts(cfg, REPO, prompts=False).models, regions)
+
+
 @pytest.mark.parametrize("vector, key, message", [
     ({"layer": 7}, "layer", r"layer 7 does not exist in model 'llama' \(3 layers"),
     ({"positive": "FR"}, "positive", r"region 'FR' is not in prompt set 'mini'"),
@@ -277,21 +284,21 @@ def _study(model_dir, **vector) -> dict:
 def test_bad_steering_configs_fail_before_any_job(tiny_llama, vector, key, message):
     cfg = _study(tiny_llama, **vector)
     with pytest.raises(ConfigError, match=message) as err:
-        check_steering(cfg, {"llama": 3}, REPO, {"mini": {"GB": 5, "IT": 5}})
+        steering_step.check(cfg, _facts(cfg, {"mini": {"GB": 5, "IT": 5}}), REPO)
     assert str(err.value).startswith(f"config error at steering.vectors.v.{key}: ")
 
 
 def test_steering_plans_one_job_per_causal_model_and_refuses_an_encoder(tiny_llama, tiny_models):
     cfg = _study(tiny_llama)
     cfg["models"]["bert"] = {"spec": str(tiny_models["bert"]), "dtype": "float32", "device": "auto"}
-    jobs = steering_jobs(cfg, "out")
+    jobs = steering_step.jobs(dict(cfg, results="out"), _facts(cfg))
     assert [(j["model"], j["name"], j["path"]) for j in jobs] == [("llama", "v", "out/steering/mini/llama/v.nc")]
     bad = copy.deepcopy(cfg)
     bad["steering"]["models"] = ["bert"]
     with pytest.raises(ConfigError, match="steering.models: 'bert' is not a causal LM"):
-        check_steering(bad, {"llama": 3, "bert": 2}, REPO)
+        steering_step.check(bad, _facts(bad), REPO)
     cfg["steering"]["enabled"] = False
-    assert steering_jobs(cfg, "out") == []
+    assert steering_step.jobs(dict(cfg, results="out"), _facts(cfg)) == []
 
 
 def test_run_steering_makes_each_kind_of_vector_and_measures_it_on_prompts_it_was_not_made_from(tiny_llama, tmp_path):

@@ -13,9 +13,8 @@ Modules, one job each:
 - ``encode``: :func:`encode_texts` (LM -> token activations -> SAE -> mean per text) and :func:`embed_texts`;
 - ``data``: candidate / target CSVs; ``ranking``: the ranking Dataset and its CSV table;
 - ``pipeline``: :func:`run_selection`, the ``select`` rule's entry point;
-- ``jobs``: the study's selections, their SAE, manifest entries, params, inputs and checks (no torch).
 
-Names are re-exported lazily, so the workflow imports ``mechflow.selection.jobs`` without loading torch.
+Names are re-exported lazily, so the study core (``mechflow.steps``) imports submodules without loading torch.
 """
 
 from __future__ import annotations

@@ -10,9 +10,8 @@ Modules, one job each:
   last token, and greedy generations (:func:`steering_effects`, :func:`greedy_generations`);
 - ``result``: the ``steering/{dataset}/{model}/{name}.nc`` file;
 - ``pipeline``: :func:`run_steering`, the ``steer`` rule's entry point (the vector, its effects, the file's Dataset);
-- ``jobs``: the step in a study: manifest entries, inputs, params and config checks (no torch).
 
-Names are re-exported lazily, so that the workflow can import ``mechflow.steering.jobs`` without loading
+Names are re-exported lazily, so that the study core (``mechflow.steps``) can import submodules without loading
 torch; rule scripts import from the submodules.
 """
 
@@ -31,7 +30,6 @@ _EXPORTS: dict[str, str] = {
     "heldout_mask": "prompts",
     "steering_dataset": "result",
     "run_steering": "pipeline",
-    "steering_jobs": "jobs", "check_steering": "jobs",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,8 +1,8 @@
-"""The lens step in a study: its prompt sets, job-manifest entries, per-set settings and config checks.
+"""The lens step: its prompt sets, job-manifest entries, per-set settings and checks.
 
-The Snakemake rules (``rules/lens.smk``) and the manifest (``rules/common.smk``) read the study
-config through these functions, so what runs, what the report reads and what is checked before a
-run come from one place. Lens prompt sets are the ``{dataset}`` wildcard of the lens files:
+``rules/lens.smk`` and the manifest read the study through these functions, so what runs, what the
+report reads and what is checked before a run come from one place. Lens prompt sets are the
+``{dataset}`` wildcard of the lens files:
 
 - ``lens.latent_language.name`` (default ``words``): the word-translation prompts;
 - each GeoNames prompt set of the study named by ``lens.consistency.datasets`` (default: all),
@@ -15,11 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mechflow.config import ConfigError
 from mechflow.contracts import result_path
+from mechflow.data.prompts import geonames_path
+from mechflow.facts import StudyFacts
+from mechflow.lens.latent_language import translation_pairs
+from mechflow.lens.unembed import LensError
+from mechflow.lens.words import load_words, shipped_words_path
+from mechflow.study import ConfigError, canonical, model_params
 
-__all__ = ["lens_models", "consistency_sets", "lens_sets", "prompt_set_spec", "prompt_set_inputs", "lens_jobs", "check_lens",
-           "tuned_lens_inputs"]
+__all__ = ["lens_models", "consistency_sets", "lens_sets", "prompt_set_spec", "prompt_set_inputs", "jobs", "check",
+           "tuned_lens_inputs", "model_settings", "read_settings"]
 
 
 def lens_models(config: dict[str, Any]) -> list[str]:
@@ -68,12 +73,8 @@ def prompt_set_inputs(config: dict[str, Any], name: str) -> list[str]:
     """The files a lens prompt set is built from: the word list, the GeoNames gazetteer, or the question CSV."""
     spec = prompt_set_spec(config, name)
     if spec["kind"] == "words":
-        from mechflow.lens.words import shipped_words_path
-
         return [str(spec["words"] or shipped_words_path())]
     if spec["kind"] == "places":
-        from mechflow.data.prompts import geonames_path
-
         return [str(geonames_path(spec["dataset"].get("gazetteer", "cities500")))]
     return [str(spec["path"])]
 
@@ -83,12 +84,23 @@ def tuned_lens_inputs(config: dict[str, Any], root: str, model: str) -> list[str
     return [result_path("tuned_lens", root, model=model)] if "tuned" in config["lens"]["lenses"] else []
 
 
-def lens_jobs(config: dict[str, Any], root: str) -> list[dict[str, Any]]:
+def model_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """The settings a lens job loads ``model`` with."""
+    return canonical(model_params(config, model))
+
+
+def read_settings(config: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The read-out settings of ``lens:`` a job uses (default: every read-out's)."""
+    lens = config["lens"]
+    return canonical({k: lens[k] for k in keys or ("lenses", "batch_size", "max_length", "chunk_mb")})
+
+
+def jobs(config: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
     """Manifest entries of the lens step: one per tuned lens (``kind: tuned_lens``, ``path`` = its training.nc,
     ``weights``), latent-language file and consistency file (``dataset``, ``model``, ``path``)."""
     if not lens_sets(config):
         return []
-    lens = config["lens"]
+    lens, root = config["lens"], config["results"]
     jobs = []
     for m in lens_models(config):
         if "tuned" in lens["lenses"]:
@@ -103,47 +115,43 @@ def lens_jobs(config: dict[str, Any], root: str) -> list[dict[str, Any]]:
     return jobs
 
 
-def check_lens(config: dict[str, Any], n_layers: dict[str, int | None], base_dir: str | Path = ".") -> None:
+def check(config: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:
     """What the schema cannot say about ``lens:``; ConfigError naming the key. Runs only when the lens is enabled."""
     lens = config.get("lens") or {}
     if not lens.get("enabled"):
         return
     for m in lens.get("models") or []:
         if m not in config["models"]:
-            raise ConfigError(f"config error at lens.models: unknown model {m!r} (have {sorted(config['models'])})")
+            raise ConfigError("lens.models", f"unknown model {m!r} (have {sorted(config['models'])})")
     ll, cons = lens["latent_language"], lens["consistency"]
     sets = consistency_sets(config)
     if not ll["enabled"] and not sets:
-        raise ConfigError("config error at lens: the lens is enabled but reads nothing: enable lens.latent_language or "
+        raise ConfigError("lens", "the lens is enabled but reads nothing: enable lens.latent_language or "
                           "name question sets (lens.consistency.datasets / lens.consistency.questions)")
     for d in cons.get("datasets") or []:
         if d not in config["datasets"]:
-            raise ConfigError(f"config error at lens.consistency.datasets: unknown prompt set {d!r} (have {sorted(config['datasets'])})")
+            raise ConfigError("lens.consistency.datasets", f"unknown prompt set {d!r} (have {sorted(config['datasets'])})")
         if config["datasets"][d].get("source", "geonames") != "geonames":
-            raise ConfigError(f"config error at lens.consistency.datasets: {d!r} is not a GeoNames prompt set; put your own "
+            raise ConfigError("lens.consistency.datasets", f"{d!r} is not a GeoNames prompt set; put your own "
                               "questions under lens.consistency.questions (CSV: question, options, answer)")
     for name, path in (cons.get("questions") or {}).items():
         if name in config["datasets"] or (ll["enabled"] and name == ll["name"]):
-            raise ConfigError(f"config error at lens.consistency.questions.{name}: the name is taken by a prompt set; choose another")
+            raise ConfigError(f"lens.consistency.questions.{name}", "the name is taken by a prompt set; choose another")
         p = Path(path) if Path(path).is_absolute() else Path(base_dir) / path
         if not p.exists():
-            raise ConfigError(f"config error at lens.consistency.questions.{name}: {p} does not exist")
+            raise ConfigError(f"lens.consistency.questions.{name}", f"{p} does not exist")
     if ll["enabled"]:
         _check_words(ll, base_dir)
         if ll["name"] in sets:
-            raise ConfigError(f"config error at lens.latent_language.name: {ll['name']!r} is also a consistency question set")
+            raise ConfigError("lens.latent_language.name", f"{ll['name']!r} is also a consistency question set")
     for m in lens_models(config):
-        n = n_layers.get(m)
+        n = facts.models[m].layers
         bad = [layer for layer in cons.get("layers") or [] if n is not None and layer >= n]
         if bad:
-            raise ConfigError(f"config error at lens.consistency.layers: layer(s) {bad} do not exist in model {m!r} ({n} layers)")
+            raise ConfigError("lens.consistency.layers", f"layer(s) {bad} do not exist in model {m!r} ({n} layers)")
 
 
 def _check_words(ll: dict[str, Any], base_dir: str | Path) -> None:
-    from mechflow.lens.latent_language import translation_pairs
-    from mechflow.lens.unembed import LensError
-    from mechflow.lens.words import load_words
-
     path = ll["words"]
     if path is not None and not Path(path).is_absolute():
         path = Path(base_dir) / path
@@ -151,9 +159,9 @@ def _check_words(ll: dict[str, Any], base_dir: str | Path) -> None:
         words = load_words(path)
         pairs = translation_pairs(list(words.columns), ll["pairs"])
     except LensError as e:
-        raise ConfigError(f"config error at lens.latent_language: {' '.join(str(e).split())}") from None
+        raise ConfigError("lens.latent_language", f"{' '.join(str(e).split())}") from None
     if not pairs:
-        raise ConfigError("config error at lens.latent_language: the word list has fewer than two non-English languages")
+        raise ConfigError("lens.latent_language", "the word list has fewer than two non-English languages")
     if ll["shots"] >= len(words):
-        raise ConfigError(f"config error at lens.latent_language.shots: {ll['shots']} demonstrations need more than "
+        raise ConfigError("lens.latent_language.shots", f"{ll['shots']} demonstrations need more than "
                           f"{ll['shots']} words (the list has {len(words)})")

@@ -3,8 +3,8 @@
 A study's ``selection.runs.<name>`` (the ``{name}`` wildcard of ``selection/{name}/ranking.nc``) names
 an SAE the study trains, by its run name alone (when the study trains that run on one dataset, model
 and layer) or as ``dataset/model/hook/layer/run`` (``layer`` as ``5`` or ``layer5``). The Snakemake
-rule (``rules/select.smk``), the manifest (``rules/common.smk``) and the pre-run checks
-(``mechflow.checks``) read the study through these functions. Nothing here imports torch.
+rule (``rules/select.smk``), the manifest and the pre-run checks read the study through these
+functions. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mechflow.config import ConfigError, model_params, sae_jobs
 from mechflow.contracts import SAE_FILES, result_path
-from mechflow.models import model_input_files
+from mechflow.facts import StudyFacts
+from mechflow.models import ModelSpecError, model_input_files, resolve_model
+from mechflow.selection.data import SelectionError, read_column, read_texts
+from mechflow.study import ConfigError, canonical, model_params, sae_jobs
 
-__all__ = ["selection_names", "sae_jobs", "resolve_sae", "selection_params", "selection_inputs", "selection_jobs",
-           "check_selection"]
+__all__ = ["selection_names", "resolve_sae", "selection_params", "selection_inputs", "jobs", "check"]
 
 def selection_names(config: dict[str, Any]) -> list[str]:
     """The study's selections (``selection.runs``), sorted; empty when it has none."""
@@ -32,27 +33,27 @@ def _label(job: dict[str, Any]) -> str:
 def resolve_sae(config: dict[str, Any], name: str) -> dict[str, Any]:
     """The SAE job selection ``name`` reads (dataset, model, hook, layer, run); ConfigError naming the key."""
     spec = str(config["selection"]["runs"][name]["sae"]).strip()
-    key = f"config error at selection.runs.{name}.sae"
+    key = f"selection.runs.{name}.sae"
     jobs = sae_jobs(config)
     if not jobs:
-        raise ConfigError(f"{key}: the study trains no SAE (sae.runs is empty); a selection reads one of its SAEs")
+        raise ConfigError(key, "the study trains no SAE (sae.runs is empty); a selection reads one of its SAEs")
     have = ", ".join(_label(j) for j in jobs)
     if "/" not in spec:
         found = [j for j in jobs if j["run"] == spec]
         if not found:
-            raise ConfigError(f"{key}: {spec!r} is not a run of sae.runs (have {sorted({j['run'] for j in jobs})})")
+            raise ConfigError(key, f"{spec!r} is not a run of sae.runs (have {sorted({j['run'] for j in jobs})})")
         if len(found) > 1:
-            raise ConfigError(f"{key}: the study trains run {spec!r} {len(found)} times; name one as "
+            raise ConfigError(key, f"the study trains run {spec!r} {len(found)} times; name one as "
                               f"dataset/model/hook/layer/run: {', '.join(_label(j) for j in found)}")
         return dict(found[0])
     parts = spec.split("/")
     if len(parts) != 5:
-        raise ConfigError(f"{key}: {spec!r} is neither a run name nor dataset/model/hook/layer/run (have {have})")
+        raise ConfigError(key, f"{spec!r} is neither a run name nor dataset/model/hook/layer/run (have {have})")
     dataset, model, hook, layer, run = parts
     m = re.fullmatch(r"(?:layer)?(\d+)", layer)
     wanted = dict(dataset=dataset, model=model, hook=hook, layer=int(m.group(1)) if m else layer, run=run)
     if wanted not in jobs:
-        raise ConfigError(f"{key}: the study trains no SAE {spec!r} (it trains {have})")
+        raise ConfigError(key, f"the study trains no SAE {spec!r} (it trains {have})")
     return wanted
 
 
@@ -65,7 +66,7 @@ def selection_params(config: dict[str, Any], name: str) -> dict[str, Any]:
     """Everything that defines one selection's result (the params of its ``select`` job; resource keys left out)."""
     run = config["selection"]["runs"][name]
     sae = resolve_sae(config, name)
-    return {
+    return canonical({
         "sae": sae,
         "model": model_params(config, sae["model"]),
         "candidates": dict(run["candidates"]),
@@ -79,7 +80,7 @@ def selection_params(config: dict[str, Any], name: str) -> dict[str, Any]:
         "relevant": run.get("relevant"),
         "exclude": config["extract"]["exclude"],
         "embedding_model": _embedding(config, name),
-    }
+    })
 
 
 def selection_inputs(config: dict[str, Any], root: str, name: str) -> dict[str, Any]:
@@ -99,20 +100,22 @@ def selection_inputs(config: dict[str, Any], root: str, name: str) -> dict[str, 
     return inputs
 
 
-def selection_jobs(config: dict[str, Any], root: str) -> list[dict[str, Any]]:
+def jobs(config: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
     """Manifest entries of the selection step: one per selection (``name``, ``path`` = ranking.nc, ``csv``, and the
     SAE it reads: ``dataset``, ``model``, ``hook``, ``layer``, ``run``)."""
+    root = config["results"]
     return [dict(resolve_sae(config, name), name=name, path=result_path("selection", root, name=name),
                  csv=result_path("selection_csv", root, name=name))
             for name in selection_names(config)]
 
 
-def check_selection(config: dict[str, Any], base_dir: str | Path = ".", data_checks: bool = True) -> None:
+def check(config: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:
     """What the schema cannot say about ``selection:``; ConfigError naming the key. Nothing when there is no selection.
 
     Each selection names an SAE the study trains; the sentence encoder resolves (embedding baseline);
-    with ``data_checks``, the candidate and target CSVs are read (UTF-8, the columns, no empty text,
-    unique ids) and the evaluation label's column exists and marks at least one candidate.
+    where the data are checked (the prompt sets were built: ``facts.regions``), the candidate and
+    target CSVs are read (UTF-8, the columns, no empty text, unique ids) and the evaluation label's
+    column exists and marks at least one candidate.
     """
     names = selection_names(config)
     if not names:
@@ -122,16 +125,12 @@ def check_selection(config: dict[str, Any], base_dir: str | Path = ".", data_che
         resolve_sae(config, name)
         spec = _embedding(config, name)
         if spec:
-            from mechflow.models import ModelSpecError, resolve_model
-
             try:
                 resolve_model(spec, base_dir)
             except ModelSpecError as e:
-                raise ConfigError(f"config error at selection.embedding_model: {e}") from None
-        if not data_checks:
+                raise ConfigError("selection.embedding_model", f"{e}") from None
+        if facts.regions is None:
             continue
-        from mechflow.selection.data import SelectionError, read_column, read_texts
-
         paths = {}
         for role in ("candidates", "target"):
             src = run[role]
@@ -139,13 +138,13 @@ def check_selection(config: dict[str, Any], base_dir: str | Path = ".", data_che
             try:
                 read_texts(paths[role], src["text"], src.get("id"))
             except SelectionError as e:
-                raise ConfigError(f"config error at selection.runs.{name}.{role}: {e}") from None
+                raise ConfigError(f"selection.runs.{name}.{role}", f"{e}") from None
         rel = run.get("relevant")
         if rel:
             try:
                 column = read_column(paths["candidates"], rel["column"])
             except SelectionError as e:
-                raise ConfigError(f"config error at selection.runs.{name}.relevant.column: {e}") from None
+                raise ConfigError(f"selection.runs.{name}.relevant.column", f"{e}") from None
             if not (column == str(rel["value"])).any():
-                raise ConfigError(f"config error at selection.runs.{name}.relevant.value: no candidate has "
+                raise ConfigError(f"selection.runs.{name}.relevant.value", f"no candidate has "
                                   f"{rel['column']} = {rel['value']!r} (values: {sorted(set(column.tolist()))[:10]})")

@@ -1,0 +1,69 @@
+"""The SAE step: one job per (prompt set, model, layer, run) of ``sae:``, its params, inputs and checks.
+
+An SAE trains on a layer's pooled activations, or on every token of its prompts (``sae.level:
+tokens``; features.nc then pools each prompt's tokens, ``sae.token_pooling``). SAEs on the residual
+stream of a causal LM also get a loss-recovered splice on held-out prompts (``sae.splice_prompts``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mechflow.contracts import result_path
+from mechflow.facts import StudyFacts
+from mechflow.steps.extract import check_analysed_layers, check_step_models
+from mechflow.study import canonical, model_params, sae_jobs
+
+__all__ = ["splices", "jobs", "input_path", "level_params", "run_params", "splice_params", "check"]
+
+
+def splices(study: dict[str, Any], facts: StudyFacts, model: str) -> bool:
+    """Whether the SAEs of ``model`` get a loss-recovered splice: resid SAEs of a causal LM, when asked for."""
+    sae = study["sae"]
+    return sae["hook"] == "resid" and sae["splice_prompts"] > 0 and facts.models[model].causal
+
+
+def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
+    """Manifest entries: dataset, model, hook, layer, run, ``dir`` (the run's folder), ``splice`` (its splice.nc, or None)."""
+    root = study["results"]
+    return [dict(j, dir=result_path("sae_dir", root, **j),
+                 splice=result_path("sae_splice", root, **j) if splices(study, facts, j["model"]) else None)
+            for j in sae_jobs(study)]
+
+
+def input_path(study: dict[str, Any], wildcards: dict[str, str]) -> str:
+    """The file an SAE trains on: pooled activations, or the hook's token file (``sae.level: tokens``)."""
+    return result_path("tokens" if study["sae"]["level"] == "tokens" else "activations", study["results"], **wildcards)
+
+
+def level_params(study: dict[str, Any]) -> dict[str, Any]:
+    """What the SAE trains on (``sae.level``) and, at token level, how features.nc pools each prompt's tokens."""
+    sae = study["sae"]
+    if sae["level"] == "tokens":
+        return canonical({"level": "tokens", "token_pooling": sae["token_pooling"]})
+    return canonical({"level": "pooled"})
+
+
+def run_params(study: dict[str, Any], run: str) -> dict[str, Any]:
+    """The complete run config of ``sae.runs.<run>``."""
+    return canonical(study["sae"]["runs"][run])
+
+
+def splice_params(study: dict[str, Any], model: str) -> dict[str, Any]:
+    """The model as extraction runs it, and the splice's prompt budget (``sae.splice_prompts``)."""
+    ex = study["extract"]
+    return canonical({
+        "model": model_params(study, model),
+        "exclude": ex["exclude"],
+        "batch_size": ex["batch_size"],
+        "max_length": ex["max_length"],
+        "max_prompts": study["sae"]["splice_prompts"],
+    })
+
+
+def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:
+    """The SAE step's models exist; its layers exist and are extracted for ``sae.hook``."""
+    check_step_models(study, "sae")
+    if study["sae"]["runs"]:
+        check_analysed_layers(study, facts, "sae", [study["sae"]["hook"]])
