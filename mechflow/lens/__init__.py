@@ -23,8 +23,7 @@ submodules.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mechflow.lazy import lazy_exports
 
 #: public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -35,13 +34,4 @@ _EXPORTS: dict[str, str] = {
     "LensError": "errors", "Unembedding": "unembed", "find_unembedding": "unembed",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"mechflow.lens.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'mechflow.lens' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

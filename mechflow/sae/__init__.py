@@ -12,10 +12,11 @@ does not load torch; code whose digest matters (rule scripts) imports from the s
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from mechflow.lazy import lazy_exports
 
 #: public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -33,22 +34,13 @@ __all__ = [
     "SparseAutoencoder", "Trainer", "TrainingStopped", "build_sae", "evaluate", "fvu", "load_sae", "mmcs", "parse_run",
     "run_defaults", "run_schema", "sae_cfg", "save_sae", "train", "train_from_file", "validate_run",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"mechflow.sae.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'mechflow.sae' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 class _Package(types.ModuleType):
     """``mechflow.sae.train`` stays the function: importing the submodule of the same name would bind the
     module over it on the package (the import system sets it as an attribute), so that binding is skipped
-    and the name resolves through :func:`__getattr__`; the submodule is in ``sys.modules`` as usual."""
+    and the name resolves through ``__getattr__``; the submodule is in ``sys.modules`` as usual."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if isinstance(value, types.ModuleType) and name in _EXPORTS and value.__name__ == f"{__name__}.{name}":

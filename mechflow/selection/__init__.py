@@ -19,8 +19,7 @@ Names are re-exported lazily, so the study core (``mechflow.steps``) imports sub
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mechflow.lazy import lazy_exports
 
 #: public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -33,13 +32,4 @@ _EXPORTS: dict[str, str] = {
     "run_selection": "pipeline", "score_all": "pipeline",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"mechflow.selection.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'mechflow.selection' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,8 +14,7 @@ imports from the submodules.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mechflow.lazy import lazy_exports
 
 #: public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -31,13 +30,4 @@ __all__ = [
     "DEFAULTS", "INITS", "LOSS_DEFINITION", "SAMPLE_DIM", "UNIT_DIM", "Init", "SNMFError", "SNMFResult", "SNMFRunConfig",
     "SNMFRuntime", "check_sparsity", "fit", "n_keep_for", "run_schema", "tokens_to_prompts", "top_prompts", "validate_run",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"mechflow.snmf.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'mechflow.snmf' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
