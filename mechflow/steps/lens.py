@@ -18,8 +18,8 @@ from typing import Any
 from mechflow.contracts import result_path
 from mechflow.data.prompts import geonames_path
 from mechflow.facts import StudyFacts
-from mechflow.lens.latent_language import translation_pairs
 from mechflow.lens.errors import LensError
+from mechflow.lens.latent_language import translation_pairs
 from mechflow.lens.words import load_words, shipped_words_path
 from mechflow.study import ConfigError, canonical, model_params
 
