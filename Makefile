@@ -45,6 +45,7 @@ test-all: setup browser
 lint: setup
 	$(BIN)/snakemake --lint
 	$(BIN)/ruff check mechflow scripts tests benchmarks
+	$(BIN)/lint-imports
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
