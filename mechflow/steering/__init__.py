@@ -17,8 +17,7 @@ torch; rule scripts import from the submodules.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mechflow.lazy import lazy_exports
 
 #: public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -34,7 +33,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mechflow.steering' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"mechflow.steering.{_EXPORTS[name]}"), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
