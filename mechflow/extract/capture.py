@@ -194,25 +194,17 @@ def iter_pooled(
             yield idx, pooled[hook]
 
 
-def iter_tokens(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    texts: Sequence[str],
-    hook: str = "resid",
-    layers: str | Sequence[int] = "all",
-    batch_size: int = 32,
-    max_length: int = 64,
-    progress: bool = True,
-    window: int = 1024,
-):
-    """Yield (prompt indices [b], per-prompt token activations: list of [tokens_i, n_layers, units] float32).
+def iter_tokens(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], settings: ExtractSettings):
+    """Yield (prompt indices [b], per-prompt token activations: list of [tokens_i, n_layers, units] float32) of the
+    one hook of token-level ``settings`` (its pooling is not used).
 
     Only real tokens (attention mask 1) are kept, in their order, whatever the padding side.
     """
-    layer_ids = resolve_layers(layers, n_layers(model))
-    lengths, _ = _token_lengths(tokenizer, texts, max_length)
-    for idx, mask, store in _iter_captures(model, tokenizer, texts, {hook: layer_ids}, batch_size, max_length, progress,
-                                           window, lengths):
+    s, hook = settings, settings.hook
+    layer_ids = resolve_layers(s.hooks[hook], n_layers(model))
+    lengths, _ = _token_lengths(tokenizer, texts, s.max_length)
+    for idx, mask, store in _iter_captures(model, tokenizer, texts, {hook: layer_ids}, s.batch_size, s.max_length,
+                                           s.progress, s.window, lengths):
         stacked = torch.stack([store[hook, layer] for layer in layer_ids], 2).float().cpu().numpy()  # [b, T, L, U]
         keep = mask.bool().cpu().numpy()
         yield idx, [stacked[i][keep[i]] for i in range(len(idx))]

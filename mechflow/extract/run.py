@@ -161,8 +161,7 @@ def extract_tokens_to_file(
     window = s.window
     with ActivationWriter(path, tcoords, layer_ids, attrs, dim="token") as writer:
         buf, w0, filled = None, 0, 0
-        for idx, per_prompt in iter_tokens(model, tokenizer, texts, hook, layer_ids, s.batch_size, s.max_length,
-                                           s.progress, window):
+        for idx, per_prompt in iter_tokens(model, tokenizer, texts, replace(s, hooks={hook: layer_ids})):
             w1 = min(w0 + window, len(texts))
             if buf is None:
                 writer.create(per_prompt[0].shape[-1])

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mechflow.extract.capture import iter_tokens
+from mechflow.extract.settings import ExtractSettings
 from mechflow.steering.hook import positions_from, steering
 
 __all__ = ["SteeringEffects", "encode_left", "first_token_ids", "activation_norm", "steering_effects", "greedy_generations"]
@@ -80,10 +82,9 @@ def activation_norm(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str]
                     batch_size: int = 32, max_length: int = 64) -> float:
     """Mean L2 norm of ``hook``'s activation at block ``layer`` over the real tokens of ``texts``, the first token of
     each prompt left out (the attention sink, whose norm is orders of magnitude larger in many LMs)."""
-    from mechflow.extract import iter_tokens
-
     total, count = 0.0, 0
-    for _, acts in iter_tokens(model, tokenizer, list(texts), hook, [layer], batch_size, max_length, progress=False):
+    settings = ExtractSettings({hook: [layer]}, pooling=None, batch_size=batch_size, max_length=max_length, progress=False)
+    for _, acts in iter_tokens(model, tokenizer, list(texts), settings):
         for a in acts:  # [tokens_i, 1, units]
             rows = a[1:, 0] if a.shape[0] > 1 else a[:, 0]
             total += float(np.linalg.norm(rows.astype(np.float64), axis=-1).sum())
