@@ -28,7 +28,8 @@ from mechflow.contracts import RESULT_PATHS
 __all__ = ["VOLATILE_ATTRS", "SKIPPED_DIRS", "FileComparison", "compare_files", "compare_roots", "main"]
 
 #: attrs that record when, by which code or with which settings digest a file was made (not what it holds)
-VOLATILE_ATTRS = frozenset({"created", "config_digest", "mechflow_version", "code", "prompts_config_digest"})
+VOLATILE_ATTRS = frozenset({"created", "config_digest", "mechflow_version", "code", "prompts_config_digest",
+                            "upstream_config_digest"})
 #: folders under a results root that hold no results (logs, timings, training checkpoints, the rendered report)
 SKIPPED_DIRS = (RESULT_PATHS["logs"], RESULT_PATHS["benchmarks"], RESULT_PATHS["sae_checkpoints"].split("/")[0],
                 RESULT_PATHS["report_figures"])
