@@ -52,6 +52,7 @@ wildcard_constraints:
 
 
 include: "rules/data.smk"
+include: "rules/corpus.smk"
 include: "rules/extract.smk"
 include: "rules/sae.smk"
 include: "rules/snmf.smk"

@@ -129,7 +129,8 @@ def _schema_error(error: jsonschema.ValidationError, suffix: str = "") -> Config
 
 
 def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> None:
-    """Fill ``default`` values of object properties in place (recursing into objects and maps)."""
+    """Fill ``default`` values of object properties in place (recursing into objects and maps); the defaults of an
+    ``allOf`` block's ``then`` apply where its ``if`` holds (settings of one ``source`` only)."""
     schema = _deref(schema, root)
     if not isinstance(instance, dict):
         return
@@ -138,6 +139,9 @@ def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, 
             instance[key] = copy.deepcopy(sub["default"])
         if key in instance:
             _fill_defaults(instance[key], sub, root)
+    for block in schema.get("allOf", []):
+        if "then" in block and "if" in block and _validator(block["if"], root).is_valid(instance):
+            _fill_defaults(instance, block["then"], root)
     extra = schema.get("additionalProperties")
     if isinstance(extra, dict):
         for key in instance:
@@ -199,8 +203,11 @@ def reference_rows(schema: Mapping[str, Any], root: Mapping[str, Any] | None = N
     root = root if root is not None else schema
     schema = _deref(schema, root)
     rows: list[tuple[str, str, str]] = []
+    conditional = {k for block in schema.get("allOf", []) for k in block.get("then", {}).get("properties", {})}
     for key, sub in schema.get("properties", {}).items():
         sub = _deref(sub, root)
+        if key in conditional and "default" not in sub:
+            continue  # its default holds under a condition: listed with that condition below
         if _has_children(sub):
             rows += reference_rows(sub, root, f"{prefix}{key}.", only)
         else:
@@ -212,7 +219,10 @@ def reference_rows(schema: Mapping[str, Any], root: Mapping[str, Any] | None = N
     for block in schema.get("allOf", []):
         if "then" in block:
             cond = ", ".join(f"{k} {_condition(v)}" for k, v in block.get("if", {}).get("properties", {}).items())
-            rows += reference_rows(block["then"], root, prefix, cond)
+            base = {k: _deref(v, root) for k, v in schema.get("properties", {}).items()}
+            props = {k: {**({"description": base[k]["description"]} if "description" in base.get(k, {}) else {}), **v}
+                     for k, v in block["then"].get("properties", {}).items()}
+            rows += reference_rows({**block["then"], "properties": props}, root, prefix, cond)
     return rows
 
 

@@ -30,7 +30,7 @@ from mechflow.models import (
     is_causal_lm,
     resolve_model,
 )
-from mechflow.study import ConfigError
+from mechflow.study import ConfigError, prompt_sets
 
 __all__ = ["ModelFacts", "StudyFacts", "gather_facts", "model_facts", "prompt_set_facts"]
 
@@ -69,8 +69,8 @@ class ModelFacts:
 class StudyFacts:
     """The study's models and (when built) prompt sets.
 
-    ``regions``: dataset -> region -> places, and ``prompt_bytes``: dataset -> bytes of the prompt
-    set's variables; both None when the prompt sets were not built (a job process re-reading a study
+    ``regions``: prompt set -> region -> places, and ``prompt_bytes``: prompt set -> bytes of the prompt
+    set's variables (text corpora are not prompt sets); both None when the prompt sets were not built (a job process re-reading a study
     the main process checked).
     """
 
@@ -100,8 +100,8 @@ def gather_facts(study: dict[str, Any], base_dir: str | Path = ".", prompts: boo
     if not prompts:
         return StudyFacts(models)
     regions, prompt_bytes = {}, {}
-    for name, ds in study["datasets"].items():
-        regions[name], prompt_bytes[name] = prompt_set_facts(name, ds, base_dir)
+    for name in prompt_sets(study):
+        regions[name], prompt_bytes[name] = prompt_set_facts(name, study["datasets"][name], base_dir)
     return StudyFacts(models, regions, prompt_bytes)
 
 

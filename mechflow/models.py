@@ -8,6 +8,7 @@ hub: loading runs with ``local_files_only=True`` and ``trust_remote_code=False``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -265,6 +266,21 @@ def _load(directory: Path, gguf_file: str | None, spec: str, device: str = "auto
             raise ModelSpecError(f"model {spec!r}: tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def load_tokenizer(resolved: ResolvedModel) -> Any:
+    """The model's tokenizer alone (no weights), from the same folder :func:`load_model` reads (a GGUF model's
+    converted folder where the cache is on, else the GGUF file itself)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    directory, gguf_file = resolved.directory, resolved.gguf_file
+    if gguf_file and model_cache_root() is not None:
+        with contextlib.suppress(OSError):  # an unwritable cache: read the GGUF itself, as load_model does
+            directory, gguf_file = converted_gguf(resolved), None
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False, **extra)
 
 
 def check_tokenizer(tokenizer: Any, model: Any) -> None:

@@ -17,13 +17,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "MODEL_KEYS", "RESOURCE_KEYS", "canonical", "model_params", "study_pairs", "sae_jobs",
-           "study_crs", "settings", "one_of"]
+__all__ = ["ConfigError", "MODEL_KEYS", "RESOURCE_KEYS", "TEXT_SOURCE", "canonical", "prompt_sets", "corpora",
+           "dataset_models", "model_params", "study_pairs", "sae_jobs", "study_crs", "settings", "one_of"]
 
 #: the model settings a job loads a model with (a change reruns it); resource keys are never among them
 MODEL_KEYS: tuple[str, ...] = ("spec", "dtype", "device", "random_init", "init_seed")
 #: settings that change how a job runs, never what it computes
 RESOURCE_KEYS: tuple[str, ...] = ("threads", "mem_mb", "gpu")
+#: the ``source`` of a dataset that is a text corpus (token windows for SAE training), not a prompt set with places
+TEXT_SOURCE = "text"
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,21 @@ def canonical(value: Any) -> Any:
     return value
 
 
+def prompt_sets(study: Mapping[str, Any]) -> list[str]:
+    """The study's prompt sets (datasets of places with coordinates), sorted: every dataset but the text corpora."""
+    return sorted(d for d, ds in study["datasets"].items() if ds.get("source", "geonames") != TEXT_SOURCE)
+
+
+def corpora(study: Mapping[str, Any]) -> list[str]:
+    """The study's text corpora (``datasets.<name>.source: text``), sorted."""
+    return sorted(d for d, ds in study["datasets"].items() if ds.get("source", "geonames") == TEXT_SOURCE)
+
+
+def dataset_models(study: Mapping[str, Any], dataset: str) -> list[str]:
+    """The models run on a dataset: ``datasets.<d>.models``, else every model of the study (sorted)."""
+    return sorted(study["datasets"][dataset].get("models") or study["models"])
+
+
 def model_params(study: Mapping[str, Any], model: str) -> dict[str, Any]:
     """The settings a job loads ``model`` with (:data:`MODEL_KEYS`)."""
     return {k: study["models"][model][k] for k in MODEL_KEYS}
@@ -58,11 +75,11 @@ def model_params(study: Mapping[str, Any], model: str) -> dict[str, Any]:
 
 def study_pairs(study: Mapping[str, Any], section: Mapping[str, Any] | None = None,
                 models: list[str] | None = None) -> list[tuple[str, str]]:
-    """(dataset, model) pairs a step runs on: the section's ``datasets`` and ``models`` lists (null = all; ``models``
-    given: those), less the models a prompt set leaves out (``datasets.<d>.models``). ``section=None``: every
-    pair the study extracts."""
+    """(prompt set, model) pairs a step runs on: the section's ``datasets`` and ``models`` lists (null = every prompt
+    set / model; ``models`` given: those), less the models a prompt set leaves out (``datasets.<d>.models``).
+    ``section=None``: every pair the study extracts. Text corpora are not prompt sets: never among them."""
     every = sorted(study["models"])
-    datasets = sorted((section or {}).get("datasets") or study["datasets"])
+    datasets = sorted((section or {}).get("datasets") or prompt_sets(study))
     if models is None:
         models = sorted((section or {}).get("models") or every)
     return [(d, m) for d in datasets for m in models if m in (study["datasets"][d].get("models") or every)]

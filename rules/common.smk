@@ -5,6 +5,7 @@
 
 from mechflow.contracts import SAE_FILES, result_path
 from mechflow.models import model_input_files
+from mechflow.steps import corpus as corpus_step
 from mechflow.steps import data as data_step
 from mechflow.steps import extract as extract_step
 from mechflow.steps import lens as lens_step
@@ -16,7 +17,7 @@ from mechflow.steps import snmf as snmf_step
 from mechflow.steps import spatial as spatial_step
 from mechflow.steps import steering as steering_step
 from mechflow.steps.manifest import manifest, report_inputs, summary
-from mechflow.study import canonical, one_of, settings, study_crs
+from mechflow.study import canonical, corpora, one_of, prompt_sets, settings, study_crs
 from mechflow.workflow import script_code_digest
 
 ROOT = config["results"]  # every output lives under this folder

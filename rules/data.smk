@@ -7,6 +7,8 @@ rule prompts:
     params:
         dataset=lambda wc: data_step.params(config, wc.dataset),
         code=code("prompts"),
+    wildcard_constraints:
+        dataset=one_of(prompt_sets(config)),
     log:
         f"{LOGS}/prompts/{{dataset}}.log",
     benchmark:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,7 +131,7 @@ def build_windows(documents: Iterable[Document], tokenizer: Any, context_size: i
                "seed": int(seed), "n_documents": len(doc_ids),
                "n_held_out_documents": int(np.unique(document[held]).size),
                "n_train_tokens": int(length[~held].sum()), "n_held_out_tokens": int(length[held].sum()),
-               "sink_position": 0, "padding": PAD, "tokenizer": str(getattr(tokenizer, "name_or_path", ""))})
+               "sink_position": 0, "padding": PAD, "tokenizer": Path(str(getattr(tokenizer, "name_or_path", ""))).name})
     log.info("%d documents -> %d windows of %d tokens: %d train tokens, %d held-out tokens (%d documents), in %.1f s",
              len(doc_ids), len(length), context_size, ds.attrs["n_train_tokens"], ds.attrs["n_held_out_tokens"],
              ds.attrs["n_held_out_documents"], time.perf_counter() - started)

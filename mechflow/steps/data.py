@@ -1,4 +1,4 @@
-"""The prompt sets of a study (``datasets:``): one ``prompts`` job each, their source files, and the checks on
+"""The prompt sets of a study (``datasets:`` other than text corpora): one ``prompts`` job each, their source files, and the checks on
 their regions (a projected CRS in metres for each, enough places for ``spatial.k`` and the probes' folds)."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from mechflow.contracts import result_path
 from mechflow.data.prompts import geonames_path
 from mechflow.data.regions import CRS_PRESETS
 from mechflow.facts import StudyFacts
-from mechflow.study import ConfigError, canonical, study_crs
+from mechflow.study import ConfigError, canonical, prompt_sets, study_crs
 
 __all__ = ["jobs", "inputs", "params", "check"]
 
 
 def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
     """Manifest entries: dataset, path."""
-    return [dict(dataset=d, path=result_path("prompts", study["results"], dataset=d)) for d in sorted(study["datasets"])]
+    return [dict(dataset=d, path=result_path("prompts", study["results"], dataset=d)) for d in prompt_sets(study)]
 
 
 def inputs(study: dict[str, Any], dataset: str) -> list[str]:

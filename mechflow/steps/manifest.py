@@ -17,15 +17,15 @@ from typing import Any
 from mechflow.contracts import SAE_FILES
 from mechflow.devices import cuda_device_count
 from mechflow.facts import StudyFacts
-from mechflow.steps import data, extract, lens, probes, sae, selection, snmf, spatial, steering
-from mechflow.study import ConfigError
+from mechflow.steps import corpus, data, extract, lens, probes, sae, selection, snmf, spatial, steering
+from mechflow.study import ConfigError, corpora, prompt_sets
 
 __all__ = ["STEPS", "check_study", "manifest", "outputs_of", "report_inputs", "summary"]
 
 #: every step with checks, in the order they run (each module has ``check(study, facts, base_dir)``)
-STEPS = (extract, spatial, probes, sae, snmf, lens, selection, steering, data)
+STEPS = (extract, spatial, probes, sae, snmf, lens, selection, steering, data, corpus)
 #: the steps whose jobs make up the manifest, by manifest key (``activations``: pooled extraction)
-MANIFEST = {"prompts": data, "activations": extract, "sae": sae, "snmf": snmf, "spatial": spatial, "probes": probes,
+MANIFEST = {"prompts": data, "corpus": corpus, "activations": extract, "sae": sae, "snmf": snmf, "spatial": spatial, "probes": probes,
             "lens": lens, "steering": steering, "selection": selection}
 #: sections whose ``datasets`` / ``models`` restrict the pairs they run on
 RESTRICTED = ("spatial", "probes", "sae", "snmf")
@@ -62,7 +62,7 @@ def report_inputs(jobs: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def summary(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> str:
     """What this study runs, printed at the start of a run: datasets, models, jobs per rule."""
-    steps = Counter(prompts=len(study["datasets"]))
+    steps = Counter(prompts=len(jobs["prompts"]), corpus=len(jobs["corpus"]))
     steps.update(extract.rule_counts(study, jobs))
     for key in ("sae", "snmf", "spatial", "probes"):
         steps[key] = len(jobs[key])
@@ -82,13 +82,16 @@ def summary(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> str
 
 def _check_names(study: dict[str, Any]) -> None:
     """Prompt sets and models named in restriction lists exist, and every step keeps at least one pair."""
-    models, datasets = sorted(study["models"]), sorted(study["datasets"])
+    models, datasets = sorted(study["models"]), prompt_sets(study)
     for name, ds in study["datasets"].items():
         for m in ds.get("models") or []:
             if m not in study["models"]:
                 raise ConfigError(f"datasets.{name}.models", f"unknown model {m!r} (have {models})")
     for section in RESTRICTED:
         for d in study[section].get("datasets") or []:
+            if d in corpora(study):
+                raise ConfigError(f"{section}.datasets", f"{d!r} is a text corpus, not a prompt set of places "
+                                                         f"(prompt sets: {datasets})")
             if d not in study["datasets"]:
                 raise ConfigError(f"{section}.datasets", f"unknown prompt set {d!r} (have {datasets})")
         wanted = study[section].get("models") or models

@@ -18,7 +18,7 @@ from mechflow.facts import StudyFacts
 from mechflow.io import read_csv_checked
 from mechflow.models import model_input_files
 from mechflow.steering.prompts import is_csv
-from mechflow.study import ConfigError, canonical, model_params, study_pairs
+from mechflow.study import ConfigError, canonical, model_params, prompt_sets, study_pairs
 
 __all__ = ["steering_models", "steering_pairs", "vector_spec", "jobs", "steering_inputs", "steering_params", "check",
            "SETTINGS"]
@@ -112,8 +112,8 @@ def check(config: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".")
         if not facts.models[m].causal:
             raise ConfigError(f"{key}.models", f"{m!r} is not a causal LM (no next token to steer); steer a decoder LM")
     for d in sec.get("datasets") or []:
-        if d not in config["datasets"]:
-            raise ConfigError(f"{key}.datasets", f"unknown prompt set {d!r} (have {sorted(config['datasets'])})")
+        if d not in prompt_sets(config):
+            raise ConfigError(f"{key}.datasets", f"unknown prompt set {d!r} (have {prompt_sets(config)})")
     if not sec.get("vectors"):
         raise ConfigError(f"{key}.vectors", "steering is enabled but names no vector")
     pairs = steering_pairs(config, facts)
@@ -180,7 +180,7 @@ def _check_run(config: dict[str, Any], key: str, spec: dict[str, Any], pairs: li
     if spec["layer"] not in section["layers"]:
         raise ConfigError(f"{key}.layer", f"the {label} runs are trained at layers {section['layers']} ({source}.layers), "
                           f"not {spec['layer']}")
-    datasets = section.get("datasets") or sorted(config["datasets"])
+    datasets = section.get("datasets") or prompt_sets(config)
     models = section.get("models") or sorted(config["models"])
     for d, m in pairs:
         if d not in datasets or m not in models:
@@ -190,7 +190,7 @@ def _check_run(config: dict[str, Any], key: str, spec: dict[str, Any], pairs: li
     size = section["runs"][run]["n_features"] if source == "sae" else section["runs"][run]["n_factors"]
     if feature == "top_moran":
         sp = config["spatial"]
-        analysed = (sp.get("datasets") or sorted(config["datasets"]), sp.get("models") or sorted(config["models"]))
+        analysed = (sp.get("datasets") or prompt_sets(config), sp.get("models") or sorted(config["models"]))
         if not sp["enabled"] or any(d not in analysed[0] or m not in analysed[1] for d, m in pairs):
             raise ConfigError(f"{key}.feature", f"top_moran needs the spatial step on the {label} run (spatial.enabled, "
                               "spatial.datasets, spatial.models); or give a feature index")
