@@ -1,4 +1,4 @@
-if EXTRACT["shards"] == 1:
+if not extract_step.sharded(config):
 
     rule extract:
         """Run the model over every prompt once and pool activations at every hook point the study reads."""

@@ -44,7 +44,7 @@ rule tuned_lens:
         training=TUNED_TRAINING,
     params:
         model=lambda wc: lens_step.model_settings(config, wc.model),
-        tuned=settings(LENS["tuned"]),
+        tuned=lens_step.tuned_settings(config),
         read=lens_step.read_settings(config, "batch_size", "max_length", "chunk_mb"),
         code=code("lens_tuned"),
     log:
@@ -101,7 +101,7 @@ rule consistency:
     params:
         model=lambda wc: lens_step.model_settings(config, wc.model),
         read=LENS_READ,
-        consistency=settings(LENS["consistency"], "layers", "bins", "samples", "max_new_tokens", "temperature", "top_p", "seed"),
+        consistency=lens_step.consistency_settings(config),
         code=code("consistency"),
     wildcard_constraints:
         dataset=one_of(list(lens_step.consistency_sets(config)) if LENS_SETS else []),

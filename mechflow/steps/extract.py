@@ -16,7 +16,7 @@ from mechflow.facts import StudyFacts
 from mechflow.study import ConfigError, canonical, model_params, study_pairs
 
 __all__ = ["hooks", "pooled_hooks", "layers_for", "extracted_layers", "n_extracted", "token_level_steps", "jobs", "params",
-           "token_params", "rule_counts", "check", "check_step_models", "check_analysed_layers"]
+           "token_params", "sharded", "rule_counts", "check", "check_step_models", "check_analysed_layers"]
 
 def _read_hooks(study: dict[str, Any], pooled_only: bool) -> set[str]:
     sp, pr, sae, snmf = study["spatial"], study["probes"], study["sae"], study["snmf"]
@@ -92,6 +92,11 @@ def token_params(study: dict[str, Any], model: str, hook: str) -> dict[str, Any]
     return canonical(dict(pooled, hook=hook, layers=layers_for(study, hook)))
 
 
+def sharded(study: dict[str, Any]) -> bool:
+    """Whether pooled extraction runs in ``extract.shards`` slices and a gather per hook (else one job per pair)."""
+    return int(study["extract"]["shards"]) > 1
+
+
 def rule_counts(study: dict[str, Any], manifest: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
     """Extraction jobs per rule of a study whose analysis jobs are ``manifest`` (``extract`` in one pass, or
     ``extract.shards`` shards and a gather per pooled hook; ``extract_tokens`` per token file)."""
@@ -101,8 +106,8 @@ def rule_counts(study: dict[str, Any], manifest: dict[str, list[dict[str, Any]]]
     pooled |= {(e["dataset"], e["model"]) for step, level in levels.items() if level != "tokens" for e in manifest[step]}
     tokens = {(e["dataset"], e["model"], e["hook"]) for step in token_level_steps(study) for e in manifest[step]}
     shards = int(study["extract"]["shards"])
-    counts = ({"extract": len(pooled)} if shards == 1 else
-              {"extract_shard": len(pooled) * shards, "gather_activations": len(pooled) * len(pooled_hooks(study))})
+    counts = ({"extract_shard": len(pooled) * shards, "gather_activations": len(pooled) * len(pooled_hooks(study))}
+              if sharded(study) else {"extract": len(pooled)})
     return {**counts, "extract_tokens": len(tokens)}
 
 

@@ -21,10 +21,13 @@ from mechflow.facts import StudyFacts
 from mechflow.lens.errors import LensError
 from mechflow.lens.latent_language import translation_pairs
 from mechflow.lens.words import load_words, shipped_words_path
-from mechflow.study import ConfigError, canonical, model_params
+from mechflow.study import ConfigError, canonical, model_params, settings
+
+#: the settings of ``lens.consistency`` that define a consistency file
+CONSISTENCY_KEYS = ("layers", "bins", "samples", "max_new_tokens", "temperature", "top_p", "seed")
 
 __all__ = ["lens_models", "consistency_sets", "lens_sets", "prompt_set_spec", "prompt_set_inputs", "jobs", "check",
-           "tuned_lens_inputs", "model_settings", "read_settings"]
+           "tuned_lens_inputs", "model_settings", "read_settings", "tuned_settings", "consistency_settings"]
 
 
 def lens_models(config: dict[str, Any]) -> list[str]:
@@ -93,6 +96,16 @@ def read_settings(config: dict[str, Any], *keys: str) -> dict[str, Any]:
     """The read-out settings of ``lens:`` a job uses (default: every read-out's)."""
     lens = config["lens"]
     return canonical({k: lens[k] for k in keys or ("lenses", "batch_size", "max_length", "chunk_mb")})
+
+
+def tuned_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The tuned lens's fitting settings (``lens.tuned``, resources left out)."""
+    return settings(config["lens"]["tuned"])
+
+
+def consistency_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The consistency read-out's settings (``lens.consistency``: layers, calibration bins, sampling)."""
+    return settings(config["lens"]["consistency"], *CONSISTENCY_KEYS)
 
 
 def jobs(config: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
