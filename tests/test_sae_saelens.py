@@ -1,5 +1,7 @@
 """SAELens interop: every architecture's export loads with sae_lens's ``SAE.load_from_disk`` and encodes and
-decodes as mechflow does (skipped where sae_lens is not installed: ``pip install mechflow[saelens]``)."""
+decodes as mechflow does; the cfg.json metadata of an SAE trained by the workflow's entry point drives SAELens's
+Hugging Face wrapper and ``ActivationsStore`` (skipped where sae_lens is not installed: ``make setup`` installs it,
+``pip install mechflow[saelens]``)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from test_sae import _readme_code
 
 from mechflow.sae import ARCHITECTURES, load_sae, sae_cfg, save_sae, train
 from mechflow.sae.export import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE
@@ -40,7 +43,7 @@ def test_saelens_loads_the_export_and_agrees(tmp_path, data, arch):
         torch.testing.assert_close(lens(x), model(x), rtol=1e-5, atol=1e-5)
     meta = lens.cfg.metadata
     assert meta.hook_name == "blocks.5.hook_resid_post" and meta.model_name == "tiny"
-    assert meta.pooling == "mean" and meta.hf_hook_name == "resid"
+    assert meta.pooling == "mean" and meta.hf_hook_name is None and meta.context_size is None  # not given
     assert meta.prepend_bos is None  # unknown: not claimed
     assert lens.cfg.normalize_activations == "none"
     expected = {"mp": "matching_pursuit", "topk": "topk", "relu": "standard"}.get(arch, "jumprelu")
@@ -59,3 +62,32 @@ def test_legacy_file_name_is_read(tmp_path, data):
     assert torch.equal(load_sae(tmp_path).W_dec, model.W_dec)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     assert cfg["sae_lens_version"] == cfg["metadata"]["sae_lens_version"]
+
+
+def _load_lens(path, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sae_lens.SAE.load_from_disk(str(path), device="cpu", **kw)
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu", "topk"])
+def test_fold_W_dec_norm_needs_the_readme_normalisation(tmp_path, data, arch):
+    """The folded input scaling leaves decoder rows of norm 1/s: SAELens's fold_W_dec_norm rescales the features
+    (TopK: refuses); after README's normalisation (tests/test_sae.py runs it) there is nothing left to fold."""
+    model = train(data, arch=arch, n_features=48, k=3, steps=60, batch_size=64, seed=0)
+    save_sae(model, tmp_path)
+    x = data[:300]
+    with torch.no_grad():
+        if arch == "topk":
+            with pytest.raises(NotImplementedError):
+                _load_lens(tmp_path, fold_W_dec_norm=True)
+        else:
+            folded = _load_lens(tmp_path, fold_W_dec_norm=True)
+            assert not torch.allclose(folded.encode(x), model.encode(x), rtol=1e-3, atol=1e-3)
+        exec(_readme_code("To give the decoder unit rows"), {"folder": str(tmp_path)})
+        plain = _load_lens(tmp_path)
+        torch.testing.assert_close(plain.W_dec.norm(dim=1), torch.ones(48))
+        torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-5)
+        if arch != "topk":
+            torch.testing.assert_close(_load_lens(tmp_path, fold_W_dec_norm=True).encode(x), plain.encode(x))
+
