@@ -49,7 +49,7 @@ def score_all(candidates: dict[str, np.ndarray], target: dict[str, np.ndarray], 
 def _sae_meta(cfg: dict[str, Any]) -> dict[str, Any]:
     mf, meta = cfg.get("mechflow", {}), cfg.get("metadata", {})
     run = mf.get("run", {}) or {}
-    return {"hook": mf.get("hook", meta.get("hf_hook_name")), "layer": meta.get("hook_layer", cfg.get("hook_layer")),
+    return {"hook": mf.get("hook"), "layer": meta.get("hook_layer", cfg.get("hook_layer")),
             "arch": mf.get("arch", ""), "trained_on": str(run.get("level", "pooled")) + (
                 f" ({mf['pooling']} over tokens)" if mf.get("pooling") and run.get("level", "pooled") == "pooled" else "")}
 
