@@ -8,8 +8,9 @@ at the deepest layer needed, and runs the transformer without its LM head.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,39 @@ def _accepts_use_cache(model: torch.nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "use_cache", False))
 
 
+@contextlib.contextmanager
+def capturing(model: torch.nn.Module, hook_layers: dict[str, list[int]]
+              ) -> Iterator[Callable[[Mapping[str, torch.Tensor]], dict[tuple[str, int], torch.Tensor]]]:
+    """Forward hooks on ``model``'s transformer (its LM head never runs) for every (hook, layer) of
+    ``hook_layers``; yields ``capture(inputs)``, which runs one forward pass on ``inputs`` (``input_ids``,
+    ``attention_mask``, ...), stopped after the deepest block needed, and returns {(hook, layer):
+    activations [batch, tokens, units]} (one dict, refilled by each call). ExtractionError when a hook
+    captured nothing. The hooks are removed on exit. Call it under ``torch.inference_mode``.
+    """
+    base = _base_model(model)
+    recorder = _Recorder(hook_layers, stop_early=True)
+    wanted = [(h, layer) for h, layers in hook_layers.items() for layer in layers]
+    use_cache = _accepts_use_cache(base)
+
+    def capture(inputs: Mapping[str, torch.Tensor]) -> dict[tuple[str, int], torch.Tensor]:
+        recorder.store.clear()
+        try:
+            base(**inputs, use_cache=False) if use_cache else base(**inputs)
+        except _StopForward:
+            pass
+        missing = [key for key in wanted if key not in recorder.store]
+        if missing:
+            hooks = sorted({h for h, _ in missing})
+            raise ExtractionError(f"hook(s) {hooks} captured nothing at layers {sorted({la for _, la in missing})}")
+        return recorder.store
+
+    recorder.attach(base)
+    try:
+        yield capture
+    finally:
+        recorder.detach()
+
+
 @torch.inference_mode()
 def _iter_captures(model, tokenizer, texts: Sequence[str], hook_layers: dict[str, list[int]], batch_size: int,
                    max_length: int, progress: bool, window: int, lengths: np.ndarray):
@@ -90,11 +124,7 @@ def _iter_captures(model, tokenizer, texts: Sequence[str], hook_layers: dict[str
     if batch_size < 1 or window < 1:
         raise ExtractionError("batch_size and window must be >= 1")
     device = next(model.parameters()).device
-    base = _base_model(model)
-    recorder = _Recorder(hook_layers, stop_early=True)
-    recorder.attach(base)
-    wanted = [(h, layer) for h, layers in hook_layers.items() for layer in layers]
-    try:
+    with capturing(model, hook_layers) as capture:
         bar = tqdm(total=len(texts), desc=f"extract {'+'.join(hook_layers)}", unit="prompt", disable=not progress,
                    mininterval=2.0)
         for w0 in range(0, len(texts), window):
@@ -103,20 +133,9 @@ def _iter_captures(model, tokenizer, texts: Sequence[str], hook_layers: dict[str
                 idx = order[start : start + batch_size]
                 enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
                                 max_length=max_length).to(device)
-                recorder.store.clear()
-                try:
-                    base(**enc, use_cache=False) if _accepts_use_cache(base) else base(**enc)
-                except _StopForward:
-                    pass
-                missing = [key for key in wanted if key not in recorder.store]
-                if missing:
-                    hooks = sorted({h for h, _ in missing})
-                    raise ExtractionError(f"hook(s) {hooks} captured nothing at layers {sorted({la for _, la in missing})}")
-                yield idx, enc["attention_mask"], recorder.store
+                yield idx, enc["attention_mask"], capture(enc)
                 bar.update(len(idx))
         bar.close()
-    finally:
-        recorder.detach()
 
 
 def _token_lengths(tokenizer, texts: Sequence[str], max_length: int, warn: bool = True) -> tuple[np.ndarray, list[list[int]]]:
