@@ -1,7 +1,8 @@
 """Sparse autoencoders: architectures, one training loop, checkpoints, SAELens-style export.
 
 ``train(x, arch=..., n_features=..., k=..., steps=..., seed=...)`` trains on a [n, d] tensor or
-DataArray; ``train_from_file`` is the entry point of the ``sae`` workflow rule. A run's keys are
+DataArray; ``train_from_file`` is the entry point of the ``sae`` workflow rule, ``train_from_shards`` trains on
+corpus token shards (``ShardedSource``, :mod:`mechflow.corpus.activations`). A run's keys are
 typed dataclasses (``SAERunConfig`` and one config per architecture, ``CONFIGS``: :mod:`mechflow.sae.configs`);
 ``validate_run`` checks a run dict against them and ``run_schema`` is their JSON schema
 (:mod:`mechflow.sae.config`). The models are in :mod:`mechflow.sae.archs` (``REGISTRY``).
@@ -26,13 +27,14 @@ _EXPORTS: dict[str, str] = {
     "run_defaults": "config", "run_schema": "config", "validate_run": "config",
     "load_sae": "export", "sae_cfg": "export", "save_sae": "export",
     "evaluate": "metrics", "fvu": "metrics", "mmcs": "metrics",
-    "train_from_file": "pipeline",
+    "train_from_file": "pipeline", "train_from_shards": "pipeline", "ShardedSource": "data",
     "Trainer": "train", "TrainingStopped": "train", "train": "train",
 }
 __all__ = [
     "ARCHITECTURES", "ARCH_DEFAULTS", "CONFIGS", "DEFAULT_RUN", "REGISTRY", "RUN_DOCS", "SAERunConfig",
-    "SparseAutoencoder", "Trainer", "TrainingStopped", "build_sae", "evaluate", "fvu", "load_sae", "mmcs", "parse_run",
-    "run_defaults", "run_schema", "sae_cfg", "save_sae", "train", "train_from_file", "validate_run",
+    "ShardedSource", "SparseAutoencoder", "Trainer", "TrainingStopped", "build_sae", "evaluate", "fvu", "load_sae", "mmcs",
+    "parse_run", "run_defaults", "run_schema", "sae_cfg", "save_sae", "train", "train_from_file", "train_from_shards",
+    "validate_run",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

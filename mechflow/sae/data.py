@@ -10,13 +10,18 @@ file larger than RAM streams with bounded memory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 import torch
 import xarray as xr
+
+from mechflow.io import open_dataset
 
 
 class RowSource(Protocol):
@@ -70,6 +75,101 @@ class DataArraySource:
             rows = (np.flatnonzero(bad) + start)[:5].tolist()
             raise ValueError(f"SAE input has NaN/inf values (rows {rows}, dim {self.da.dims[0]!r}); clean or drop them first")
         return block
+
+
+class ShardedSource:
+    """Several [row, unit] shards read as one [n_rows, d] matrix, their rows concatenated in the order given.
+
+    ``shards``: shard files (the ``variable`` of each, e.g. the corpus activation shards of
+    :mod:`mechflow.corpus.activations`) or 2-D DataArrays. Each file is opened once here to read its shape
+    and again, lazily, when a read needs its rows; at most ``max_open`` files are open at a time (the least
+    recently read is closed first), and no row is cached: memory is bounded by what the caller reads,
+    whatever the number and size of the shards. A shard without rows is allowed; ``d`` must agree.
+    """
+
+    def __init__(self, shards: Sequence[str | os.PathLike | xr.DataArray], variable: str = "activations",
+                 max_open: int = 2):
+        self.shards, self.variable, self.max_open = list(shards), str(variable), max(1, int(max_open))
+        if not self.shards:
+            raise ValueError("a sharded source needs at least one shard")
+        shapes = [self._shape(i) for i in range(len(self.shards))]
+        widths = sorted({d for _, d in shapes})
+        if len(widths) != 1:
+            raise ValueError(f"the shards have different widths (units) {widths}")
+        self.d = widths[0]
+        #: rows before each shard, and the total: shard i holds rows offsets[i] .. offsets[i + 1]
+        self.offsets = np.concatenate([[0], np.cumsum([n for n, _ in shapes])]).astype(np.int64)
+        self.n_rows = int(self.offsets[-1])
+        if self.n_rows < 1 or self.d < 1:
+            raise ValueError(f"SAE input must have at least one sample and one unit, got {self.n_rows} rows of {self.d} "
+                             f"units in {len(self.shards)} shard(s)")
+        self._open: OrderedDict[int, tuple[xr.Dataset | None, DataArraySource]] = OrderedDict()
+
+    def _name(self, i: int) -> str:
+        s = self.shards[i]
+        return f"shard {i} (DataArray {s.name!r})" if isinstance(s, xr.DataArray) else str(s)
+
+    def _shape(self, i: int) -> tuple[int, int]:
+        """(rows, units) of shard ``i``; a file is opened and closed again."""
+        shard = self.shards[i]
+        with contextlib.nullcontext(shard) if isinstance(shard, xr.DataArray) else open_dataset(shard) as opened:
+            if isinstance(opened, xr.Dataset) and self.variable not in opened:
+                raise ValueError(f"{shard} has no variable {self.variable!r} (it holds {sorted(opened.data_vars)})")
+            da = opened if isinstance(opened, xr.DataArray) else opened[self.variable]
+            if da.ndim != 2:
+                raise ValueError(f"{self._name(i)}: a shard must be 2-D [row, unit], got dims {da.dims} with shape {da.shape}")
+            return int(da.shape[0]), int(da.shape[1])
+
+    def _source(self, i: int) -> DataArraySource:
+        if i in self._open:
+            self._open.move_to_end(i)
+            return self._open[i][1]
+        while len(self._open) >= self.max_open:  # close first: never more than max_open files at once
+            old, _ = self._open.popitem(last=False)[1]
+            if old is not None:
+                old.close()
+        shard = self.shards[i]
+        ds = None if isinstance(shard, xr.DataArray) else open_dataset(shard)
+        self._open[i] = (ds, DataArraySource(shard if ds is None else ds[self.variable]))
+        return self._open[i][1]
+
+    @property
+    def n_open(self) -> int:
+        """Shards open now (files and DataArrays)."""
+        return len(self._open)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` as float32 [stop - start, d], across shard boundaries."""
+        if not 0 <= start <= stop <= self.n_rows:
+            raise ValueError(f"rows {start}..{stop} are outside the {self.n_rows} rows of the shards")
+        parts = []
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        while start < stop:
+            take = min(stop, int(self.offsets[i + 1])) - start
+            if take > 0:
+                a = start - int(self.offsets[i])
+                try:
+                    parts.append(self._source(i).read(a, a + take))
+                except ValueError as e:
+                    raise ValueError(f"{self._name(i)}: {e}") from e
+                start += take
+            i += 1
+        if not parts:
+            return np.zeros((0, self.d), dtype=np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def close(self) -> None:
+        """Close every open shard file (later reads open them again)."""
+        while self._open:
+            ds, _ = self._open.popitem(last=False)[1]
+            if ds is not None:
+                ds.close()
+
+    def __enter__(self) -> ShardedSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def layer_rows(da: xr.DataArray, layer: int, row_dim: str, what: str) -> xr.DataArray:

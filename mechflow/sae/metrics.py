@@ -35,14 +35,15 @@ def mmcs(learned: torch.Tensor, true: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+def evaluate_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor], counts: bool = False) -> dict[str, float]:
     """Inference metrics of ``model`` over row batches [b, d_in] (streamed; memory of one batch).
 
     ``fvu``: sum of squared errors over the total variance of all rows; ``l0``: mean active latents
     per row; ``dead_fraction``: latents active on no row; ``dense_fraction``: latents active on more
-    than :data:`DENSE_FREQ` of the rows; ``n``: rows.
+    than :data:`DENSE_FREQ` of the rows; ``n``: rows. With ``counts``, also ``counts``: the rows each
+    latent is active on, [n_features] int64 numpy.
     """
-    n, sse, sq, counts = 0, 0.0, 0.0, None
+    n, sse, sq, fired = 0, 0.0, 0.0, None
     total = None
     active_sum = 0.0
     for xb in batches:
@@ -53,7 +54,7 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor]) ->
         sq += float(xb.double().pow(2).sum())
         total = xb.double().sum(0) if total is None else total + xb.double().sum(0)
         c = active.sum(0)
-        counts = c if counts is None else counts + c
+        fired = c if fired is None else fired + c
         active_sum += float(active.sum())
         n += xb.shape[0]
     if n == 0:
@@ -61,9 +62,27 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor]) ->
     var = sq - float(total.pow(2).sum()) / n
     if var <= 0:
         raise ValueError("FVU is undefined for inputs with zero variance")
-    freq = counts.double() / n
-    return {"fvu": sse / var, "l0": active_sum / n, "dead_fraction": float((counts == 0).double().mean()),
-            "dense_fraction": float((freq > DENSE_FREQ).double().mean()), "n": n}
+    freq = fired.double() / n
+    out = {"fvu": sse / var, "l0": active_sum / n, "dead_fraction": float((fired == 0).double().mean()),
+           "dense_fraction": float((freq > DENSE_FREQ).double().mean()), "n": n}
+    if counts:
+        out["counts"] = fired.long().cpu().numpy()
+    return out
+
+
+#: edges of the feature-density histogram: log10 of the fraction of rows a latent fires on, plus
+#: :data:`DENSITY_EPS` (SAELens's ``log10(density + 1e-10)``: a dead latent lands in the first bin)
+DENSITY_EDGES = np.arange(-10.0, 0.01, 0.5)
+DENSITY_EPS = 1e-10
+
+
+def density_histogram(counts: np.ndarray, n: int, edges: np.ndarray = DENSITY_EDGES) -> np.ndarray:
+    """Latents per bin of ``log10(counts / n + 1e-10)`` [len(edges) - 1] int64 (``counts`` [n_features]: rows
+    each latent fired on, of ``n`` rows); values outside the edges count in the first or last bin."""
+    if n < 1:
+        raise ValueError("a feature density needs at least one row")
+    log_density = np.log10(np.asarray(counts, dtype=np.float64) / n + DENSITY_EPS)
+    return np.histogram(np.clip(log_density, edges[0], edges[-1]), bins=edges)[0].astype(np.int64)
 
 
 @torch.no_grad()

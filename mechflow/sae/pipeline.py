@@ -1,8 +1,11 @@
-"""Entry point of the ``sae`` Snakemake rule: activations file (pooled or token-level) -> SAE directory of the data contract."""
+"""Entry point of the ``sae`` Snakemake rule: activations file (pooled or token-level), or corpus token shards
+(:func:`train_from_shards`), -> SAE directory of the data contract."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +14,13 @@ import torch
 import xarray as xr
 
 from mechflow.contracts import ENCODE_BATCH, PROMPT_COORDS, upstream_attrs
-from mechflow.io import RowWriter, file_sha256, open_dataarray, provenance_attrs, write_dataset
+from mechflow.io import RowWriter, digest, file_sha256, open_dataarray, open_dataset, provenance_attrs, write_dataset
 from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder
 from mechflow.sae.config import validate_run
-from mechflow.sae.data import DataArraySource, RowSource, layer_rows
-from mechflow.sae.export import hf_model_id, sae_cfg, save_sae
+from mechflow.sae.data import DataArraySource, RowSource, ShardedSource, layer_rows
+from mechflow.sae.export import hf_model_id, lens_metadata, sae_cfg, save_sae
+from mechflow.sae.metrics import DENSITY_EDGES, density_histogram, evaluate_batches
 from mechflow.sae.tokens import (
     LEVELS,
     TOKEN_POOLING,
@@ -25,7 +29,7 @@ from mechflow.sae.tokens import (
     select_token_layer,
     token_rows,
 )
-from mechflow.sae.train import Trainer
+from mechflow.sae.train import EVAL_BATCH, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,36 @@ def prepend_bos(attrs: dict[str, Any]) -> bool | None:
     return {"first": True, "none": False}.get(str(attrs.get("pool_excluded", "")))
 
 
+def _fit(source: RowSource, run: dict[str, Any], **trainer_kw: Any) -> tuple[Trainer, SparseAutoencoder]:
+    """Train ``run`` on ``source`` (:class:`~mechflow.sae.train.Trainer` keywords ``trainer_kw``), warning when
+    the dictionary is larger than its training rows; (trainer, trained model)."""
+    trainer = Trainer(source, run, **trainer_kw)
+    run = trainer.run  # validated, defaults filled
+    n_train = source.n_rows - (0 if trainer.val_rows is None else len(trainer.val_rows))
+    if run["n_features"] > n_train:
+        log.warning("SAE %s: %d features from %d training vectors: a dictionary larger than its data can memorise "
+                    "it (compare train and validation FVU in training.nc; hold out rows with val_fraction, train "
+                    "on tokens, or use fewer features)", run["arch"], run["n_features"], n_train)
+    return trainer, trainer.fit()
+
+
+def _save_run(model: SparseAutoencoder, trainer: Trainer, out: Path, prov: dict[str, Any], level_attrs: dict[str, Any],
+              history: xr.Dataset, *, model_name: str, hook: str, layer: int, config_digest: str, pooling: str | None,
+              **lens: Any) -> None:
+    """Write ``training.nc`` (``history`` with ``prov``) and the SAE in the SAELens layout (``cfg.json``:
+    :func:`~mechflow.sae.export.sae_cfg` with the SAELens metadata keywords ``lens`` and ``level_attrs`` in its
+    ``mechflow`` section), then remove the run's checkpoints (unless kept)."""
+    write_dataset(history.assign_attrs(prov), out / "training.nc")
+    cfg = sae_cfg(model, model_name=model_name, hook_name=hook, hook_layer=layer, config_digest=config_digest,
+                  pooling=pooling, **lens,
+                  extra={"provenance": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in prov.items()}})
+    cfg["mechflow"].update(level_attrs)
+    save_sae(model, out, cfg)
+    trainer.clear_checkpoints()
+    log.info("wrote SAE %s (%s, %d features, %s level) to %s", trainer.run["arch"], hook, trainer.run["n_features"],
+             level_attrs["level"], out)
+
+
 def train_from_file(
     activations_path: str | Path,
     layer: int,
@@ -168,31 +202,131 @@ def train_from_file(
         else:
             layer_da = select_layer(da, layer)
             source, groups, prompt_coords = DataArraySource(layer_da), None, layer_da
-        trainer = Trainer(source, run, checkpoint_dir=checkpoint_dir, progress=progress, input_id=input_id, code=code,
-                          num_threads=num_threads, groups=groups)
-        run = trainer.run  # validated, defaults filled
-        n_train = source.n_rows - (0 if trainer.val_rows is None else len(trainer.val_rows))
-        if run["n_features"] > n_train:
-            log.warning("SAE %s: %d features from %d training vectors: a dictionary larger than its data can memorise "
-                        "it (compare train and validation FVU in training.nc; hold out rows with val_fraction, train "
-                        "on tokens, or use fewer features)", run["arch"], run["n_features"], n_train)
-        model = trainer.fit()
-        prov = provenance_attrs(config_digest, **{**upstream, "layer": int(layer), "sae_arch": run["arch"], "sae_run": run,
-                                                  **level_attrs})
-        write_dataset(model.history.assign_attrs(prov), out / "training.nc")
+        trainer, model = _fit(source, run, checkpoint_dir=checkpoint_dir, progress=progress, input_id=input_id, code=code,
+                              num_threads=num_threads, groups=groups)
+        prov = provenance_attrs(config_digest, **{**upstream, "layer": int(layer), "sae_arch": trainer.run["arch"],
+                                                  "sae_run": trainer.run, **level_attrs})
         val_prompts = trainer.val_rows
         if tokens and val_prompts is not None:
             val_prompts = np.unique(rows.prompt_of[val_prompts])  # rows of held-out prompts -> those prompts
         with torch_threads(num_threads):
             write_features(model, source, features_coords(model.n_features, prompt_coords, val_prompts), prov,
                            out / "features.nc", prompt_of=rows.prompt_of if tokens else None, token_pooling=token_pooling)
-        cfg = sae_cfg(model, model_name=str(upstream.get("model", "")), hook_name=hook, hook_layer=int(layer),
-                      config_digest=config_digest, pooling=upstream.get("pooling"),
-                      prepend_bos=prepend_bos(da.attrs), hf_model=hf_model_id(str(da.attrs.get("model_spec", ""))),
-                      extra={"provenance": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in prov.items()}})
-        cfg["mechflow"].update(level_attrs)
-        save_sae(model, out, cfg)
-        trainer.clear_checkpoints()
-        log.info("wrote SAE %s (%s, %d features, %s level) to %s", run["arch"], hook, run["n_features"], level, out)
+        _save_run(model, trainer, out, prov, level_attrs, model.history, model_name=str(upstream.get("model", "")), hook=hook,
+                  layer=int(layer), config_digest=config_digest, pooling=upstream.get("pooling"),
+                  prepend_bos=prepend_bos(da.attrs), hf_model=hf_model_id(str(da.attrs.get("model_spec", ""))))
     finally:
         da.close()
+
+
+#: the ``level`` of an SAE trained on corpus token shards (training.nc and cfg.json)
+CORPUS_LEVEL = "corpus"
+#: held-out metrics of :func:`train_from_shards` (``heldout_<name>`` in training.nc)
+HELDOUT_METRICS = ("fvu", "l0", "dead_fraction", "dense_fraction")
+
+
+def shard_attrs(paths: Sequence[str | Path], variable: str = "activations") -> dict[str, Any]:
+    """The attrs of the first shard file; ValueError naming the file when a shard's ``hook`` or ``layer``
+    differs from the first's (the shards of one SAE are one hook at one layer)."""
+    first: dict[str, Any] | None = None
+    for path in paths:
+        with open_dataset(path) as ds:
+            attrs = {**ds.attrs, **(ds[variable].attrs if variable in ds else {})}
+        if first is None:
+            first = attrs
+        elif any(str(attrs.get(k)) != str(first.get(k)) for k in ("hook", "layer")):
+            raise ValueError(f"{path} holds hook {attrs.get('hook')!r} layer {attrs.get('layer')}; the first shard "
+                             f"{paths[0]} holds hook {first.get('hook')!r} layer {first.get('layer')}")
+    if first is None:
+        raise ValueError("no shard files")
+    return first
+
+
+@torch.no_grad()
+def evaluate_held_out(model: SparseAutoencoder, source: RowSource, batch: int = EVAL_BATCH) -> xr.Dataset:
+    """Inference metrics of ``model`` on every row of ``source``, read in contiguous batches (memory of one):
+    ``heldout_`` fvu, l0, dead_fraction (latents that never fire on these rows), dense_fraction (latents firing
+    on more than :data:`~mechflow.sae.metrics.DENSE_FREQ` of them) and ``heldout_tokens``; per latent
+    ``heldout_feature_density`` [feature] (the fraction of rows it fires on); ``heldout_density_histogram``
+    [density_bin] (latents per bin of log10 density, :func:`~mechflow.sae.metrics.density_histogram`, bin edges
+    ``log10_density_lo`` / ``log10_density_hi``)."""
+    device = next(model.parameters()).device
+    n = source.n_rows
+    ev = evaluate_batches(model, (torch.from_numpy(source.read(i, min(i + batch, n))).to(device) for i in range(0, n, batch)),
+                          counts=True)
+    counts = ev["counts"]
+    return xr.Dataset(
+        {**{f"heldout_{m}": float(ev[m]) for m in HELDOUT_METRICS},
+         "heldout_tokens": np.int64(ev["n"]),
+         "heldout_feature_density": ("feature", counts / ev["n"]),
+         "heldout_density_histogram": ("density_bin", density_histogram(counts, ev["n"]))},
+        coords={"feature": np.arange(counts.size, dtype=np.int64),
+                "density_bin": np.arange(DENSITY_EDGES.size - 1, dtype=np.int64),
+                "log10_density_lo": ("density_bin", DENSITY_EDGES[:-1]),
+                "log10_density_hi": ("density_bin", DENSITY_EDGES[1:])})
+
+
+def train_from_shards(
+    shard_paths: Sequence[str | Path],
+    run: dict[str, Any],
+    out_dir: str | Path,
+    held_out_paths: Sequence[str | Path] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    config_digest: str = "",
+    progress: bool = True,
+    code: str = "",
+    num_threads: int | None = 1,
+) -> None:
+    """Train the SAE ``run`` on the token rows of corpus activation shards (:mod:`mechflow.corpus.activations`,
+    one hook at one layer, read as one matrix in the order given by :class:`~mechflow.sae.data.ShardedSource`:
+    memory holds at most two shuffle windows and two open files, whatever the token count); write the SAE
+    directory as :func:`train_from_file` does, without ``features.nc``.
+
+    Writes atomically into ``out_dir``: ``sae_weights.safetensors`` and ``cfg.json`` (SAELens layout; its
+    metadata from the shards' attrs by :func:`~mechflow.sae.export.lens_metadata`: ``context_size``,
+    ``prepend_bos``, the Hugging Face model and hook module; ``mechflow.level`` = ``corpus``) and
+    ``training.nc`` (the training history, as :func:`train_from_file`'s). ``held_out_paths``: shards of
+    held-out windows, never trained on; every row of them is evaluated with the final weights
+    (:func:`evaluate_held_out`) and the ``heldout_*`` variables are added to ``training.nc`` (and
+    ``metrics.heldout`` to ``cfg.json``). A run's ``val_fraction`` still holds out blocks of the training rows.
+
+    Checkpoints resume only for the same run, the same shard contents in the same order and the same ``code``
+    (see :func:`train_from_file`); ``num_threads`` fixes the intra-op threads, so the outputs are bit-identical
+    whatever the caller's setting.
+    """
+    shard_paths = [Path(p) for p in shard_paths]
+    out = Path(out_dir)
+    attrs = shard_attrs(shard_paths)
+    held = None if held_out_paths is None else [Path(p) for p in held_out_paths]
+    if held is not None:
+        held_attrs = shard_attrs(held)
+        if any(str(held_attrs.get(k)) != str(attrs.get(k)) for k in ("hook", "layer")):
+            raise ValueError(f"the held-out shards hold hook {held_attrs.get('hook')!r} layer {held_attrs.get('layer')}, "
+                             f"the training shards hook {attrs.get('hook')!r} layer {attrs.get('layer')}")
+        if set(held) & set(shard_paths):
+            raise ValueError(f"shards both trained on and held out: {sorted(map(str, set(held) & set(shard_paths)))}")
+    hook, layer = str(attrs.get("hook", "")), int(attrs.get("layer", -1))
+    input_id = None
+    if checkpoint_dir is not None:
+        input_id = {"shards_sha256": digest([file_sha256(p) for p in shard_paths], 64), "level": CORPUS_LEVEL}
+    with ShardedSource(shard_paths) as source, contextlib.ExitStack() as stack:
+        held_source = None if held is None else stack.enter_context(ShardedSource(held))
+        if held_source is not None and held_source.d != source.d:
+            raise ValueError(f"the held-out shards have {held_source.d} units, the training shards {source.d}")
+        level_attrs: dict[str, Any] = {"level": CORPUS_LEVEL, "token_rows": source.n_rows, "shards": len(shard_paths),
+                                       "context_size": int(attrs.get("context_size", 0)),
+                                       "sink_position": int(attrs.get("sink_position", 0))}
+        trainer, model = _fit(source, run, checkpoint_dir=checkpoint_dir, progress=progress, input_id=input_id, code=code,
+                              num_threads=num_threads)
+        history = model.history
+        if held_source is not None:
+            with torch_threads(num_threads):
+                held_ds = evaluate_held_out(model, held_source)
+            history = xr.merge([history, held_ds])
+            model.metrics = {**model.metrics, "heldout": {m: float(held_ds[f"heldout_{m}"]) for m in HELDOUT_METRICS}}
+            level_attrs["heldout_token_rows"] = held_source.n_rows
+        upstream = upstream_attrs(attrs)
+        prov = provenance_attrs(config_digest, **{**upstream, "layer": layer, "sae_arch": trainer.run["arch"],
+                                                  "sae_run": trainer.run, **level_attrs})
+        _save_run(model, trainer, out, prov, level_attrs, history, model_name=str(upstream.get("model", "")), hook=hook,
+                  layer=layer, config_digest=config_digest, pooling=None, **lens_metadata(attrs, hook, layer))
