@@ -19,7 +19,7 @@ from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder
 from mechflow.sae.config import validate_run
 from mechflow.sae.data import DataArraySource, RowSource, ShardedSource, layer_rows
-from mechflow.sae.export import hf_model_id, lens_metadata, sae_cfg, save_sae
+from mechflow.sae.export import lens_metadata, sae_cfg, save_sae
 from mechflow.sae.metrics import DENSITY_EDGES, density_histogram, evaluate_batches
 from mechflow.sae.tokens import (
     LEVELS,
@@ -101,15 +101,6 @@ def write_features(model: SparseAutoencoder, source: RowSource, coords: xr.Datas
                 pooler.add(model.encode(x).float(), torch.from_numpy(prompt_of[i:j] - first).to(device))
                 writer.write(first, features=pooler.result())
     return Path(path)
-
-
-def prepend_bos(attrs: dict[str, Any]) -> bool | None:
-    """Whether the activations were computed with a BOS token in front, where the extraction attrs say it:
-    with ``exclude`` auto / bos, mean or max pooling left out the first position iff the tokenizer adds a BOS.
-    None when unknown (then cfg.json leaves ``prepend_bos`` out)."""
-    if attrs.get("exclude") not in ("auto", "bos") or attrs.get("pooling") == "last":
-        return None
-    return {"first": True, "none": False}.get(str(attrs.get("pool_excluded", "")))
 
 
 def _fit(source: RowSource, run: dict[str, Any], **trainer_kw: Any) -> tuple[Trainer, SparseAutoencoder]:
@@ -214,7 +205,7 @@ def train_from_file(
                            out / "features.nc", prompt_of=rows.prompt_of if tokens else None, token_pooling=token_pooling)
         _save_run(model, trainer, out, prov, level_attrs, model.history, model_name=str(upstream.get("model", "")), hook=hook,
                   layer=int(layer), config_digest=config_digest, pooling=upstream.get("pooling"),
-                  prepend_bos=prepend_bos(da.attrs), hf_model=hf_model_id(str(da.attrs.get("model_spec", ""))))
+                  **lens_metadata(da.attrs, hook, int(layer)))
     finally:
         da.close()
 
