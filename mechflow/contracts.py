@@ -20,6 +20,7 @@ RESULTS_ROOT = "results"
 RESULT_PATHS: dict[str, str] = {
     "prompts": "prompts/{dataset}.nc",
     "corpus_windows": "corpus/{dataset}/{model}/windows.nc",
+    "corpus_shard": "corpus/{dataset}/{model}/{hook}/layer{layer}/{split}.shard{shard}.nc",
     "activations": "activations/{dataset}/{model}/{hook}.nc",
     "tokens": "activations/{dataset}/{model}/{hook}.tokens.nc",
     "shard": "activations/{dataset}/{model}/{hook}.shards/{shard}.nc",
@@ -47,7 +48,8 @@ RESULT_PATHS: dict[str, str] = {
 
 #: the rule that makes each kind of result (activations: gather_activations when extract.shards > 1)
 PRODUCERS: dict[str, str] = {
-    "prompts": "prompts", "corpus_windows": "corpus", "activations": "extract", "tokens": "extract_tokens", "shard": "extract_shard",
+    "prompts": "prompts", "corpus_windows": "corpus", "corpus_shard": "corpus_activations",
+    "activations": "extract", "tokens": "extract_tokens", "shard": "extract_shard",
     "sae_dir": "sae", "sae_splice": "sae_splice", "snmf": "snmf", "moran": "spatial", "lisa": "spatial",
     "probes": "probes", "report": "report",
     "lens_prompts": "lens_prompts", "tuned_lens": "tuned_lens", "tuned_lens_training": "tuned_lens",

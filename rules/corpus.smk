@@ -24,3 +24,35 @@ rule corpus:
         "../envs/mechflow.yaml"
     script:
         "../scripts/corpus.py"
+
+
+CORPUS_SHARD = path("corpus_shard")
+
+
+rule corpus_activations:
+    """Token activations of one slice of a corpus split at one hook and layer (the forward pass stops there)."""
+    input:
+        windows=CORPUS_WINDOWS,
+        model=model_files,
+    output:
+        CORPUS_SHARD,
+    params:
+        activations=lambda wc: corpus_step.activation_params(config, wc.model, wc.hook, wc.layer, wc.split, wc.shard),
+        code=code("corpus_activations"),
+    wildcard_constraints:
+        dataset=one_of(corpora(config)),
+        split="train|held_out",
+        shard=r"\d+",
+    log:
+        f"{LOGS}/corpus_activations/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{split}}.shard{{shard}}.log",
+    benchmark:
+        f"{BENCHMARKS}/corpus_activations/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{split}}.shard{{shard}}.tsv"
+    threads: EXTRACT["threads"]
+    priority: PRIORITY["extract"]
+    resources:
+        mem_mb=EXTRACT["mem_mb"],
+        gpu=EXTRACT["gpu"],
+    conda:
+        "../envs/mechflow.yaml"
+    script:
+        "../scripts/corpus_activations.py"

@@ -1,7 +1,8 @@
 rule sae:
-    """Train one named SAE run on one layer's pooled activations, or on its tokens (sae.level: tokens)."""
+    """Train one named SAE run on one layer's pooled activations, its tokens (sae.level: tokens), or a text corpus's
+    token activations (sae.level: corpus), then encode the prompts into features.nc."""
     input:
-        lambda wc: sae_step.input_path(config, dict(wc.items())),
+        unpack(lambda wc: sae_step.inputs(config, dict(wc.items()))),
     output:
         expand(f"{SAE_DIR}/{{name}}", name=SAE_FILES, allow_missing=True),
     params:

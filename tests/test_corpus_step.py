@@ -87,3 +87,39 @@ def test_the_corpus_rule_cuts_windows_per_model_and_reruns_when_a_file_changes(t
     (tmp_path / "texts" / "doc1.txt").write_text(DOCS[1] + " And more words.", encoding="utf-8")
     out = run_snakemake(tmp_path, target, "-n", "--configfile", "study.yaml").stdout
     assert "rule corpus:" in out, out[-2000:]
+
+
+def test_an_sae_trained_on_a_corpus_encodes_prompts_it_never_saw(tmp_path):
+    """sae.level corpus: the SAE trains on the corpus's train windows (corpus_activations shards), is evaluated on its
+    held-out windows, and features.nc holds every prompt of the prompt set, pooled from its tokens, none trained on."""
+    cfg = _study(tmp_path)
+    words = " ".join(DOCS).split()
+    for i in range(12):  # more text: a few hundred tokens over 12 documents
+        (tmp_path / "texts" / f"more{i}.txt").write_text(" ".join(words[i:] + words[:i]), encoding="utf-8")
+    cfg["sae"].update(level="corpus", corpus="texts", corpus_shards=2)
+    cfg["spatial"]["units"] = False
+    cfg["snmf"]["runs"] = {}
+    cfg["probes"]["enabled"] = False
+    cfg["report"] = {"enabled": False}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(tmp_path, "-c", "2", "--configfile", "study.yaml")
+    assert "(prompts 2, corpus 1, extract 2, extract_tokens 1, corpus_activations 4, sae 1, spatial 1)" in proc.stderr, \
+        proc.stderr[-3000:]
+    run_dir = tmp_path / "results/sae/tiny/minilm/resid/layer4/topk"
+    with xr.open_dataset(run_dir / "features.nc", engine="h5netcdf") as f:
+        assert f["features"].shape == (60, 128) and set(f["split"].values.astype(str)) == {"validation"}
+    with xr.open_dataset(run_dir / "training.nc", engine="h5netcdf") as t:
+        assert 0 <= float(t["heldout_fvu"]) < 2 and float(t["heldout_tokens"]) > 0
+    cfg_json = yaml.safe_load((run_dir / "cfg.json").read_text())
+    assert cfg_json["metadata"]["context_size"] == 8 and cfg_json["mechflow"]["level"] == "corpus"
+    assert (tmp_path / "results/spatial/tiny/minilm/resid/layer4/sae-topk/moran.nc").exists()
+    out = run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout
+    assert "Nothing to be done" in out, out[-2000:]
+
+
+def test_a_corpus_sae_names_a_corpus(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _study(tmp_path)
+    cfg["sae"].update(level="corpus", corpus="tiny")
+    with pytest.raises(ConfigError, match="sae.corpus: 'tiny' is not a text corpus"):
+        _resolve(cfg, tmp_path)

@@ -267,6 +267,8 @@ def train_from_shards(
     progress: bool = True,
     code: str = "",
     num_threads: int | None = 1,
+    prompt_tokens: str | Path | None = None,
+    token_pooling: TokenPooling = "max",
 ) -> None:
     """Train the SAE ``run`` on the token rows of corpus activation shards (:mod:`mechflow.corpus.activations`,
     one hook at one layer, read as one matrix in the order given by :class:`~mechflow.sae.data.ShardedSource`:
@@ -280,6 +282,9 @@ def train_from_shards(
     held-out windows, never trained on; every row of them is evaluated with the final weights
     (:func:`evaluate_held_out`) and the ``heldout_*`` variables are added to ``training.nc`` (and
     ``metrics.heldout`` to ``cfg.json``). A run's ``val_fraction`` still holds out blocks of the training rows.
+    ``prompt_tokens``: a token file of prompts at the same hook (rule ``extract_tokens``); the trained SAE encodes
+    every token but the flagged sink and ``features.nc`` gets each prompt's ``token_pooling`` of them
+    (:func:`encode_prompt_tokens`); every prompt is in split ``validation``: none was trained on.
 
     Checkpoints resume only for the same run, the same shard contents in the same order and the same ``code``
     (see :func:`train_from_file`); ``num_threads`` fixes the intra-op threads, so the outputs are bit-identical
@@ -319,5 +324,24 @@ def train_from_shards(
         upstream = upstream_attrs(attrs)
         prov = provenance_attrs(config_digest, **{**upstream, "layer": layer, "sae_arch": trainer.run["arch"],
                                                   "sae_run": trainer.run, **level_attrs})
+        if prompt_tokens is not None:
+            with torch_threads(num_threads):
+                encode_prompt_tokens(model, prompt_tokens, layer, {**prov, "token_pooling": token_pooling},
+                                     out / "features.nc", token_pooling)
         _save_run(model, trainer, out, prov, level_attrs, history, model_name=str(upstream.get("model", "")), hook=hook,
                   layer=layer, config_digest=config_digest, pooling=None, **lens_metadata(attrs, hook, layer))
+
+
+def encode_prompt_tokens(model: SparseAutoencoder, tokens_path: str | Path, layer: int, attrs: dict[str, Any],
+                         path: str | Path, token_pooling: TokenPooling = "max") -> Path:
+    """``features.nc`` of prompts the SAE was not trained on: every token of a token file (``activations`` [token,
+    layer, unit], rule ``extract_tokens``) at ``layer`` but the flagged sink, encoded and pooled per prompt
+    (``token_pooling``), streamed batch by batch (:func:`write_features`); split ``validation`` for every prompt."""
+    da = open_dataarray(tokens_path)
+    try:
+        rows = token_rows(select_token_layer(da, layer), block=ENCODE_BATCH)
+        every = np.arange(rows.n_prompts)
+        return write_features(model, rows.source, features_coords(model.n_features, rows.coords, every), attrs, path,
+                              prompt_of=rows.prompt_of, token_pooling=token_pooling)
+    finally:
+        da.close()

@@ -15,12 +15,14 @@ from mechflow.corpus import CorpusError, corpus_files, read_documents
 from mechflow.facts import StudyFacts
 from mechflow.study import ConfigError, canonical, corpora, dataset_models, model_params
 
-__all__ = ["SPEC_KEYS", "SPLIT_KEYS", "jobs", "inputs", "params", "check"]
+__all__ = ["SPEC_KEYS", "SPLIT_KEYS", "SPLITS", "jobs", "inputs", "params", "shard_paths", "activation_params", "activation_jobs", "check"]
 
 #: the keys of a text corpus that say which documents it holds
 SPEC_KEYS = ("path", "format", "column", "split_documents", "max_documents")
 #: the keys that say how its documents become windows
 SPLIT_KEYS = ("context_size", "held_out", "seed", "max_tokens")
+#: the splits of a corpus's windows (by document): trained on, and never trained on
+SPLITS = ("train", "held_out")
 
 
 def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
@@ -45,8 +47,42 @@ def params(study: dict[str, Any], dataset: str, model: str) -> dict[str, Any]:
     return canonical({"corpus": spec(study, dataset), **{k: ds[k] for k in SPLIT_KEYS}, "model": model_params(study, model)})
 
 
+def shard_paths(study: dict[str, Any], model: str, hook: str, layer: int | str, split: str) -> list[str]:
+    """The token-activation shards of one split of the SAEs' corpus (``sae.corpus``) at one hook and layer."""
+    sae = study["sae"]
+    return [result_path("corpus_shard", study["results"], dataset=sae["corpus"], model=model, hook=hook, layer=layer,
+                        split=split, shard=i) for i in range(int(sae["corpus_shards"]))]
+
+
+def activation_params(study: dict[str, Any], model: str, hook: str, layer: int | str, split: str, shard: int | str
+                      ) -> dict[str, Any]:
+    """What one corpus_activations job computes: the model, hook, layer, split, its slice of the windows and the
+    forward pass's batch (whose padding changes the activations in the last bits)."""
+    sae = study["sae"]
+    return canonical({"model": model_params(study, model), "hook": hook, "layer": int(layer), "split": split,
+                      "shard": [int(shard), int(sae["corpus_shards"])], "batch_size": sae["corpus_batch_size"]})
+
+
+def activation_jobs(study: dict[str, Any], sae_jobs: list[dict[str, Any]]) -> int:
+    """How many corpus_activations jobs the SAE jobs of a corpus-level study read (each (model, hook, layer) once)."""
+    if study["sae"]["level"] != "corpus":
+        return 0
+    layers = {(j["model"], j["hook"], j["layer"]) for j in sae_jobs}
+    return len(layers) * len(SPLITS) * int(study["sae"]["corpus_shards"])
+
+
 def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:
-    """Each corpus's files exist (a glob matches); with the data checks, its first document reads."""
+    """Each corpus's files exist (a glob matches); with the data checks, its first document reads. An SAE trained on
+    a corpus (``sae.level: corpus``) names a text corpus that every model of the SAE step runs on."""
+    sae = study["sae"]
+    if sae["level"] == "corpus" and sae["runs"]:
+        if sae["corpus"] not in corpora(study):
+            raise ConfigError("sae.corpus", f"{sae['corpus']!r} is not a text corpus of the study (datasets with source: "
+                                            f"text: {corpora(study)}); sae.level corpus trains on one")
+        for m in sae.get("models") or sorted(study["models"]):
+            if m not in dataset_models(study, sae["corpus"]):
+                raise ConfigError("sae.corpus", f"model {m!r} does not run on corpus {sae['corpus']!r} "
+                                                f"(datasets.{sae['corpus']}.models)")
     for d in corpora(study):
         try:
             corpus_files(spec(study, d), base_dir)

@@ -25,7 +25,7 @@ def _read_hooks(study: dict[str, Any], pooled_only: bool) -> set[str]:
     out |= set(pr["hooks"]) if pr["enabled"] else set()
     for section in (sae, snmf):
         if section["runs"] and (not pooled_only or section["level"] == "pooled"):
-            out.add(section["hook"])
+            out.add(section["hook"])  # token and corpus levels read the hook's token file of the prompts
     return out
 
 
@@ -61,8 +61,9 @@ def n_extracted(study: dict[str, Any], facts: StudyFacts, model: str, hook: str)
 
 
 def token_level_steps(study: dict[str, Any]) -> list[str]:
-    """The steps (``sae``, ``snmf``) that train on every token rather than on pooled prompts."""
-    return [step for step in ("sae", "snmf") if study[step]["level"] == "tokens"]
+    """The steps (``sae``, ``snmf``) that read every token of the prompts rather than pooled prompts (an SAE trained on
+    a corpus encodes the prompts' tokens)."""
+    return [step for step in ("sae", "snmf") if study[step]["level"] in ("tokens", "corpus")]
 
 
 def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
@@ -102,8 +103,8 @@ def rule_counts(study: dict[str, Any], manifest: dict[str, list[dict[str, Any]]]
     ``extract.shards`` shards and a gather per pooled hook; ``extract_tokens`` per token file)."""
     pooled = {(e["dataset"], e["model"]) for e in manifest["activations"] + manifest["probes"]}
     pooled |= {(e["dataset"], e["model"]) for e in manifest["spatial"] if e["kind"] == "units"}
-    levels = {step: study[step]["level"] for step in ("sae", "snmf")}
-    pooled |= {(e["dataset"], e["model"]) for step, level in levels.items() if level != "tokens" for e in manifest[step]}
+    pooled |= {(e["dataset"], e["model"]) for step in ("sae", "snmf") if step not in token_level_steps(study)
+               for e in manifest[step]}
     tokens = {(e["dataset"], e["model"], e["hook"]) for step in token_level_steps(study) for e in manifest[step]}
     shards = int(study["extract"]["shards"])
     counts = ({"extract_shard": len(pooled) * shards, "gather_activations": len(pooled) * len(pooled_hooks(study))}

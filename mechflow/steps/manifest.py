@@ -64,6 +64,7 @@ def summary(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> str
     """What this study runs, printed at the start of a run: datasets, models, jobs per rule."""
     steps = Counter(prompts=len(jobs["prompts"]), corpus=len(jobs["corpus"]))
     steps.update(extract.rule_counts(study, jobs))
+    steps["corpus_activations"] = corpus.activation_jobs(study, jobs["sae"])
     for key in ("sae", "snmf", "spatial", "probes"):
         steps[key] = len(jobs[key])
     steps["sae_splice"] = sum(1 for e in jobs["sae"] if e.get("splice"))

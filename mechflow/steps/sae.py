@@ -12,10 +12,11 @@ from typing import Any
 
 from mechflow.contracts import result_path
 from mechflow.facts import StudyFacts
+from mechflow.steps.corpus import shard_paths
 from mechflow.steps.extract import check_analysed_layers, check_step_models
 from mechflow.study import canonical, model_params, sae_jobs
 
-__all__ = ["splices", "jobs", "input_path", "level_params", "run_params", "splice_params", "check"]
+__all__ = ["splices", "jobs", "inputs", "level_params", "run_params", "splice_params", "check"]
 
 
 def splices(study: dict[str, Any], facts: StudyFacts, model: str) -> bool:
@@ -32,16 +33,26 @@ def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
             for j in sae_jobs(study)]
 
 
-def input_path(study: dict[str, Any], wildcards: dict[str, str]) -> str:
-    """The file an SAE trains on: pooled activations, or the hook's token file (``sae.level: tokens``)."""
-    return result_path("tokens" if study["sae"]["level"] == "tokens" else "activations", study["results"], **wildcards)
+def inputs(study: dict[str, Any], wildcards: dict[str, str]) -> dict[str, Any]:
+    """The files an SAE job reads, by name: ``activations``, the pooled activations or (``sae.level: tokens`` or
+    ``corpus``) the hook's token file of the prompts; at ``corpus`` also the ``train`` and ``held_out`` shards of
+    the corpus's token activations."""
+    level, root = study["sae"]["level"], study["results"]
+    out: dict[str, Any] = {"activations": result_path("activations" if level == "pooled" else "tokens", root, **wildcards)}
+    if level == "corpus":
+        for split in ("train", "held_out"):
+            out[split] = shard_paths(study, wildcards["model"], wildcards["hook"], wildcards["layer"], split)
+    return out
 
 
 def level_params(study: dict[str, Any]) -> dict[str, Any]:
-    """What the SAE trains on (``sae.level``) and, at token level, how features.nc pools each prompt's tokens."""
+    """What the SAE trains on (``sae.level``) and, at token or corpus level, how features.nc pools each prompt's
+    tokens (and the corpus)."""
     sae = study["sae"]
     if sae["level"] == "tokens":
         return canonical({"level": "tokens", "token_pooling": sae["token_pooling"]})
+    if sae["level"] == "corpus":
+        return canonical({"level": "corpus", "token_pooling": sae["token_pooling"], "corpus": sae["corpus"]})
     return canonical({"level": "pooled"})
 
 
