@@ -100,11 +100,11 @@ def test_an_sae_trained_on_a_corpus_encodes_prompts_it_never_saw(tmp_path):
     cfg["spatial"]["units"] = False
     cfg["snmf"]["runs"] = {}
     cfg["probes"]["enabled"] = False
-    cfg["report"] = {"enabled": False}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     proc = run_snakemake(tmp_path, "-c", "2", "--configfile", "study.yaml")
-    assert "(prompts 2, corpus 1, extract 2, extract_tokens 1, corpus_activations 4, sae 1, spatial 1)" in proc.stderr, \
-        proc.stderr[-3000:]
+    assert "(prompts 2, corpus 1, extract 2, extract_tokens 1, corpus_activations 4, sae 1, spatial 1, report 1)" in \
+        proc.stderr, proc.stderr[-3000:]
+    assert "Held-out corpus tokens" in (tmp_path / "results/report/index.html").read_text(encoding="utf-8")
     run_dir = tmp_path / "results/sae/tiny/minilm/resid/layer4/topk"
     with xr.open_dataset(run_dir / "features.nc", engine="h5netcdf") as f:
         assert f["features"].shape == (60, 128) and set(f["split"].values.astype(str)) == {"validation"}

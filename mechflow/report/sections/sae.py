@@ -69,9 +69,30 @@ def build(ctx: Context, page: Page, sec: Section) -> None:
                      "of inputs." if held_out else
                      "No validation split (set val_fraction in the run): these numbers are on training data only.",
                 cls="subtitle"))
+    _corpus_table(ctx, sec, have, runs)
     _splice_table(ctx, sec, have)
     for e in have:
         _cards(ctx, page, e)
+
+
+def _corpus_table(ctx: Context, sec: Section, entries, runs) -> None:
+    """Held-out corpus metrics of the runs trained on a text corpus (``sae.level: corpus``; training.nc ``heldout_*``)."""
+    rows = []
+    for e, (title, hist) in zip(entries, runs):
+        if "heldout_fvu" not in hist:
+            continue
+        corpus = str(sae_cfg(ctx, e).get("metadata", {}).get("dataset_path", "") or hist.attrs.get("dataset", ""))
+        rows.append((title, corpus, fmt(int(hist["heldout_tokens"])), fmt(float(hist["heldout_fvu"])),
+                     fmt(float(hist["heldout_l0"])), pct(float(hist["heldout_dead_fraction"])),
+                     pct(float(hist["heldout_dense_fraction"]))))
+    if not rows:
+        return
+    sec.add(tag("h4", "Held-out corpus tokens"),
+            table(["run", "corpus", "tokens", "FVU", "L0", "dead", "dense"], rows, numeric=[2, 3, 4, 5, 6]),
+            tag("p", "SAEs trained on a text corpus (sae.level: corpus), evaluated with the final weights on every token "
+                     "(but position 0, the attention sink) of the corpus's held-out documents, never trained on. Dead: "
+                     "never active on those tokens; dense: active on more than 10% of them. Their placename features "
+                     "(features.nc) come from prompts the SAE never saw.", cls="subtitle"))
 
 
 def _splice_table(ctx: Context, sec: Section, entries) -> None:
