@@ -23,11 +23,18 @@ synthetic but laid out as the workflow writes them:
 7. ``spatial``: the spatial rule's path, :class:`mechflow.io.FeatureColumns` +
    :func:`mechflow.spatial.analysis.spatial_analysis` with ``memory_mb = bound`` (global Moran's I and
    Geary's C with permutations, the residualised and shuffled controls, LISA of the top features), and
-   the moran/lisa files written.
+   the moran/lisa files written;
+8. ``corpus_shards``: token activations of a text corpus as the ``corpus_activations`` rule writes them,
+   ``[token, unit]`` float32 of ``4 x bound`` bytes in ``shards`` shard files (the last one held out);
+9. ``sae_corpus``: :func:`mechflow.sae.pipeline.train_from_shards` (the ``sae`` rule at ``sae.level: corpus``):
+   a TopK SAE trained from the training shards through the shuffle stream (``ShardedSource``: at most two
+   shuffle windows and two open files), evaluated on every held-out token, the SAE directory written.
 
     .venv/bin/python benchmarks/memory.py                 # bound 1024 MB: 4.1 GB per data file (~10 min, 2 cores)
     .venv/bin/python benchmarks/memory.py --quick         # a smoke test: 256 MB of data, the same bound
     .venv/bin/python benchmarks/memory.py --bound-mb 2048 --tmp /scratch
+    .venv/bin/python benchmarks/memory.py --stages corpus_shards,sae_corpus   # some stages (in order; each needs
+                                                                              # the files of the stages before it)
 
 The bound must exceed what a stage's interpreter holds before it reads any data (torch, xarray,
 libpysal imported: about 350 MB for extraction and SAE, 580 MB for the spatial step). ``--quick``
@@ -217,6 +224,51 @@ def stage_write_features(wd: Path, cfg: dict) -> dict:
     return {"file_bytes": path.stat().st_size, "n": n, "n_features": F}
 
 
+def stage_corpus_shards(wd: Path, cfg: dict) -> dict:
+    """Corpus token-activation shards [token, unit] (the corpus_activations rule's file contract), written in blocks."""
+    import xarray as xr
+
+    from mechflow.extract import shard_slice
+    from mechflow.io import RowWriter
+
+    n, shards, window = cfg["n_prompts"], cfg["shards"], cfg["window"]
+    rng = np.random.default_rng(2)
+    directions = rng.standard_normal((256, UNITS)).astype(np.float32) / 4
+    codes = np.maximum(rng.standard_normal((8192, 256), dtype=np.float32) - 1.5, 0)
+    pool = codes @ directions + 0.05 * rng.standard_normal((8192, UNITS), dtype=np.float32)
+    attrs = {"hook": "resid", "layer": 5, "context_size": 128, "prepend_bos": 0, "sink_position": 0, "model": "synthetic"}
+    for s in range(shards):
+        sl = shard_slice(n, s, shards)
+        m = sl.stop - sl.start
+        coords = xr.Dataset(coords={"window": ("token", np.arange(sl.start, sl.stop) // 127),
+                                    "position": ("token", np.arange(sl.start, sl.stop) % 127 + 1),
+                                    "unit": np.arange(UNITS)})
+        split = "held_out" if s == shards - 1 else "train"
+        with RowWriter(wd / f"corpus{s}.nc", coords, ("token", "unit"), {"activations": {}},
+                       {**attrs, "split": split, "shard": s, "n_shards": shards}) as w:
+            for a in range(0, m, window):
+                b = min(a + window, m)
+                w.write(a, activations=pool[rng.integers(0, len(pool), b - a)])
+    return {"files_bytes": sum((wd / f"corpus{s}.nc").stat().st_size for s in range(shards)), "tokens": n}
+
+
+def stage_sae_corpus(wd: Path, cfg: dict) -> dict:
+    """An SAE trained from the corpus shards (all but the last) and evaluated on the last, held out."""
+    import xarray as xr
+
+    from mechflow.sae.pipeline import train_from_shards
+
+    paths = [wd / f"corpus{s}.nc" for s in range(cfg["shards"])]
+    run = {"arch": "topk", "n_features": cfg["sae_features"], "k": 32, "steps": cfg["sae_steps"],
+           "batch_size": cfg["sae_batch"], "shuffle_window": cfg["sae_window"], "log_every": max(1, cfg["sae_steps"] // 10)}
+    train_from_shards(paths[:-1], run, wd / "corpus_sae", held_out_paths=paths[-1:], progress=False)
+    with xr.open_dataset(wd / "corpus_sae" / "training.nc", engine="h5netcdf") as t:
+        fvu, held = float(t["heldout_fvu"]), int(t["heldout_tokens"])
+    for p in paths:
+        p.unlink()
+    return {"heldout_fvu": fvu, "heldout_tokens": held, "train_shards": len(paths) - 1}
+
+
 def stage_spatial(wd: Path, cfg: dict) -> dict:
     from mechflow.io import FeatureColumns, write_dataset
     from mechflow.spatial.analysis import columns_per_block, spatial_analysis
@@ -237,7 +289,7 @@ def stage_spatial(wd: Path, cfg: dict) -> dict:
 
 STAGES = {"extract_shards": stage_extract_shards, "gather": stage_gather, "sae_train": stage_sae_train,
           "sae_encode": stage_sae_encode, "snmf": stage_snmf, "write_features": stage_write_features,
-          "spatial": stage_spatial}
+          "spatial": stage_spatial, "corpus_shards": stage_corpus_shards, "sae_corpus": stage_sae_corpus}
 
 
 def run_stage(name: str, wd: Path, cfg: dict) -> dict:
@@ -269,6 +321,7 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=1, help="of the spatial stage (its memory does not depend on it)")
     ap.add_argument("--tmp", default=None, help="folder for the data files (default: the system's temporary folder)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to run (default: all, in order)")
     ap.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -293,7 +346,8 @@ def main() -> None:
           f"in {cfg['shards']} shards; features {N_SPATIAL} x {cfg['n_features']} = {data / MB:.0f} MB; data in {wd}",
           flush=True)
     try:
-        stages = {name: run_stage(name, wd, cfg) for name in STAGES}
+        chosen = [name for name in STAGES if name in args.stages.split(",")]
+        stages = {name: run_stage(name, wd, cfg) for name in chosen}
     finally:
         shutil.rmtree(wd, ignore_errors=True)
     result = {
@@ -305,7 +359,8 @@ def main() -> None:
         "config": cfg, "stages": stages, "all_under_bound": all(s["under_bound"] for s in stages.values()),
         "device": device_info(),
     }
-    out = ROOT / "benchmarks" / "results" / ("memory_quick.json" if args.quick else "memory.json")
+    part = "" if list(stages) == list(STAGES) else "_" + "_".join(stages)  # some stages: their own file
+    out = ROOT / "benchmarks" / "results" / (("memory_quick" if args.quick else "memory") + part + ".json")
     write_result(out, result)
     print(f"all under the bound: {result['all_under_bound']}; wrote {out}")
 
