@@ -74,7 +74,7 @@ def _token_coords(windows: xr.Dataset, mine: np.ndarray, lengths: np.ndarray) ->
     return xr.Dataset(coords=coords)
 
 
-def _check_ids(ids: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> None:
+def check_ids(ids: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> None:
     """Real tokens (positions < length) are ids >= 0; the rest is padding (-1)."""
     real = np.arange(ids.shape[1])[None, :] < lengths[:, None]
     bad = np.flatnonzero(((ids < 0) & real).any(1) | ((ids != -1) & ~real).any(1))
@@ -172,7 +172,7 @@ def corpus_activations_to_file(
             width = int(lens.max())
             if width > SINK_POSITION + 1:
                 ids = np.asarray(windows["tokens"].isel(window=idx, position=slice(0, width)).values)
-                _check_ids(ids, lens, idx)
+                check_ids(ids, lens, idx)
                 acts = run(ids)
                 writer = writer or open_writer(acts.shape[-1])
                 keep = np.arange(width)[None, :] < lens[:, None]
