@@ -27,6 +27,7 @@ RESULT_PATHS: dict[str, str] = {
     "sae_dir": "sae/{dataset}/{model}/{hook}/layer{layer}/{run}",
     "sae_checkpoints": "checkpoints/sae/{dataset}/{model}/{hook}/layer{layer}/{run}",
     "sae_splice": "sae/{dataset}/{model}/{hook}/layer{layer}/{run}/splice.nc",
+    "sae_corpus_splice": "sae/{dataset}/{model}/{hook}/layer{layer}/{run}/corpus_splice.nc",
     "snmf": "snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.nc",
     "moran": "spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/moran.nc",
     "lisa": "spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/lisa.nc",
@@ -50,7 +51,8 @@ RESULT_PATHS: dict[str, str] = {
 PRODUCERS: dict[str, str] = {
     "prompts": "prompts", "corpus_windows": "corpus", "corpus_shard": "corpus_activations",
     "activations": "extract", "tokens": "extract_tokens", "shard": "extract_shard",
-    "sae_dir": "sae", "sae_splice": "sae_splice", "snmf": "snmf", "moran": "spatial", "lisa": "spatial",
+    "sae_dir": "sae", "sae_splice": "sae_splice",
+    "sae_corpus_splice": "sae_corpus_splice", "snmf": "snmf", "moran": "spatial", "lisa": "spatial",
     "probes": "probes", "report": "report",
     "lens_prompts": "lens_prompts", "tuned_lens": "tuned_lens", "tuned_lens_training": "tuned_lens",
     "latent_language": "latent_language", "consistency": "consistency", "steering": "steer",

@@ -52,3 +52,31 @@ rule sae_splice:
         "../envs/mechflow.yaml"
     script:
         "../scripts/sae_splice.py"
+
+
+rule sae_corpus_splice:
+    """CE loss recovered and KL over a text corpus's tokens: a corpus-level SAE's reconstruction spliced into its model's
+    residual stream on the corpus's held-out windows."""
+    input:
+        weights=f"{SAE_DIR}/{SAE_FILES[0]}",
+        cfg=f"{SAE_DIR}/cfg.json",
+        windows=lambda wc: sae_step.corpus_splice_windows(config, wc.model),
+        model=model_files,
+    output:
+        SAE_CORPUS_SPLICE,
+    params:
+        splice=lambda wc: sae_step.corpus_splice_params(config, wc.model),
+        code=code("sae_corpus_splice"),
+    log:
+        f"{LOGS}/sae_corpus_splice/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.log",
+    benchmark:
+        f"{BENCHMARKS}/sae_corpus_splice/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.tsv"
+    threads: EXTRACT["threads"]
+    priority: PRIORITY["sae_splice"]
+    resources:
+        mem_mb=EXTRACT["mem_mb"],
+        gpu=EXTRACT["gpu"],
+    conda:
+        "../envs/mechflow.yaml"
+    script:
+        "../scripts/sae_corpus_splice.py"

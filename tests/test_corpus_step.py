@@ -4,11 +4,13 @@ any analysis, bad paths one line before any job, and the ``corpus`` rule cutting
 from __future__ import annotations
 
 import copy
+import re
 
+import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from conftest import REPO, run_snakemake
+from conftest import REPO, WORDS, run_snakemake
 
 from mechflow.resolve import resolve
 from mechflow.steps.manifest import manifest
@@ -113,6 +115,70 @@ def test_an_sae_trained_on_a_corpus_encodes_prompts_it_never_saw(tmp_path):
     cfg_json = yaml.safe_load((run_dir / "cfg.json").read_text())
     assert cfg_json["metadata"]["context_size"] == 8 and cfg_json["mechflow"]["level"] == "corpus"
     assert (tmp_path / "results/spatial/tiny/minilm/resid/layer4/sae-topk/moran.nc").exists()
+    out = run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout
+    assert "Nothing to be done" in out, out[-2000:]
+
+
+def _llama_study(tmp_path, tiny_llama) -> dict:
+    """A corpus-level SAE of the tiny Llama (causal): 12 documents of its tokenizer's words, 28 places in a CSV."""
+    texts = tmp_path / "texts"
+    texts.mkdir(exist_ok=True)
+    for i in range(12):  # 12 documents of 40 tokens of the tiny tokenizer's words
+        (texts / f"doc{i}.txt").write_text(" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(40)), encoding="utf-8")
+    gb, it = "london oxford york leeds bath ely wells".split(), "rome milan turin naples bari lecce siena pisa".split()
+    rows = ["text,latitude,longitude,region"]
+    rows += [f'"{n} , england",{51 + i * 0.1:.2f},{-1 + i * 0.1:.2f},GB' for i, n in enumerate(gb * 2)]
+    rows += [f'"{n} , italy",{42 + i * 0.1:.2f},{12 + i * 0.1:.2f},IT' for i, n in enumerate(it * 2)]
+    (tmp_path / "mini.csv").write_text("\n".join(rows) + "\n")
+    return {"datasets": {"mini": {"source": "csv", "path": "mini.csv"},
+                         "texts": {"source": "text", "path": "texts/*.txt", "split_documents": "file", "context_size": 8,
+                                   "held_out": 0.34, "seed": 1}},
+            "models": {"llama": {"spec": str(tiny_llama)}},
+            "extract": {"layers": [1], "threads": 1}, "spatial": {"enabled": False}, "probes": {"enabled": False},
+            "sae": {"layers": [1], "level": "corpus", "corpus": "texts", "corpus_shards": 1, "corpus_splice_windows": 5,
+                    "runs": {"r": {"arch": "topk", "n_features": 32, "k": 4, "steps": 20, "batch_size": 16,
+                                   "shuffle_block": 8, "checkpoint_every": 0}}},
+            "snmf": {"runs": {}}}
+
+
+def test_a_corpus_sae_of_a_causal_lm_plans_a_splice_on_held_out_corpus_windows(tmp_path, monkeypatch, tiny_llama):
+    """The corpus splice (rule sae_corpus_splice) is planned for resid SAEs of a causal LM trained on a corpus, reading
+    the corpus's windows; not for an encoder (the tiny study's MiniLM), nor with sae.corpus_splice_windows 0."""
+    monkeypatch.chdir(tmp_path)
+    study = _llama_study(tmp_path, tiny_llama)
+    resolved = _resolve(study, tmp_path)
+    assert resolved.study["sae"]["corpus_splice_windows"] == 5
+    entry = manifest(resolved.study, resolved.facts)["sae"][0]
+    assert entry["corpus_splice"] == "results/sae/mini/llama/resid/layer1/r/corpus_splice.nc" and entry["splice"]
+    off = _resolve({**study, "sae": {**study["sae"], "corpus_splice_windows": 0}}, tmp_path)
+    assert manifest(off.study, off.facts)["sae"][0]["corpus_splice"] is None
+    tiny = _study(tmp_path)
+    tiny["sae"].update(level="corpus", corpus="texts")
+    encoder = _resolve(tiny, tmp_path)
+    assert encoder.study["sae"]["corpus_splice_windows"] == 64  # the default at level corpus
+    assert manifest(encoder.study, encoder.facts)["sae"][0]["corpus_splice"] is None  # MiniLM is no causal LM
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    out = run_snakemake(tmp_path, "results/sae/mini/llama/resid/layer1/r/corpus_splice.nc", "-n", "--configfile", "study.yaml"
+                        ).stdout
+    assert re.search(r"sae_corpus_splice\s+1", out) and "results/corpus/texts/llama/windows.nc" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_a_corpus_sae_of_a_causal_lm_is_spliced_into_it_on_held_out_corpus_windows(tmp_path, tiny_llama):
+    """End to end (about 90 s on 2 cores): sae_corpus_splice scores at most sae.corpus_splice_windows held-out windows
+    of the corpus with the SAE spliced in, beside the prompt splice; the report shows both."""
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(_llama_study(tmp_path, tiny_llama)))
+    proc = run_snakemake(tmp_path, "-c", "2", "--configfile", "study.yaml")
+    assert "sae_splice 1, sae_corpus_splice 1" in proc.stderr, proc.stderr[-3000:]
+    run_dir = tmp_path / "results/sae/mini/llama/resid/layer1/r"
+    with xr.open_dataset(tmp_path / "results/corpus/texts/llama/windows.nc", engine="h5netcdf") as w:
+        held_windows = set(np.flatnonzero(w["split"].values.astype(str) == "held_out").tolist())
+    with xr.open_dataset(run_dir / "corpus_splice.nc", engine="h5netcdf") as ds:
+        assert ds.sizes["window"] == min(5, len(held_windows)) and set(ds["window"].values.tolist()) <= held_windows
+        assert ds.attrs["split"] == "held_out" and ds.attrs["source"] == "corpus" and ds.attrs["corpus"] == "texts"
+        assert int(ds["n_predictions"]) == int((ds["length"] - 1).sum()) and np.isfinite(float(ds["loss_recovered"]))
+        assert float(ds["kl_zero"]) > 0 and float(ds["ce_zero"]) != float(ds["ce_clean"])
+    assert "corpus held-out tokens (texts, " in (tmp_path / "results/report/index.html").read_text(encoding="utf-8")
     out = run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout
     assert "Nothing to be done" in out, out[-2000:]
 

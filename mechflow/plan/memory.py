@@ -37,9 +37,9 @@ def job_memory(job: Job, config: dict[str, Any], facts: StudyFacts) -> tuple[int
         return None, "", False
     n = facts.n(d)
     ex = config["extract"]
-    if rule in ("extract", "extract_shard", "extract_tokens", "sae_splice"):
+    if rule in ("extract", "extract_shard", "extract_tokens", "sae_splice", "sae_corpus_splice"):
         weights = facts.models[m].loaded_bytes(str(config["models"][m].get("dtype", "float32")))
-        if rule == "sae_splice":
+        if rule in ("sae_splice", "sae_corpus_splice"):
             return base + weights, "model weights", False
         if rule == "extract_tokens":
             tokens = token_bytes(config, facts, d, m, hook) or 0

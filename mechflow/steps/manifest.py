@@ -47,7 +47,7 @@ def manifest(study: dict[str, Any], facts: StudyFacts) -> dict[str, list[dict[st
 def outputs_of(key: str, entry: dict[str, Any]) -> list[str]:
     """The files one manifest entry stands for."""
     if key == "sae":
-        return [f"{entry['dir']}/{name}" for name in SAE_FILES] + ([entry["splice"]] if entry.get("splice") else [])
+        return [f"{entry['dir']}/{name}" for name in SAE_FILES] + [entry[k] for k in ("splice", "corpus_splice") if entry.get(k)]
     if key == "spatial":
         return [f for f in (entry["moran"], entry["lisa"]) if f]
     if key == "selection":
@@ -68,6 +68,7 @@ def summary(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> str
     for key in ("sae", "snmf", "spatial", "probes"):
         steps[key] = len(jobs[key])
     steps["sae_splice"] = sum(1 for e in jobs["sae"] if e.get("splice"))
+    steps["sae_corpus_splice"] = sum(1 for e in jobs["sae"] if e.get("corpus_splice"))
     steps.update(Counter(e["kind"] for e in jobs["lens"]),
                  lens_prompts=len(lens.lens_sets(study)) if jobs["lens"] else 0)
     steps["steer"] = len(jobs["steering"])

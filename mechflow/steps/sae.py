@@ -2,7 +2,9 @@
 
 An SAE trains on a layer's pooled activations, or on every token of its prompts (``sae.level:
 tokens``; features.nc then pools each prompt's tokens, ``sae.token_pooling``). SAEs on the residual
-stream of a causal LM also get a loss-recovered splice on held-out prompts (``sae.splice_prompts``).
+stream of a causal LM also get a loss-recovered splice on held-out prompts (``sae.splice_prompts``), and,
+trained on a text corpus (``sae.level: corpus``), one on the corpus's held-out windows
+(``sae.corpus_splice_windows``).
 """
 
 from __future__ import annotations
@@ -16,20 +18,34 @@ from mechflow.steps.corpus import shard_paths
 from mechflow.steps.extract import check_analysed_layers, check_step_models
 from mechflow.study import canonical, model_params, sae_jobs
 
-__all__ = ["splices", "jobs", "inputs", "level_params", "run_params", "splice_params", "check"]
+__all__ = ["splices", "corpus_splices", "jobs", "inputs", "level_params", "run_params", "splice_params",
+           "corpus_splice_windows", "corpus_splice_params", "check"]
+
+
+def _spliceable(study: dict[str, Any], facts: StudyFacts, model: str) -> bool:
+    """SAEs that can be spliced into their model: on the residual stream of a causal LM."""
+    return study["sae"]["hook"] == "resid" and facts.models[model].causal
 
 
 def splices(study: dict[str, Any], facts: StudyFacts, model: str) -> bool:
     """Whether the SAEs of ``model`` get a loss-recovered splice: resid SAEs of a causal LM, when asked for."""
+    return study["sae"]["splice_prompts"] > 0 and _spliceable(study, facts, model)
+
+
+def corpus_splices(study: dict[str, Any], facts: StudyFacts, model: str) -> bool:
+    """Whether the SAEs of ``model`` also get a splice on their corpus's held-out windows: those :func:`splices` could
+    splice, trained on a text corpus (``sae.level: corpus``), when asked for (``sae.corpus_splice_windows``)."""
     sae = study["sae"]
-    return sae["hook"] == "resid" and sae["splice_prompts"] > 0 and facts.models[model].causal
+    return sae["level"] == "corpus" and sae["corpus_splice_windows"] > 0 and _spliceable(study, facts, model)
 
 
 def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
-    """Manifest entries: dataset, model, hook, layer, run, ``dir`` (the run's folder), ``splice`` (its splice.nc, or None)."""
+    """Manifest entries: dataset, model, hook, layer, run, ``dir`` (the run's folder), ``splice`` (its splice.nc, or None),
+    ``corpus_splice`` (its corpus_splice.nc, or None)."""
     root = study["results"]
     return [dict(j, dir=result_path("sae_dir", root, **j),
-                 splice=result_path("sae_splice", root, **j) if splices(study, facts, j["model"]) else None)
+                 splice=result_path("sae_splice", root, **j) if splices(study, facts, j["model"]) else None,
+                 corpus_splice=result_path("sae_corpus_splice", root, **j) if corpus_splices(study, facts, j["model"]) else None)
             for j in sae_jobs(study)]
 
 
@@ -71,6 +87,19 @@ def splice_params(study: dict[str, Any], model: str) -> dict[str, Any]:
         "max_length": ex["max_length"],
         "max_prompts": study["sae"]["splice_prompts"],
     })
+
+
+def corpus_splice_windows(study: dict[str, Any], model: str) -> str:
+    """The windows file the corpus splice of ``model``'s SAEs reads: the SAEs' corpus (``sae.corpus``) cut by that model."""
+    return result_path("corpus_windows", study["results"], dataset=study["sae"]["corpus"], model=model)
+
+
+def corpus_splice_params(study: dict[str, Any], model: str) -> dict[str, Any]:
+    """The model as corpus activations run it, the corpus, its windows per forward pass (``sae.corpus_batch_size``)
+    and the splice's window budget (``sae.corpus_splice_windows``)."""
+    sae = study["sae"]
+    return canonical({"model": model_params(study, model), "corpus": sae["corpus"], "batch_size": sae["corpus_batch_size"],
+                      "max_windows": sae["corpus_splice_windows"]})
 
 
 def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:

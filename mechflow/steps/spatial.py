@@ -34,7 +34,8 @@ def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
                   for d, m in study_pairs(study, sp) for h in sp["hooks"] for layer in sp["layers"]]
     analysed = set(study_pairs(study, sp))
     for kind, step in (("sae", sae), ("snmf", snmf)):
-        found += [dict({k: v for k, v in j.items() if k not in ("run", "dir", "splice", "path")}, source=f"{kind}-{j['run']}")
+        found += [dict({k: v for k, v in j.items() if k not in ("run", "dir", "splice", "corpus_splice", "path")},
+                       source=f"{kind}-{j['run']}")
                   for j in step.jobs(study, facts) if (j["dataset"], j["model"]) in analysed]
     return [dict(j, run=j["source"].partition("-")[2] or None, kind=j["source"].partition("-")[0],
                  moran=result_path("moran", root, **j), lisa=result_path("lisa", root, **j) if sp["lisa_top_n"] > 0 else None)

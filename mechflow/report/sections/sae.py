@@ -96,28 +96,40 @@ def _corpus_table(ctx: Context, sec: Section, entries, runs) -> None:
 
 
 def _splice_table(ctx: Context, sec: Section, entries) -> None:
-    """Loss recovered per run where the workflow spliced the SAE into its model (``splice.nc``)."""
+    """Loss recovered per run where the workflow spliced the SAE into its model: on held-out prompts (``splice.nc``)
+    and, for runs trained on a text corpus, on every token of its held-out windows (``corpus_splice.nc``)."""
     study = ctx.study
-    rows, splits, trained_on = [], set(), set()
+    rows, splits, trained_on, corpora = [], set(), set(), set()
     for e in entries:
-        if not e.get("splice") or not study.exists("sae", e["splice"]):
-            continue
-        ds = study.dataset(e["splice"])
-        splits.add(str(ds.attrs.get("split", "?")))
-        trained_on.add(str(ds.attrs.get("sae_trained_on", "")))
-        rows.append((ctx.entry_title(e), fmt(int(ds["n_predictions"])), fmt(float(ds["ce_clean"])),
-                     fmt(float(ds["ce_spliced"])), fmt(float(ds["ce_zero"])),
-                     Markup(f"<b>{pct(float(ds['loss_recovered']))}</b>"), fmt(float(ds["kl_spliced"])),
-                     fmt(float(ds["kl_zero"]))))
+        for key in ("splice", "corpus_splice"):
+            if not e.get(key) or not study.exists("sae", e[key]):
+                continue
+            ds = study.dataset(e[key])
+            if key == "corpus_splice":
+                corpora.add(str(ds.attrs.get("corpus", "?")))
+                on = f"corpus held-out tokens ({ds.attrs.get('corpus', '?')}, {ds.sizes.get('window', 0)} windows)"
+            else:
+                splits.add(str(ds.attrs.get("split", "?")))
+                trained_on.add(str(ds.attrs.get("sae_trained_on", "")))
+                on = f"prompts ({ds.attrs.get('split', '?')}, {ds.sizes.get('prompt', 0)})"
+            rows.append((ctx.entry_title(e), on, fmt(int(ds["n_predictions"])), fmt(float(ds["ce_clean"])),
+                         fmt(float(ds["ce_spliced"])), fmt(float(ds["ce_zero"])),
+                         Markup(f"<b>{pct(float(ds['loss_recovered']))}</b>"), fmt(float(ds["kl_spliced"])),
+                         fmt(float(ds["kl_zero"]))))
     if not rows:
         return
+    scored = [f"prompts from the run's {' / '.join(sorted(splits))} split"] if splits else []
+    if corpora:
+        scored.append(f"held-out windows of the text corpus the SAE trained on ({', '.join(sorted(corpora))}: documents "
+                      "none of whose tokens it saw; a seeded sample of at most sae.corpus_splice_windows)")
     sec.add(tag("h4", "Loss recovered in the model"),
-            table(["run", "predictions", "CE clean", "CE spliced", "CE zero-ablated", "loss recovered", "KL spliced",
-                   "KL zero"], rows, numeric=[1, 2, 3, 4, 5, 6, 7]),
-            tag("p", "Next-token cross-entropy (nats per predicted token) of prompts from the run's "
-                     f"{' / '.join(sorted(splits))} split, with the residual stream after the SAE's layer replaced by its "
-                     "reconstruction (spliced) or by zeros, at every real token but the one pooling leaves out; loss "
-                     "recovered = (CE zero − CE spliced) / (CE zero − CE clean), KL in nats from the clean model. "
+            table(["run", "scored on", "predictions", "CE clean", "CE spliced", "CE zero-ablated", "loss recovered",
+                   "KL spliced", "KL zero"], rows, numeric=[2, 3, 4, 5, 6, 7, 8]),
+            tag("p", f"Next-token cross-entropy (nats per predicted token) of {' and of '.join(scored)}, with the "
+                     "residual stream after the SAE's layer replaced by its reconstruction (spliced) or by zeros, at "
+                     "every real token but the one pooling leaves out (the attention sink; position 0 of a corpus window), "
+                     "which keeps its clean activation and whose own prediction is scored; "
+                     "loss recovered = (CE zero − CE spliced) / (CE zero − CE clean), KL in nats from the clean model. "
                      + ("These SAEs were trained on mean-pooled prompt vectors, not on single tokens, so the splice "
                         "tests them outside their training distribution: a low number says a pooled dictionary is "
                         "not a model of the token-level residual stream." if trained_on & {"mean", "max"} else ""),
