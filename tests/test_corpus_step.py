@@ -189,3 +189,20 @@ def test_a_corpus_sae_names_a_corpus(tmp_path, monkeypatch):
     cfg["sae"].update(level="corpus", corpus="tiny")
     with pytest.raises(ConfigError, match="sae.corpus: 'tiny' is not a text corpus"):
         _resolve(cfg, tmp_path)
+
+
+def test_sae_runs_on_one_layer_share_one_set_of_corpus_shards(tmp_path):
+    """Two SAE runs at the same hook and layer plan the corpus activations once (the shards hold nothing
+    run-specific); a second layer adds its own shards."""
+    from mechflow.plan import parse_job_stats
+
+    cfg = _study(tmp_path)
+    cfg["sae"].update(level="corpus", corpus="texts", corpus_shards=2)
+    cfg["sae"]["runs"]["other"] = dict(cfg["sae"]["runs"]["topk"], k=4)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    stats = parse_job_stats(run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout)
+    assert stats["sae"] == 2 and stats["corpus_activations"] == 4 and stats["corpus"] == 1
+    cfg["sae"]["layers"] = [3, 4]
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    stats = parse_job_stats(run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout)
+    assert stats["sae"] == 4 and stats["corpus_activations"] == 8
