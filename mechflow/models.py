@@ -8,7 +8,6 @@ hub: loading runs with ``local_files_only=True`` and ``trust_remote_code=False``
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -223,6 +222,13 @@ def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "floa
     the prompts' surface form rather than from what the model learned. A GGUF model loads from its
     converted folder (:func:`converted_gguf`) unless ``$MECHFLOW_MODEL_CACHE`` is off.
     """
+    directory, gguf_file = _load_folder(resolved)
+    return _load(directory, gguf_file, resolved.spec, device, dtype, random_init, init_seed)
+
+
+def _load_folder(resolved: ResolvedModel) -> tuple[Path, str | None]:
+    """The folder (and GGUF file in it, if any) a model loads from: a GGUF model's converted folder where the
+    cache is on and writable, else the GGUF file itself."""
     directory, gguf_file = resolved.directory, resolved.gguf_file
     if gguf_file and model_cache_root() is not None:
         try:
@@ -231,7 +237,7 @@ def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "floa
             logging.getLogger(__name__).warning(
                 "model %s: cannot use the converted-model cache %s (%s); parsing the GGUF file instead (set %s to a "
                 "writable folder to load it in a second)", resolved.spec, model_cache_root(), e, MODEL_CACHE_ENV)
-    return _load(directory, gguf_file, resolved.spec, device, dtype, random_init, init_seed)
+    return directory, gguf_file
 
 
 def _load(directory: Path, gguf_file: str | None, spec: str, device: str = "auto", dtype: str = "float32",
@@ -275,10 +281,7 @@ def load_tokenizer(resolved: ResolvedModel) -> Any:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoTokenizer
 
-    directory, gguf_file = resolved.directory, resolved.gguf_file
-    if gguf_file and model_cache_root() is not None:
-        with contextlib.suppress(OSError):  # an unwritable cache: read the GGUF itself, as load_model does
-            directory, gguf_file = converted_gguf(resolved), None
+    directory, gguf_file = _load_folder(resolved)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     return AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False, **extra)
 
