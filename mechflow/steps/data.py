@@ -6,9 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pyproj import CRS
-from pyproj.exceptions import CRSError
-
 from mechflow.contracts import result_path
 from mechflow.data.prompts import geonames_path
 from mechflow.data.regions import CRS_PRESETS
@@ -44,6 +41,10 @@ def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") 
 
 def _check_crs(study: dict[str, Any], regions: dict[str, dict[str, int]]) -> None:
     """Every region analysed has a projected CRS in metres that pyproj knows."""
+    # pyproj (~90 ms) only where the data are checked, not in the parse every job process makes of the study
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
     declared = study_crs(study)
     sources = [(f"spatial.crs.{r}", c) for r, c in study["spatial"].get("crs", {}).items()]
     sources += [(f"datasets.{d}.regions.{r['name']}.crs", r["crs"]) for d, ds in study["datasets"].items()
