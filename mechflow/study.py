@@ -95,13 +95,14 @@ def sae_jobs(study: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def study_crs(study: Mapping[str, Any]) -> dict[str, str]:
-    """Region -> projected CRS the study declares: inline regions' ``crs``, then ``spatial.crs`` overrides."""
+    """Region -> projected CRS the study declares: inline regions' ``crs``, then ``spatial.crs`` overrides (keys
+    sorted: the spatial and probes rules pass it as a param)."""
     crs: dict[str, str] = {}
     for ds in study["datasets"].values():
         for region in ds.get("regions", []) if ds.get("source", "geonames") == "geonames" else []:
             if isinstance(region, dict) and region.get("crs"):
                 crs[region["name"]] = region["crs"]
-    return {**crs, **study["spatial"].get("crs", {})}
+    return canonical({**crs, **study["spatial"].get("crs", {})})
 
 
 def settings(section: Mapping[str, Any], *keys: str) -> dict[str, Any]:

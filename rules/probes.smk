@@ -6,7 +6,7 @@ rule probes:
         PROBE_FILE,
     params:
         probes=probes_step.params(config),
-        crs=canonical(study_crs(config)),
+        crs=study_crs(config),
         code=code("probes"),
     log:
         f"{LOGS}/probes/{{dataset}}/{{model}}/{{hook}}.log",

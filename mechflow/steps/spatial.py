@@ -55,7 +55,7 @@ def input_path(study: dict[str, Any], wildcards: dict[str, str]) -> str:
 
 def params(study: dict[str, Any]) -> dict[str, Any]:
     """The settings of every spatial job, with the region -> CRS map (inline regions' crs, ``spatial.crs`` overrides)."""
-    return canonical(dict(settings(study["spatial"], *SETTINGS), crs=canonical(study_crs(study))))
+    return canonical(dict(settings(study["spatial"], *SETTINGS), crs=study_crs(study)))
 
 
 def sink_control(study: dict[str, Any], dataset: str, model: str) -> bool:
