@@ -9,6 +9,11 @@ A hook point maps a model to one capture site per block (layer): a module and wh
   ``dense_4h_to_h``; output of BERT's ``intermediate``).
 - ``attn_out``: the attention block's output projection before it is added to the residual
   [tokens, d_model].
+- ``attn_z``: the per-head attention outputs concatenated, before the output projection [tokens,
+  n_heads * d_head] (head ``h`` is units ``h * d_head .. (h + 1) * d_head``): the input of Llama / Mistral /
+  Qwen / Gemma ``self_attn.o_proj``, GPT-2 ``attn.c_proj``, GPT-NeoX ``attention.dense``, OPT
+  ``self_attn.out_proj``, BERT ``attention.output.dense``; TransformerLens's ``blocks.L.attn.hook_z``
+  flattened over heads. :func:`output_projection` gives that layer's W_O and head count.
 
 New points plug in with :func:`register_hook_point`.
 """
@@ -19,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import nn
 
 
@@ -114,6 +120,46 @@ register_hook_point(HookPoint(
         ("attention.output.dense", "output"),  # BERT
     ), "attn_out"),
 ))
+register_hook_point(HookPoint(
+    "attn_z", "per-head attention outputs concatenated, before the output projection",
+    lambda model: _sites(model, (
+        ("self_attn.o_proj", "input"),         # Llama, Mistral, Qwen, Gemma
+        ("attn.c_proj", "input"),              # GPT-2
+        ("attention.dense", "input"),          # GPT-NeoX / Pythia
+        ("self_attn.out_proj", "input"),       # OPT
+        ("attention.output.dense", "input"),   # BERT
+    ), "attn_z"),
+))
+
+#: config keys of the attention head count, by architecture family
+_HEAD_COUNT_KEYS = ("num_attention_heads", "n_head", "num_heads")
+
+
+def n_heads(model: nn.Module) -> int:
+    """Attention heads per layer (query heads: the output projection reads one slice per query head)."""
+    config = getattr(model, "config", None)
+    for key in _HEAD_COUNT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise HookPointError(f"{type(model).__name__}'s config names no attention head count (looked for {_HEAD_COUNT_KEYS})")
+
+
+def output_projection(model: nn.Module, layer: int) -> tuple[torch.Tensor, int]:
+    """Block ``layer``'s attention output projection W_O [d_model, n_heads * d_head] (``attn_out = attn_z @ W_O.T +
+    bias``; GPT-2's ``Conv1D`` weight [in, out] transposed) and the head count. HookPointError when the width is
+    not a multiple of the head count."""
+    sites = capture_sites(model, "attn_z")
+    if not 0 <= int(layer) < len(sites):
+        raise HookPointError(f"layer {layer} is out of range: {type(model).__name__} has {len(sites)} blocks")
+    module = sites[int(layer)].module
+    weight = module.weight.detach()
+    # transformers' Conv1D (GPT-2) computes x @ weight + bias with weight [in, out]; nn.Linear holds [out, in]
+    w_o = weight.T if type(module).__name__ == "Conv1D" else weight
+    heads = n_heads(model)
+    if w_o.shape[1] % heads:
+        raise HookPointError(f"attn_z width {w_o.shape[1]} of {type(model).__name__} is not a multiple of its {heads} heads")
+    return w_o, heads
 
 
 def capture_sites(model: nn.Module, hook: str) -> list[CaptureSite]:

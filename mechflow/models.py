@@ -385,6 +385,7 @@ _HOOK_WIDTH_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "resid": (("hidden_size", "n_embd", "d_model"), ".embedding_length"),
     "attn_out": (("hidden_size", "n_embd", "d_model"), ".embedding_length"),
     "mlp_hidden": (("intermediate_size", "n_inner", "ffn_dim", "d_ff"), ".feed_forward_length"),
+    "attn_z": (("hidden_size", "n_embd", "d_model"), ".embedding_length"),  # n_heads x d_head where head_dim is given
 }
 
 
@@ -396,7 +397,12 @@ def hook_width(resolved: ResolvedModel, hook: str) -> int | None:
     """Units of a hook's activations (d_model, or the MLP width), from config.json or the GGUF header."""
     config_keys, gguf_key = _HOOK_WIDTH_KEYS[hook]
     if resolved.gguf_file:
-        value = gguf_metadata_value(resolved.directory / resolved.gguf_file, gguf_key)
+        path = resolved.directory / resolved.gguf_file
+        if hook == "attn_z":  # heads x value head width, where the header gives it (else d_model)
+            heads, value_length = (gguf_metadata_value(path, key) for key in (".attention.head_count", ".attention.value_length"))
+            if isinstance(heads, int) and isinstance(value_length, int):
+                return heads * value_length
+        value = gguf_metadata_value(path, gguf_key)
         return int(value) if isinstance(value, int) else None
     config = resolved.directory / "config.json"
     if not config.exists():
@@ -404,6 +410,8 @@ def hook_width(resolved: ResolvedModel, hook: str) -> int | None:
     import json
 
     cfg = json.loads(config.read_text(encoding="utf-8"))
+    if hook == "attn_z" and isinstance(cfg.get("head_dim"), int) and isinstance(cfg.get("num_attention_heads"), int):
+        return int(cfg["head_dim"]) * int(cfg["num_attention_heads"])  # Llama / Qwen3 / Gemma: may differ from hidden_size
     for key in config_keys:
         if isinstance(cfg.get(key), int):
             return int(cfg[key])

@@ -8,6 +8,7 @@ rule sae:
     params:
         run=lambda wc: sae_step.run_params(config, wc.run),
         level=sae_step.level_params(config),
+        heads=lambda wc: sae_step.head_params(config, wc.model, wc.hook),
         checkpoints=lambda wc: SAE_CHECKPOINTS.format(**wc),
         kernels=config["kernels"],
         code=code("sae"),

@@ -2,13 +2,16 @@
 
 ``sae.level: tokens`` trains on the layer's token file (every token but the excluded sink position) and
 pools each prompt's token features (``sae.token_pooling``) into features.nc; ``sae.level: corpus`` trains on
-a text corpus's token-activation shards, evaluates on its held-out shards, and pools the prompts' tokens.
+a text corpus's token-activation shards, evaluates on its held-out shards, and pools the prompts' tokens. At hook
+``attn_z`` (pooled and token level) features.nc also holds each feature's head attribution (the model's W_O of that
+layer is loaded).
 """
 
 from pathlib import Path
 
 from mechflow.io import digest
 from mechflow.kernels import set_backend
+from mechflow.sae.heads import model_output_projection
 from mechflow.sae.pipeline import train_from_file, train_from_shards
 from mechflow.workflow import run_rule
 
@@ -17,7 +20,9 @@ def main(sm) -> None:
     set_backend(sm.params.kernels)
     run = dict(sm.params.run)
     level = dict(sm.params.level)
-    out, config_digest = Path(sm.output[0]).parent, digest({"run": run, "level": level, "code": sm.params.code})
+    head_params = dict(sm.params.heads)  # attn_z: each feature's head attribution through the layer's W_O
+    out = Path(sm.output[0]).parent
+    config_digest = digest({"run": run, "level": level, "code": sm.params.code, **({"heads": head_params} if head_params else {})})
     # the checkpoint check compares the run, the input file's sha256 and this code digest
     if level["level"] == "corpus":
         train_from_shards(sm.input.train, run, out, held_out_paths=sm.input.held_out, checkpoint_dir=sm.params.checkpoints,
@@ -26,7 +31,8 @@ def main(sm) -> None:
         return
     train_from_file(sm.input.activations, int(sm.wildcards.layer), run, out, checkpoint_dir=sm.params.checkpoints,
                     config_digest=config_digest, code=sm.params.code, level=level["level"],
-                    token_pooling=level.get("token_pooling", "max"))
+                    token_pooling=level.get("token_pooling", "max"),
+                    heads=model_output_projection(head_params["model"], int(sm.wildcards.layer)) if head_params else None)
 
 
 run_rule(main, snakemake)  # noqa: F821 (injected by Snakemake)

@@ -60,6 +60,7 @@ TL_HOOKS: dict[str, str] = {
     "resid": "blocks.{layer}.hook_resid_post",
     "resid_post": "blocks.{layer}.hook_resid_post",
     "attn_out": "blocks.{layer}.hook_attn_out",
+    "attn_z": "blocks.{layer}.attn.hook_z",
     "mlp_hidden": "blocks.{layer}.mlp.hook_post",
 }
 

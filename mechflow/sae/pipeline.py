@@ -20,6 +20,7 @@ from mechflow.sae.archs import SparseAutoencoder
 from mechflow.sae.config import validate_run
 from mechflow.sae.data import DataArraySource, RowSource, ShardedSource, layer_rows
 from mechflow.sae.export import lens_metadata, sae_cfg, save_sae
+from mechflow.sae.heads import HEAD_VARIABLES, head_attribution
 from mechflow.sae.metrics import DENSITY_EDGES, density_histogram, evaluate_batches
 from mechflow.sae.tokens import (
     LEVELS,
@@ -32,6 +33,9 @@ from mechflow.sae.tokens import (
 from mechflow.sae.train import EVAL_BATCH, Trainer
 
 log = logging.getLogger(__name__)
+
+#: an ``attn_z`` SAE layer's output projection W_O [d_model, n_heads * d_head] (array or tensor) and head count
+OutputProjection = tuple[Any, int]
 
 
 def select_layer(da: xr.DataArray, layer: int) -> xr.DataArray:
@@ -77,7 +81,7 @@ def prompt_batches(prompt_of: np.ndarray, batch: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def write_features(model: SparseAutoencoder, source: RowSource, coords: xr.Dataset, attrs: dict[str, Any],
                    path: str | Path, prompt_of: np.ndarray | None = None, token_pooling: TokenPooling = "max",
-                   batch: int = ENCODE_BATCH) -> Path:
+                   batch: int = ENCODE_BATCH, heads: OutputProjection | None = None) -> Path:
     """Encode every row of ``source`` and stream ``features`` [prompt, feature] float32 into ``path``
     batch by batch (atomically, :class:`mechflow.io.RowWriter`): memory holds one batch of rows and of
     their features, never the whole [prompt, feature] matrix.
@@ -85,7 +89,14 @@ def write_features(model: SparseAutoencoder, source: RowSource, coords: xr.Datas
     ``prompt_of`` None: one row per prompt (pooled level). Otherwise [n_rows] the prompt position of
     each token row, grouped by prompt: each prompt's row is the ``token_pooling`` (max or mean) over
     its rows' features, in batches that never split a prompt (:func:`prompt_batches`).
+    ``heads``: (W_O [d_model, n_heads * d_head], n_heads) of an ``attn_z`` SAE's layer
+    (:func:`mechflow.hooks.output_projection`): each feature's head attribution (:mod:`mechflow.sae.heads`:
+    ``head_share``, ``head_direct`` [feature, head]) is written as coordinates of the file.
     """
+    if heads is not None:
+        w_o, n_heads = heads
+        attribution = head_attribution(model.W_dec.detach().float().cpu().numpy(), np.asarray(w_o), int(n_heads))
+        coords = coords.assign_coords({name: attribution[name] for name in HEAD_VARIABLES})
     device = next(model.parameters()).device
     n = source.n_rows
     with RowWriter(path, coords, ("prompt", "feature"), {"features": attrs}, attrs) as writer:
@@ -145,6 +156,7 @@ def train_from_file(
     num_threads: int | None = 1,
     level: str = "pooled",
     token_pooling: TokenPooling = "max",
+    heads: OutputProjection | None = None,
 ) -> None:
     """Train the SAE ``run`` on one layer of an activations file; write the SAE directory.
 
@@ -167,7 +179,8 @@ def train_from_file(
     rule's code digest); otherwise it starts from scratch and logs what differs. Once the outputs are
     written the checkpoints are removed, unless the run sets ``keep_checkpoints``. Training and
     encoding run on ``num_threads`` intra-op threads (default 1), so the outputs are bit-identical
-    whatever thread count the caller set.
+    whatever thread count the caller set. ``heads`` (an ``attn_z`` SAE's output projection and head count):
+    features.nc also gets each feature's head attribution (:func:`write_features`).
     """
     if level not in LEVELS:
         raise ValueError(f"sae level must be one of {list(LEVELS)}, got {level!r}")
@@ -202,7 +215,8 @@ def train_from_file(
             val_prompts = np.unique(rows.prompt_of[val_prompts])  # rows of held-out prompts -> those prompts
         with torch_threads(num_threads):
             write_features(model, source, features_coords(model.n_features, prompt_coords, val_prompts), prov,
-                           out / "features.nc", prompt_of=rows.prompt_of if tokens else None, token_pooling=token_pooling)
+                           out / "features.nc", prompt_of=rows.prompt_of if tokens else None, token_pooling=token_pooling,
+                           heads=heads)
         _save_run(model, trainer, out, prov, level_attrs, model.history, model_name=str(upstream.get("model", "")), hook=hook,
                   layer=int(layer), config_digest=config_digest, pooling=upstream.get("pooling"),
                   **lens_metadata(da.attrs, hook, int(layer)))

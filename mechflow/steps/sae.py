@@ -18,7 +18,7 @@ from mechflow.steps.corpus import shard_paths
 from mechflow.steps.extract import check_analysed_layers, check_step_models
 from mechflow.study import canonical, model_params, sae_jobs
 
-__all__ = ["splices", "corpus_splices", "jobs", "inputs", "level_params", "run_params", "splice_params",
+__all__ = ["splices", "corpus_splices", "jobs", "inputs", "level_params", "run_params", "head_params", "splice_params",
            "corpus_splice_windows", "corpus_splice_params", "check"]
 
 
@@ -75,6 +75,12 @@ def level_params(study: dict[str, Any]) -> dict[str, Any]:
 def run_params(study: dict[str, Any], run: str) -> dict[str, Any]:
     """The complete run config of ``sae.runs.<run>``."""
     return canonical(study["sae"]["runs"][run])
+
+
+def head_params(study: dict[str, Any], model: str, hook: str) -> dict[str, Any]:
+    """What an SAE job needs for its features' head attribution: at hook ``attn_z`` the model as extraction runs it
+    (its output projection W_O is read; :mod:`mechflow.sae.heads`), else nothing."""
+    return canonical({"model": model_params(study, model)} if hook == "attn_z" else {})
 
 
 def splice_params(study: dict[str, Any], model: str) -> dict[str, Any]:
