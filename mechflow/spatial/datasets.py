@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -101,6 +101,7 @@ def moran_dataset(
     num_threads: int | None = 1,
     batch_columns: int | None = None,
     weights: Mapping[str, tuple] | None = None,
+    on_region: Callable[[str, np.ndarray, dict], None] | None = None,
 ) -> xr.Dataset:
     """Global Moran's I and Geary's C per region for every feature.
 
@@ -119,7 +120,10 @@ def moran_dataset(
     ``batch_columns``: when ``values`` is a block of the columns of a wider feature set, that set's
     width (each column's statistics then equal the whole set's bit for bit; its q values do not,
     being BH over the block's features only). ``weights``: :func:`region_weights` of these locations,
-    when the caller already has them.
+    when the caller already has them. ``on_region(region, values [n_r, F], result)``: called with each
+    region's values and its :func:`~mechflow.spatial.global_stats.global_autocorrelation` result, every
+    replicate's I included (``result["replicates"]``; the layer tests of
+    :class:`mechflow.spatial.layer_tests.LayerTests`).
     """
     pdim, fdim, lon, lat, region, regions, crs_used = _prepare(values, lon, lat, region, crs_by_region)
     if weights is None:
@@ -132,7 +136,11 @@ def moran_dataset(
     for r, reg in enumerate(regions):
         idx, w = weights[reg]
         res = global_autocorrelation(data[idx], w, permutations=permutations, seed=seed, device=device,
-                                     num_threads=num_threads, batch_columns=batch_columns)
+                                     num_threads=num_threads, batch_columns=batch_columns,
+                                     keep_replicates=on_region is not None)
+        if on_region is not None:
+            on_region(reg, data[idx], res)
+            res.pop("replicates", None)
         for v in names:
             out[v][r] = res["moran"][v]
         for v, g in gnames.items():

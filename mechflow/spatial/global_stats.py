@@ -221,7 +221,7 @@ class _FusedReplicates:
 
 
 def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C, engine=None,
-             num_threads=1, batch_columns=None):
+             num_threads=1, batch_columns=None, keep_replicates=False):
     """Shared-permutation replicates; returns per-column (count>=obs, sum, sumsq) for I and C
     (and, for C, count<=obs).
 
@@ -234,7 +234,8 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     ``z_p' W z_p`` of every replicate; Geary's C also needs ``sum_i (r_i + c_i) z_p[i]^2`` (row +
     column sums of W). ``batch_columns``: size the replicate batches as for this many columns (default
     ``F``); the batches fix which replicates are summed together, so a block of a wider feature set
-    passes the set's width to reproduce its sums bit for bit.
+    passes the set's width to reproduce its sums bit for bit. ``keep_replicates``: also keep every
+    replicate's Moran's I, ``acc["sim_I"] [n_perm, F]``.
     """
     n, F = z.shape
     Fb = max(int(batch_columns or F), 1)
@@ -261,6 +262,8 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     s0 = float(A.sum())
     EI = -1.0 / (n - 1)
     acc = {key: np.zeros(F) for key in ("nI", "sI", "qI", "nC", "lC", "sC", "qC")}
+    if keep_replicates:
+        acc["sim_I"] = np.empty((n_perm, F))
     with torch_threads(num_threads if engine == "torch" and dev.type == "cpu" else None):
         _accumulate(eng, acc, chunks, n, s0, EI, n_perm, B, want_geary, obs_I, obs_C)
     return acc, EI
@@ -272,6 +275,8 @@ def _accumulate(eng, acc, chunks, n, s0, EI, n_perm, B, want_geary, obs_I, obs_C
         perms = eng.draw(min(B, n_perm - p0))
         for (a, b), (cross, sq) in zip(chunks, eng.replicates(perms, want_geary)):
             sim_I = (n / s0) * cross
+            if "sim_I" in acc:
+                acc["sim_I"][p0 : p0 + sim_I.shape[0], a:b] = sim_I
             d = sim_I - EI
             acc["nI"][a:b] += (sim_I >= obs_I[a:b]).sum(0)
             acc["sI"][a:b] += d.sum(0)
@@ -318,6 +323,7 @@ def global_autocorrelation(
     engine: str | None = None,
     num_threads: int | None = 1,
     batch_columns: int | None = None,
+    keep_replicates: bool = False,
 ) -> dict:
     """Moran's I and (optionally) Geary's C for every column of ``values`` ``[n, F]``.
 
@@ -336,9 +342,11 @@ def global_autocorrelation(
     block of the columns of a wider set, that set's width: replicates are then drawn and summed in the
     batches the whole set would use, so every column's result equals the whole set's bit for bit (each
     column's statistics depend on that column alone; the fused engine is tested for it).
+    ``keep_replicates``: also return every replicate's Moran's I, ``"replicates"`` ``[permutations, F]``
+    float64 (NaN for constant columns; for the layer tests of :mod:`mechflow.spatial.layer_tests`).
 
-    Returns ``{"moran": {...}, "geary": {...} or None, "n_constant": int, "n": int}``; each inner
-    dict maps statistic names (esda's attribute names) to float64 arrays ``[F]``.
+    Returns ``{"moran": {...}, "geary": {...} or None, "n_constant": int, "n": int}`` (+ ``"replicates"``);
+    each inner dict maps statistic names (esda's attribute names) to float64 arrays ``[F]``.
     """
     if permutations < 0:
         raise ValueError(f"permutations must be >= 0, got {permutations}")
@@ -352,7 +360,7 @@ def global_autocorrelation(
         acc, EI = _permute(
             z, z2ss, rc, A, permutations, seed, device, chunk_size, sim_dtype, geary,
             np.nan_to_num(moran["I"], nan=np.inf), np.nan_to_num(gear["C"], nan=np.inf), engine, num_threads,
-            batch_columns,
+            batch_columns, keep_replicates,
         )
         sm = _sim_summary(moran["I"], acc["nI"], acc["sI"], acc["qI"], EI, permutations, constant, acc["nI"])
         moran.update(p_sim=sm["p_sim"], p_greater=sm["p_one_sided"], EI_sim=sm["E_sim"], seI_sim=sm["se_sim"],
@@ -367,8 +375,12 @@ def global_autocorrelation(
             moran[key] = nan.copy()
         for key in ("p_sim", "p_less", "EC_sim", "seC_sim", "VC_sim", "z_sim", "p_z_sim"):
             gear[key] = nan.copy()
-    return {"moran": moran, "geary": gear if geary else None,
-            "n_constant": int(constant.sum()), "n": int(n)}
+    out = {"moran": moran, "geary": gear if geary else None, "n_constant": int(constant.sum()), "n": int(n)}
+    if keep_replicates:
+        sims = acc["sim_I"] if permutations else np.zeros((0, y.shape[1]))
+        sims[:, constant] = np.nan
+        out["replicates"] = sims
+    return out
 
 
 def global_moran(values, w: W, permutations: int = 999, seed: int = 0, two_tailed: bool = True,

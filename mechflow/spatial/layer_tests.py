@@ -1,0 +1,226 @@
+"""Layer-level permutation tests: is there spatial structure spread over the units of a layer?
+
+Per-unit tests with BH over hundreds of units find a few strong features; a weak signal carried a little
+by many units passes none of them. The layer tests compare statistics of the whole layer (one region's
+``[n, F]`` feature set) with their null distribution under *joint* permutations of the places: one
+permutation moves every unit's values together, so the null keeps the correlation between units, and
+the observed layer is exchangeable with its permuted copies (every p-value below is exact, up to ties).
+
+Statistics (:data:`LAYER_STATS`):
+
+- ``mean_I``: mean Moran's I over the units (constant units left out);
+- ``pc_I``: mean Moran's I of the leading :data:`N_PCS` principal components of the standardised units
+  (eigenvectors of ``K = sum_f z_f z_f'``, ``z_f`` a unit's centred values scaled to unit norm, summed
+  over column blocks). A row permutation permutes the components, so their null is the kernel of
+  :mod:`mechflow.spatial._gram_numba` on the permuted components: ``nnz(W) * N_PCS`` multiply-adds per
+  permutation, cheap enough for ``spatial.layer_permutations`` of them (e.g. 9,999). Multivariate: a
+  direction shared by many units concentrates in the leading components;
+- ``frac_p05``: the fraction of units whose one-sided permutation p (``p_greater``) is below
+  :data:`UNIT_ALPHA`;
+- ``pi1``: Storey's estimate of the share of non-null units, ``1 - min(1, #{p > lambda} / ((1 - lambda)
+  F))`` with ``lambda`` = :data:`STOREY_LAMBDA`.
+
+``mean_I``, ``frac_p05`` and ``pi1`` reuse the per-unit test's replicates (``spatial.permutations`` of
+them, the spatial engine's joint permutations, at no extra cost): the unit p-values of replicate ``b`` are
+its ranks among the observed value and all replicates of that unit, so the observed layer and each
+replicate get their statistic from the same rule. A mean-I null at 9,999 permutations would need the
+per-unit engine at 9,999 (about 8x the whole per-unit test on 576 units); raise ``spatial.permutations``
+for that.
+
+For each statistic: ``obs``; the null's mean, 2.5% and 97.5% quantiles (``null_lo``, ``null_hi``); the
+``excess`` = obs - null mean with the interval ``[obs - null_hi, obs - null_lo]`` (the null's 95% range
+carried over to the excess: the spread a layer without signal would show); and ``p = (1 + #{T_b >= T_obs})
+/ (P + 1)``. NaN where a statistic has no permutations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import scipy.linalg
+import xarray as xr
+from libpysal.weights import W
+from scipy.stats import rankdata
+
+from mechflow.spatial._sparse import weights_csr
+
+__all__ = ["LAYER_STATS", "LAYER_FIELDS", "LAYER_ATTRS", "N_PCS", "UNIT_ALPHA", "STOREY_LAMBDA", "storey_pi1",
+           "unit_pvalue_counts", "summarise_null", "RegionLayerTest", "LayerTests"]
+
+LAYER_STATS = ("mean_I", "pc_I", "frac_p05", "pi1")
+#: per statistic: observed, null mean / 2.5% / 97.5%, excess over the null mean with its interval, p
+LAYER_FIELDS = ("obs", "null_mean", "null_lo", "null_hi", "excess", "excess_lo", "excess_hi", "p")
+N_PCS = 10  # leading principal components of the pc_I statistic
+UNIT_ALPHA = 0.05  # unit p-value threshold of frac_p05
+STOREY_LAMBDA = 0.5  # Storey's lambda of pi1
+PERM_BATCH = 256  # permutations drawn and gathered per kernel call
+
+LAYER_ATTRS = {
+    "layer_stat": "layer-level statistics under joint permutations of the places (all units together): mean_I = mean "
+                  "Moran's I over units; pc_I = mean Moran's I of the leading principal components of the standardised "
+                  f"units (layer_pcs of them, at most {N_PCS}); frac_p05 = fraction of units with one-sided p_greater < "
+                  f"{UNIT_ALPHA}; pi1 = Storey's share of non-null units, 1 - min(1, #{{p > {STOREY_LAMBDA}}} / "
+                  f"({1 - STOREY_LAMBDA} F))",
+    "layer_p": "(1 + #{T_b >= T_obs}) / (P + 1) over the layer statistic's P joint permutations (layer_perms)",
+    "layer_excess": "obs - null mean; layer_excess_lo/hi = obs - null 97.5% / 2.5% quantile (the null's 95% range)",
+    "layer_perms": "permutations of each layer statistic: pc_I spatial.layer_permutations (drawn from spatial.seed "
+                   "as the per-unit test's), mean_I, frac_p05 and pi1 the per-unit test's spatial.permutations (its "
+                   "replicates)",
+}
+
+
+def storey_pi1(p: np.ndarray, lam: float = STOREY_LAMBDA) -> np.ndarray:
+    """Storey's ``pi1 = 1 - min(1, #{p > lam} / ((1 - lam) m))`` along the last axis (NaNs left out)."""
+    p = np.asarray(p, dtype=np.float64)
+    m = np.isfinite(p).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pi0 = (p > lam).sum(-1) / ((1.0 - lam) * m)
+    return np.where(m > 0, 1.0 - np.minimum(1.0, pi0), np.nan)
+
+
+def unit_pvalue_counts(obs_I: np.ndarray, sim_I: np.ndarray, alpha: float = UNIT_ALPHA,
+                       lam: float = STOREY_LAMBDA) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per arrangement ``b`` (0 = observed, 1..P = the replicates), the number of units with one-sided p < ``alpha``
+    and with p > ``lam``, where unit f's p in arrangement b is ``#{c: I[c, f] >= I[b, f]} / (P + 1)`` over the
+    observed value and the replicates (for b = 0 it is ``p_greater``). ``obs_I [F]``, ``sim_I [P, F]``; NaN units
+    (constant) are left out. Returns ``(below [P + 1], above [P + 1], F_valid)``."""
+    valid = np.isfinite(obs_I)
+    allI = np.vstack([obs_I[None, valid], sim_I[:, valid]])  # [P + 1, Fv]
+    P1 = allI.shape[0]
+    if allI.shape[1] == 0:
+        return np.zeros(P1), np.zeros(P1), 0
+    count_ge = P1 + 1 - rankdata(allI, method="min", axis=0)  # #{c: I_c >= I_b}, itself included
+    p = count_ge / P1
+    return (p < alpha).sum(1).astype(np.float64), (p > lam).sum(1).astype(np.float64), int(valid.sum())
+
+
+def summarise_null(T: np.ndarray) -> dict[str, float]:
+    """:data:`LAYER_FIELDS` of a statistic from ``T [P + 1]`` (``T[0]`` observed, the rest its null)."""
+    obs = float(T[0])
+    null = np.asarray(T[1:], dtype=np.float64)
+    if null.size == 0 or not np.isfinite(obs):
+        return dict(dict.fromkeys(LAYER_FIELDS, np.nan), obs=obs)
+    mean = float(null.mean())
+    lo, hi = (float(v) for v in np.quantile(null, [0.025, 0.975]))
+    return {"obs": obs, "null_mean": mean, "null_lo": lo, "null_hi": hi, "excess": obs - mean,
+            "excess_lo": obs - hi, "excess_hi": obs - lo, "p": float((1 + (null >= obs).sum()) / (null.size + 1))}
+
+
+def _standardise(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centred columns scaled to unit norm ``[n, F]`` (constant columns zero) and the non-constant mask."""
+    z = values - values.mean(0)
+    ss = np.sqrt((z * z).sum(0))
+    keep = np.ptp(values, axis=0) > 0
+    return np.where(keep, z / np.where(keep, ss, 1.0), 0.0), keep
+
+
+class RegionLayerTest:
+    """The layer tests of one region, fed column blocks (:meth:`add`) and computed once at the end (:meth:`result`).
+
+    ``w``: the region's weights (transform applied; rows in the order of the values' rows)."""
+
+    def __init__(self, w: W):
+        self.A = weights_csr(w)
+        self.n = self.A.shape[0]
+        self.s0 = float(self.A.sum())
+        self.K = np.zeros((self.n, self.n))
+        self.F = 0
+        self.below: np.ndarray | None = None
+        self.above: np.ndarray | None = None
+        self.sum_I: np.ndarray | None = None
+
+    def add(self, values: np.ndarray, obs_I: np.ndarray | None = None, sim_I: np.ndarray | None = None) -> None:
+        """One column block: ``values [n, Fb]`` and, from the per-unit test on it, ``obs_I [Fb]`` and its
+        replicates ``sim_I [P, Fb]`` (None: no per-unit permutations; frac_p05 and pi1 then have no null)."""
+        values = np.asarray(values, dtype=np.float64)
+        zs, keep = _standardise(values)
+        self.K += zs @ zs.T
+        self.F += int(keep.sum())
+        if obs_I is None:
+            return
+        sim_I = np.zeros((0, obs_I.size)) if sim_I is None else np.asarray(sim_I, dtype=np.float64)
+        below, above, _ = unit_pvalue_counts(obs_I, sim_I)
+        valid = np.isfinite(obs_I)
+        sum_I = np.concatenate([[obs_I[valid].sum()], sim_I[:, valid].sum(1)])
+        if self.below is None:
+            self.below, self.above, self.sum_I = below, above, sum_I
+        elif self.below.shape != below.shape:
+            raise ValueError("every column block must come with the same number of replicates")
+        else:
+            self.below, self.above, self.sum_I = self.below + below, self.above + above, self.sum_I + sum_I
+
+    def components(self, n_pcs: int = N_PCS) -> np.ndarray:
+        """The leading ``m <= n_pcs`` eigenvectors of K with a non-negligible eigenvalue, ``[n, m]`` (unit norm)."""
+        m0 = max(0, min(n_pcs, self.n - 1))
+        if m0 == 0 or self.F == 0:
+            return np.zeros((self.n, 0))
+        vals, vecs = scipy.linalg.eigh(self.K, subset_by_index=[self.n - m0, self.n - 1])
+        return vecs[:, vals > 1e-10 * max(float(vals.max()), 1e-300)]
+
+    def result(self, permutations: int, seed: int, n_pcs: int = N_PCS, num_threads: int | None = 1) -> dict[str, dict]:
+        """Statistic -> :data:`LAYER_FIELDS`, plus ``"_info"``: ``n_units``, ``n_pcs`` and each statistic's
+        permutation count. ``permutations`` (and ``seed``) of pc_I, on ``num_threads`` numba threads (None:
+        numba's setting; the result does not depend on it); the others have the per-unit test's."""
+        from mechflow.spatial import _gram_numba, _perm_numba  # numba loads on first use, as the fused engine's
+
+        U = self.components(n_pcs)
+        m = U.shape[1]
+        nan = np.full(1, np.nan)
+        pc = nan
+        if m:
+            A = self.A
+            rng = np.random.default_rng(int(seed))
+            with _perm_numba.numba_threads(num_threads):
+                parts = [_gram_numba.permuted_forms(U, A.indptr, A.indices, A.data, np.arange(self.n)[None])]
+                for p0 in range(0, int(permutations), PERM_BATCH):
+                    nb = min(PERM_BATCH, int(permutations) - p0)
+                    perms = rng.permuted(np.tile(np.arange(self.n), (nb, 1)), axis=1)
+                    parts.append(_gram_numba.permuted_forms(U, A.indptr, A.indices, A.data, perms))
+            pc = (self.n / self.s0) * np.concatenate(parts) / m
+        out: dict[str, dict] = {"pc_I": summarise_null(pc)}
+        unit_perms = 0
+        if self.below is not None and self.F > 0:
+            unit_perms = self.below.size - 1
+            out["mean_I"] = summarise_null(self.sum_I / self.F)
+            out["frac_p05"] = summarise_null(self.below / self.F)
+            out["pi1"] = summarise_null(1.0 - np.minimum(1.0, self.above / ((1.0 - STOREY_LAMBDA) * self.F)))
+        else:
+            for s in ("mean_I", "frac_p05", "pi1"):
+                out[s] = summarise_null(nan)
+        out["_info"] = {"n_units": self.F, "n_pcs": m,
+                        "perms": {"mean_I": unit_perms, "pc_I": int(permutations) if m else 0,
+                                  "frac_p05": unit_perms, "pi1": unit_perms}}
+        return out
+
+
+class LayerTests:
+    """The layer tests of one variant (the data or a control) over every region of a feature set.
+
+    Pass :meth:`collect` as ``moran_dataset(..., on_region=...)`` for each column block; then :meth:`dataset`."""
+
+    def __init__(self, weights: Mapping[str, tuple], permutations: int, seed: int, n_pcs: int = N_PCS,
+                 num_threads: int | None = 1):
+        self.tests = {str(reg): RegionLayerTest(w) for reg, (_, w) in weights.items()}
+        self.permutations, self.seed, self.n_pcs = int(permutations), int(seed), int(n_pcs)
+        self.num_threads = num_threads
+
+    def collect(self, region: str, values: np.ndarray, res: Mapping) -> None:
+        """``moran_dataset``'s per-region callback: the region's block of values and the engine's result."""
+        moran = res["moran"]
+        self.tests[str(region)].add(values, moran["I"], res.get("replicates"))
+
+    def dataset(self, suffix: str = "") -> xr.Dataset:
+        """Dims ``region``, ``layer_stat``: ``layer_<field><suffix>`` for each of :data:`LAYER_FIELDS`,
+        ``layer_perms<suffix>`` (permutations of each statistic), ``layer_units<suffix>`` and
+        ``layer_pcs<suffix>`` per region."""
+        regions = sorted(self.tests)
+        res = {r: self.tests[r].result(self.permutations, self.seed, self.n_pcs, self.num_threads) for r in regions}
+        data = {f"layer_{f}{suffix}": (("region", "layer_stat"),
+                                       np.array([[res[r][s][f] for s in LAYER_STATS] for r in regions]))
+                for f in LAYER_FIELDS}
+        data[f"layer_perms{suffix}"] = (("region", "layer_stat"),
+                                        np.array([[res[r]["_info"]["perms"][s] for s in LAYER_STATS] for r in regions]))
+        data[f"layer_units{suffix}"] = ("region", np.array([res[r]["_info"]["n_units"] for r in regions]))
+        data[f"layer_pcs{suffix}"] = ("region", np.array([res[r]["_info"]["n_pcs"] for r in regions]))
+        return xr.Dataset(data, coords={"region": regions, "layer_stat": list(LAYER_STATS)})

@@ -1,0 +1,109 @@
+"""Layer-level permutation tests: a weak signal spread over many units is found where per-unit BH finds
+none, and on shuffled coordinates the layer p-values are uniform."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mechflow.spatial import global_autocorrelation, knn_weights
+from mechflow.spatial.fdr import fdr_bh
+from mechflow.spatial.layer_tests import LAYER_STATS, RegionLayerTest, storey_pi1, summarise_null, unit_pvalue_counts
+from mechflow.spatial.weights import project
+
+CRS = "EPSG:27700"
+
+
+def _places(n, rng):
+    return rng.uniform(-4.0, 0.5, n), rng.uniform(51.0, 55.0, n)
+
+
+def _smooth_fields(lon, lat, n_fields, rng, scale=60_000.0):
+    """``[n, n_fields]`` spatially smooth fields (Gaussian kernel sums of random bumps), unit variance."""
+    xy = project(lon, lat, CRS)
+    centres = xy[rng.choice(len(lon), 20, replace=False)]
+    d2 = ((xy[:, None, :] - centres[None]) ** 2).sum(-1)
+    f = np.exp(-d2 / scale**2) @ rng.normal(size=(20, n_fields))
+    return (f - f.mean(0)) / f.std(0)
+
+
+def _layer(values, lon, lat, unit_perms, layer_perms, seed=0):
+    w = knn_weights(lon, lat, k=8, crs=CRS, transform="r")
+    res = global_autocorrelation(values, w, permutations=unit_perms, seed=seed, geary=False, keep_replicates=True)
+    test = RegionLayerTest(w)
+    test.add(values, res["moran"]["I"], res["replicates"])
+    return test.result(layer_perms, seed, num_threads=1), res
+
+
+def test_weak_diffuse_signal_found_by_the_layer_test_not_by_units():
+    rng = np.random.default_rng(3)
+    n, F = 300, 500
+    lon, lat = _places(n, rng)
+    fields = _smooth_fields(lon, lat, 3, rng)
+    values = 0.06 * fields @ rng.normal(size=(3, F)) + rng.normal(size=(n, F))  # each unit: a small spatial part
+    out, res = _layer(values, lon, lat, 999, 999)
+    q = fdr_bh(res["moran"]["p_greater"])
+    assert np.nanmin(q) >= 0.05, "no unit may survive BH for this test to mean anything"
+    assert out["mean_I"]["obs"] == pytest.approx(np.nanmean(res["moran"]["I"]), abs=1e-12)
+    assert out["frac_p05"]["obs"] == pytest.approx(np.mean(res["moran"]["p_greater"] < 0.05))
+    assert out["pi1"]["obs"] == pytest.approx(float(storey_pi1(res["moran"]["p_greater"])))
+    for s in ("mean_I", "pc_I", "frac_p05"):
+        assert out[s]["p"] < 0.01, (s, out[s])
+        assert out[s]["excess_lo"] > 0, (s, out[s])
+    assert out["pi1"]["obs"] > out["pi1"]["null_hi"]
+    assert out["_info"]["perms"] == {"mean_I": 999, "pc_I": 999, "frac_p05": 999, "pi1": 999}
+
+
+def test_shuffled_coordinates_give_uniform_layer_p_values():
+    rng = np.random.default_rng(7)
+    n, F, reps = 60, 40, 200
+    lon, lat = _places(n, rng)
+    w = knn_weights(lon, lat, k=8, crs=CRS, transform="r")
+    fields = _smooth_fields(lon, lat, 2, rng)
+    ps = {s: [] for s in LAYER_STATS}
+    for rep in range(reps):
+        values = 0.5 * fields @ rng.normal(size=(2, F)) + rng.normal(size=(n, F))  # real spatial structure ...
+        values = values[rng.permutation(n)]  # ... on shuffled coordinates: each value moved to another place
+        res = global_autocorrelation(values, w, permutations=99, seed=rep, geary=False, keep_replicates=True)
+        test = RegionLayerTest(w)
+        test.add(values, res["moran"]["I"], res["replicates"])
+        out = test.result(99, rep, num_threads=1)
+        for s in LAYER_STATS:
+            ps[s].append(out[s]["p"])
+    for s in ("mean_I", "pc_I"):
+        assert stats.kstest(ps[s], "uniform").pvalue > 0.01, s
+    for s in ("frac_p05", "pi1"):  # counts of units: ties make the p-value conservative, never liberal
+        p = np.array(ps[s])
+        for a in (0.05, 0.1, 0.2):
+            assert (p <= a).mean() <= a + 2.5 * np.sqrt(a * (1 - a) / reps), (s, a)
+
+
+def test_blocks_add_up_and_counts_match_p_greater():
+    rng = np.random.default_rng(1)
+    n, F = 50, 30
+    lon, lat = _places(n, rng)
+    values = rng.normal(size=(n, F))
+    values[:, 3] = 1.0  # a constant unit is left out
+    w = knn_weights(lon, lat, k=8, crs=CRS, transform="r")
+    res = global_autocorrelation(values, w, permutations=49, seed=0, geary=False, keep_replicates=True)
+    whole = RegionLayerTest(w)
+    whole.add(values, res["moran"]["I"], res["replicates"])
+    parts = RegionLayerTest(w)
+    for a, b in ((0, 10), (10, 30)):
+        parts.add(values[:, a:b], res["moran"]["I"][a:b], res["replicates"][:, a:b])
+    r1, r2 = whole.result(49, 0), parts.result(49, 0)
+    assert r1["_info"]["n_units"] == F - 1
+    for s in LAYER_STATS:
+        np.testing.assert_allclose([r1[s][f] for f in r1[s]], [r2[s][f] for f in r2[s]], rtol=1e-9, atol=1e-12)
+    below, _, nv = unit_pvalue_counts(res["moran"]["I"], res["replicates"])
+    assert nv == F - 1 and below[0] == np.sum(res["moran"]["p_greater"] < 0.05)
+
+
+def test_summarise_null_fields():
+    T = np.concatenate([[5.0], np.arange(99.0) / 99.0])
+    out = summarise_null(T)
+    assert out["p"] == pytest.approx(1 / 100)
+    assert out["excess"] == pytest.approx(5.0 - T[1:].mean())
+    assert out["excess_lo"] == pytest.approx(5.0 - out["null_hi"])
+    assert np.isnan(summarise_null(np.array([1.0]))["p"])
