@@ -12,7 +12,11 @@ from snakemake.utils import min_version, validate
 
 min_version("8.20")
 
-sys.path.insert(0, workflow.basedir)  # the mechflow package of this checkout
+#: this Snakefile's folder (a checkout, or mechflow/workflow_files of an installed wheel); not workflow.basedir,
+#: which is the outer workflow's folder when another workflow uses this one as a module
+WORKFLOW_DIR = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
+if (WORKFLOW_DIR / "mechflow").is_dir():
+    sys.path.insert(0, str(WORKFLOW_DIR))  # the mechflow package of this checkout
 
 from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, workflow_study
 from mechflow.resolve import resolve
@@ -23,14 +27,14 @@ from mechflow.study import ConfigError
 # read only when no --configfile is given.
 try:
     _resolved = resolve(
-        workflow_study(config, workflow.overwrite_configfiles, Path(workflow.basedir) / DEFAULT_STUDY),
+        workflow_study(config, workflow.overwrite_configfiles, WORKFLOW_DIR / DEFAULT_STUDY),
         base_dir=Path.cwd(),
-        schema_path=Path(workflow.basedir) / SCHEMA_FILE,
+        schema_path=WORKFLOW_DIR / SCHEMA_FILE,
         data_checks=workflow.is_main_process,  # job processes re-read a study the main process checked
     )
 except ConfigError as _err:
     sys.exit(f"mechflow: {_err}")
-validate(_resolved.study, SCHEMA_FILE, set_default=False)  # snakemake's own validator on the same schema: a second, independent check
+validate(_resolved.study, str(WORKFLOW_DIR / SCHEMA_FILE), set_default=False)  # snakemake's own validator on the same schema: a second, independent check
 config.clear()
 config.update(_resolved.study)
 FACTS = _resolved.facts  # the study's models and prompt sets (mechflow.facts), read once

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from mechflow.layout import WORKFLOW_ROOT
+from mechflow.share import commands as share_commands
+
+REPO = Path(__file__).resolve().parents[1]  # a checkout (README.md); the workflow files: WORKFLOW_ROOT
 
 
 def _fmt_attr(value) -> str:
@@ -85,7 +88,8 @@ def resolved_study(path: str | None) -> str:
     from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, load_study
     from mechflow.resolve import resolve_study
 
-    study = resolve_study(load_study(path or REPO / DEFAULT_STUDY), base_dir=Path.cwd(), schema_path=REPO / SCHEMA_FILE)
+    study = resolve_study(load_study(path or WORKFLOW_ROOT / DEFAULT_STUDY), base_dir=Path.cwd(),
+                          schema_path=WORKFLOW_ROOT / SCHEMA_FILE)
     return yaml.safe_dump(study, sort_keys=True, default_flow_style=False, allow_unicode=True)
 
 
@@ -95,7 +99,7 @@ README_MARKERS = ("<!-- config-reference:start -->\n", "<!-- config-reference:en
 def config_reference_text() -> str:
     from mechflow.config import SCHEMA_FILE, config_reference, load_schema
 
-    return config_reference(load_schema(REPO / SCHEMA_FILE))
+    return config_reference(load_schema(WORKFLOW_ROOT / SCHEMA_FILE))
 
 
 def write_readme_reference(readme: Path, text: str) -> None:
@@ -129,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--configfile", default=None)
     p_run.add_argument("--cores", "-c", default="all")
     p_run.add_argument("snakemake_args", nargs=argparse.REMAINDER)
+    share_commands.add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command in share_commands.COMMANDS:
+        return share_commands.run(args)
     if args.command == "inspect":
         for i, f in enumerate(args.files):
             if i:
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "info":
         return print_info(args.configfile, versions_only=args.versions, as_json=args.json)
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "-c", str(args.cores)]
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(WORKFLOW_ROOT / "Snakefile"), "-c", str(args.cores)]
     if args.configfile:
         cmd += ["--configfile", args.configfile]
     extra = [a for a in args.snakemake_args if a != "--"]

@@ -25,7 +25,7 @@ from safetensors.numpy import load_file
 
 from mechflow.contracts import RESULT_PATHS
 
-__all__ = ["VOLATILE_ATTRS", "SKIPPED_DIRS", "FileComparison", "compare_files", "compare_roots", "main"]
+__all__ = ["VOLATILE_ATTRS", "SKIPPED_DIRS", "FileComparison", "compare_files", "compare_roots", "is_result", "main"]
 
 #: attrs that record when, by which code or with which settings digest a file was made (not what it holds)
 VOLATILE_ATTRS = frozenset({"created", "config_digest", "mechflow_version", "code", "prompts_config_digest",
@@ -50,7 +50,7 @@ def compare_roots(a: str | Path, b: str | Path) -> list[FileComparison]:
     """Every result file under ``a`` or ``b`` (paths relative to the roots), compared."""
     a, b = Path(a), Path(b)
     files = sorted({p.relative_to(root).as_posix() for root in (a, b) for p in root.rglob("*")
-                    if p.is_file() and _is_result(p.relative_to(root).as_posix())})
+                    if p.is_file() and is_result(p.relative_to(root).as_posix())})
     out = []
     for rel in files:
         if not (a / rel).exists() or not (b / rel).exists():
@@ -75,7 +75,8 @@ def compare_files(a: Path, b: Path) -> str | None:
     return None if a.read_bytes() == b.read_bytes() else "bytes differ"
 
 
-def _is_result(rel: str) -> bool:
+def is_result(rel: str) -> bool:
+    """Whether a path relative to a results root is a result (not a log, timing, checkpoint or the rendered report)."""
     return not any(rel == d or rel.startswith(d + "/") for d in SKIPPED_DIRS) and not rel.endswith((".html", ".log"))
 
 

@@ -19,13 +19,15 @@ from typing import Any
 
 import yaml
 
+from mechflow.layout import WORKFLOW_ROOT
+
 #: the generated entries of config.schema.yaml: key path -> "module:function" returning the schema
 GENERATED_ENTRIES: dict[tuple[str, ...], str] = {
     ("properties", "sae", "properties", "runs", "additionalProperties"): "mechflow.sae.config:run_schema",
     ("properties", "snmf", "properties", "runs", "additionalProperties"): "mechflow.snmf.config:run_schema",
 }
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config.schema.yaml"
+SCHEMA_PATH = WORKFLOW_ROOT / "config.schema.yaml"
 
 
 def generated_entries() -> dict[tuple[str, ...], dict[str, Any]]:

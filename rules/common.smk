@@ -66,7 +66,7 @@ _CODE = {}
 def code(script):
     """Digest of the mechflow code a rule script runs (its imports, followed through the package)."""
     if script not in _CODE:
-        _CODE[script] = script_code_digest(Path(workflow.basedir) / "scripts" / f"{script}.py")
+        _CODE[script] = script_code_digest(WORKFLOW_DIR / "scripts" / f"{script}.py")
     return _CODE[script]
 
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechflow.layout import WORKFLOW_ROOT
+
 __all__ = ["REPO", "Job", "PlanError", "dry_run_command", "parse_dry_run", "parse_job_stats", "run_dry_run"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = WORKFLOW_ROOT  # the Snakefile's folder: a checkout, or an installed wheel's copy (mechflow.layout)
 
 
 class PlanError(RuntimeError):
