@@ -1,8 +1,10 @@
-"""Basemap-free point maps of a region: places, the KNN weights graph, activations and LISA clusters.
+"""Point maps of a region over a basemap: places, the KNN weights graph, activations and LISA clusters.
 
 Maps are drawn in the region's projected CRS (metres) with the KNN weights the study used
 (:func:`mechflow.spatial.knn_weights`); where no CRS is known, in lon/lat scaled by cos(latitude)
-(equal aspect, also metres). The region outline is the convex hull of its places.
+(equal aspect, also metres: the equirectangular projection at the region's mean latitude). Under the places:
+coastlines, country borders and admin-1 boundaries where a shipped source has them
+(:func:`mechflow.spatial.basemap.basemap_layers`), projected into that CRS and clipped to the map.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
-from matplotlib.patches import Polygon
 
 from mechflow.contracts import EARTH_RADIUS_M
 from mechflow.report.plotting import DIVERGING, LISA_CODES, LISA_COLORS, map_grid, new_figure, to_png
+from mechflow.spatial.basemap import basemap_layers
 
 
 @dataclass
@@ -25,17 +27,20 @@ class RegionGeometry:
     """Projected places of one region and their KNN graph.
 
     index: positions of the region's prompts in the dataset ``[n]``; xy: ``[n, 2]`` metres;
-    neighbors: ``[n, k]`` indices into the region's places; hull: outline polygon ``[h, 2]`` metres.
+    neighbors: ``[n, k]`` indices into the region's places; bounds: (xmin, xmax, ymin, ymax) of the places padded by
+    3% of the larger side, metres; basemap: {layer: polylines [m, 2] metres} of
+    :func:`mechflow.spatial.basemap.basemap_layers` (coastline, border, admin1) around the places.
     """
 
     region: str
     index: np.ndarray
     xy: np.ndarray
     neighbors: np.ndarray
-    hull: np.ndarray
+    bounds: tuple[float, float, float, float]
     crs: str | None
     k: int
     n_duplicates: int
+    basemap: dict[str, list[np.ndarray]]
 
     @property
     def n(self) -> int:
@@ -43,9 +48,8 @@ class RegionGeometry:
 
     @property
     def extent(self) -> tuple[float, float, float, float]:
-        """(xmin, xmax, ymin, ymax) of the outline, metres."""
-        return (float(self.hull[:, 0].min()), float(self.hull[:, 0].max()),
-                float(self.hull[:, 1].min()), float(self.hull[:, 1].max()))
+        """(xmin, xmax, ymin, ymax) of the map, metres."""
+        return self.bounds
 
     @property
     def aspect(self) -> float:
@@ -73,34 +77,51 @@ def region_geometry(lon, lat, index, region: str, crs: str | None, k: int = 8) -
             dup = int(w.n_duplicates)
         except ValueError:
             xy, crs = None, None
+    map_crs = crs
     if xy is None:  # equirectangular, equal aspect at the region's mean latitude
         lat0 = np.radians(np.nanmean(lat))
         xy = np.column_stack([np.radians(lon) * np.cos(lat0), np.radians(lat)]) * EARTH_RADIUS_M
         nb = knn_indices(xy, k_eff)
         dup = count_duplicates(xy)
-    return RegionGeometry(region, np.asarray(index), xy, nb, convex_outline(xy), crs, k_eff, dup)
+        map_crs = f"+proj=eqc +lat_ts={np.degrees(lat0):.10f} +lon_0=0 +R={EARTH_RADIUS_M} +units=m +no_defs"
+    bounds = padded_bounds(xy)
+    x0, x1, y0, y1 = bounds
+    return RegionGeometry(region, np.asarray(index), xy, nb, bounds, crs, k_eff, dup,
+                          basemap_layers(map_crs, (x0, y0, x1, y1), margin=BASEMAP_MARGIN))
 
 
-def convex_outline(xy: np.ndarray, pad: float = 0.03) -> np.ndarray:
-    """Convex hull of the points ``[h, 2]``, pushed out from its centroid by ``pad`` of its size."""
-    from scipy.spatial import ConvexHull, QhullError
+#: how far beyond the map's extent the basemap lines run (fraction of its larger side; the axes add 4%)
+BASEMAP_MARGIN = 0.06
+#: basemap layer -> line style, drawn under everything else
+BASEMAP_STYLE: dict[str, dict] = {
+    "coastline": {"colors": "#5f6b7a", "linewidths": 0.7, "linestyles": "solid", "zorder": 0.3},
+    "border": {"colors": "#7a8494", "linewidths": 0.7, "linestyles": (0, (4, 2)), "zorder": 0.2},
+    "admin1": {"colors": "#a3acb9", "linewidths": 0.5, "linestyles": (0, (1.5, 1.5)), "zorder": 0.1},
+}
 
-    pts = np.unique(np.asarray(xy, dtype=np.float64), axis=0)
-    try:
-        hull = pts[ConvexHull(pts).vertices]
-    except (QhullError, ValueError):  # fewer than 3 distinct or collinear points: the bounding box
-        (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
-        hull = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-    c = hull.mean(0)
-    size = max(np.ptp(hull[:, 0]), np.ptp(hull[:, 1]), 1.0)
-    d = hull - c
-    norm = np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
-    return hull + d / norm * pad * size
+
+def padded_bounds(xy: np.ndarray, pad: float = 0.03) -> tuple[float, float, float, float]:
+    """(xmin, xmax, ymin, ymax) of the points ``xy`` [n, 2], widened by ``pad`` of the larger side (at least 1 m)."""
+    pts = np.asarray(xy, dtype=np.float64)
+    (x0, y0), (x1, y1) = np.nanmin(pts, 0), np.nanmax(pts, 0)
+    d = pad * max(x1 - x0, y1 - y0, 1.0)
+    return float(x0 - d), float(x1 + d), float(y0 - d), float(y1 + d)
+
+
+def draw_basemap(ax, geom: RegionGeometry) -> dict[str, int]:
+    """The region's basemap lines (coastline, border, admin1) under the places; lines drawn per layer."""
+    drawn = {}
+    for layer, style in BASEMAP_STYLE.items():
+        lines = geom.basemap.get(layer, [])
+        if lines:
+            ax.add_collection(LineCollection(lines, label=layer, gid=f"basemap-{layer}", **style))
+        drawn[layer] = len(lines)
+    return drawn
 
 
 # ---- drawing on one axes -------------------------------------------------------------------
 def _frame(ax, geom: RegionGeometry, scale: bool = True) -> None:
-    ax.add_patch(Polygon(geom.hull, closed=True, facecolor="#f3f5f9", edgecolor="#aab4c3", lw=0.9, zorder=0))
+    draw_basemap(ax, geom)
     x0, x1, y0, y1 = geom.extent
     px, py = 0.04 * (x1 - x0 + 1), 0.04 * (y1 - y0 + 1)
     ax.set_xlim(x0 - px, x1 + px)

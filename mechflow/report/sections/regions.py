@@ -86,9 +86,10 @@ def build(ctx: Context, page: Page, sec: Section) -> None:
     if not datasets:
         sec.add(note("No prompt set is available, so there is nothing to map."))
         return
-    sec.add(tag("p", "Maps are drawn without a basemap in each region's projected CRS (metres); the grey outline is "
-                     "the convex hull of the places. Activation maps colour each place by the feature's value as a "
-                     "z-score within the region (red above the regional mean, blue below): the deviations Moran's I "
+    sec.add(tag("p", "Maps are drawn in each region's projected CRS (metres) over coastlines (solid), country borders "
+                     "(dashed; Natural Earth 1:10m) and, in the US, state lines (dotted; US Census 1:500k). "
+                     "Activation maps colour each place by the feature's value as a z-score within the region (red "
+                     "above the regional mean, blue below): the deviations Moran's I "
                      "correlates between neighbours. LISA cluster maps show where local Moran's I is significant "
                      f"({LISA_RULE}: Benjamini-Hochberg over the places of the region, per feature, of the "
                      "two-sided conditional-permutation p-value): hot spots (High-High), cold spots (Low-Low) "
