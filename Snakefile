@@ -65,6 +65,7 @@ include: "rules/probes.smk"
 include: "rules/lens.smk"
 include: "rules/steer.smk"
 include: "rules/select.smk"
+include: "rules/explorer.smk"
 include: "rules/report.smk"
 
 

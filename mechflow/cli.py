@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mechflow import explore
 from mechflow.layout import WORKFLOW_ROOT
 from mechflow.share import commands as share_commands
 
@@ -134,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--cores", "-c", default="all")
     p_run.add_argument("snakemake_args", nargs=argparse.REMAINDER)
     share_commands.add_parsers(sub)
+    explore.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "explore":
+        return explore.run(args)
     if args.command in share_commands.COMMANDS:
         return share_commands.run(args)
     if args.command == "inspect":

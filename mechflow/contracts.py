@@ -40,6 +40,7 @@ RESULT_PATHS: dict[str, str] = {
     "steering": "steering/{dataset}/{model}/{name}.nc",
     "selection": "selection/{name}/ranking.nc",
     "selection_csv": "selection/{name}/ranking.csv",
+    "explorer": "explorer/{dataset}/{model}/{hook}/layer{layer}/{source}",
     "report": "report/index.html",
     "report_figures": "report/figures",
     "report_table": "report/significance.md",
@@ -56,7 +57,7 @@ PRODUCERS: dict[str, str] = {
     "probes": "probes", "report": "report",
     "lens_prompts": "lens_prompts", "tuned_lens": "tuned_lens", "tuned_lens_training": "tuned_lens",
     "latent_language": "latent_language", "consistency": "consistency", "steering": "steer",
-    "selection": "select", "selection_csv": "select",
+    "selection": "select", "selection_csv": "select", "explorer": "explorer",
 }
 
 #: files of one SAE run directory (``sae_dir``)

@@ -7,6 +7,7 @@ from mechflow.contracts import SAE_FILES, result_path
 from mechflow.models import model_input_files
 from mechflow.steps import corpus as corpus_step
 from mechflow.steps import data as data_step
+from mechflow.steps import explorer as explorer_step
 from mechflow.steps import extract as extract_step
 from mechflow.steps import lens as lens_step
 from mechflow.steps import probes as probes_step
@@ -54,6 +55,7 @@ SNMF_FILE = path("snmf")
 MORAN = path("moran")
 LISA = path("lisa")
 PROBE_FILE = path("probes")
+EXPLORER = path("explorer")
 REPORT_HTML = path("report")
 REPORT_FIGURES = path("report_figures")
 REPORT_TABLE = path("report_table")

@@ -17,16 +17,16 @@ from typing import Any
 from mechflow.contracts import SAE_FILES
 from mechflow.devices import cuda_device_count
 from mechflow.facts import StudyFacts
-from mechflow.steps import corpus, data, extract, lens, probes, sae, selection, snmf, spatial, steering
+from mechflow.steps import corpus, data, explorer, extract, lens, probes, sae, selection, snmf, spatial, steering
 from mechflow.study import ConfigError, corpora, prompt_sets
 
 __all__ = ["STEPS", "check_study", "manifest", "outputs_of", "report_inputs", "summary"]
 
 #: every step with checks, in the order they run (each module has ``check(study, facts, base_dir)``)
-STEPS = (extract, spatial, probes, sae, snmf, lens, selection, steering, data, corpus)
+STEPS = (extract, spatial, probes, sae, snmf, lens, selection, steering, data, corpus, explorer)
 #: the steps whose jobs make up the manifest, by manifest key (``activations``: pooled extraction)
 MANIFEST = {"prompts": data, "corpus": corpus, "activations": extract, "sae": sae, "snmf": snmf, "spatial": spatial, "probes": probes,
-            "lens": lens, "steering": steering, "selection": selection}
+            "lens": lens, "steering": steering, "selection": selection, "explorer": explorer}
 #: sections whose ``datasets`` / ``models`` restrict the pairs they run on
 RESTRICTED = ("spatial", "probes", "sae", "snmf")
 
@@ -52,6 +52,8 @@ def outputs_of(key: str, entry: dict[str, Any]) -> list[str]:
         return [f for f in (entry["moran"], entry["lisa"]) if f]
     if key == "selection":
         return [entry["path"], entry["csv"]]
+    if key == "explorer":
+        return [entry["dir"]]
     return [entry["path"]]
 
 
@@ -73,6 +75,7 @@ def summary(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> str
                  lens_prompts=len(lens.lens_sets(study)) if jobs["lens"] else 0)
     steps["steer"] = len(jobs["steering"])
     steps["select"] = len(jobs["selection"])
+    steps["explorer"] = len(jobs["explorer"])
     steps["report"] = int(study["report"]["enabled"])
     steps = {k: v for k, v in steps.items() if v}
     return (
