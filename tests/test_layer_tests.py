@@ -107,3 +107,28 @@ def test_summarise_null_fields():
     assert out["excess"] == pytest.approx(5.0 - T[1:].mean())
     assert out["excess_lo"] == pytest.approx(5.0 - out["null_hi"])
     assert np.isnan(summarise_null(np.array([1.0]))["p"])
+
+
+def test_spatial_analysis_writes_layer_tests_for_the_data_and_each_control():
+    import xarray as xr
+
+    from mechflow.spatial.analysis import spatial_analysis
+
+    rng = np.random.default_rng(5)
+    n = 80
+    lon, lat = _places(n, rng)
+    values = 0.3 * _smooth_fields(lon, lat, 2, rng) @ rng.normal(size=(2, 30)) + rng.normal(size=(n, 30))
+    da = xr.DataArray(values, dims=("prompt", "unit"), coords={
+        "longitude": ("prompt", lon), "latitude": ("prompt", lat), "region": ("prompt", np.array(["GB"] * n)),
+        "admin1_code": ("prompt", np.where(lon < -1.75, "A", "B")), "n_tokens": ("prompt", rng.integers(3, 6, n))})
+    params = {"k": 8, "transform": "r", "permutations": 99, "layer_permutations": 199, "seed": 0, "lisa_top_n": 0,
+              "crs": {"GB": CRS}}
+    moran, _ = spatial_analysis(da, params)
+    for suffix in ("", "_shuffled", "_resid"):
+        for field in ("obs", "p", "excess", "excess_lo", "excess_hi", "null_mean", "null_lo", "null_hi", "perms"):
+            assert moran[f"layer_{field}{suffix}"].dims == ("region", "layer_stat")
+    lt = moran.sel(region="GB")
+    assert float(lt["layer_obs"].sel(layer_stat="mean_I")) == pytest.approx(float(np.nanmean(lt["I"])), abs=1e-12)
+    assert lt["layer_perms"].sel(layer_stat="pc_I") == 199 and lt["layer_perms"].sel(layer_stat="mean_I") == 99
+    assert float(lt["layer_p"].sel(layer_stat="pc_I")) == pytest.approx(1 / 200)
+    assert moran.attrs["layer_permutations"] == 199 and "layer_p" in moran.attrs

@@ -16,6 +16,7 @@ batches the whole set would use, so the result is bit for bit the unblocked one 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,6 +26,7 @@ from mechflow.data.regions import region_crs
 from mechflow.memory import rss_bytes
 from mechflow.spatial.datasets import MORAN_Q, MORAN_VARS, lisa_dataset, moran_dataset, region_weights, top_features
 from mechflow.spatial.fdr import fdr_bh
+from mechflow.spatial.layer_tests import LAYER_ATTRS, SUM_CHUNK, LayerTests
 from mechflow.spatial.residualise import RESIDUAL_CHUNK, TEMPLATE_COVARIATES, residualise_within_regions
 
 #: variables each control keeps, under ``<var>_<suffix>`` (the same test as the real data)
@@ -96,8 +98,10 @@ def _as_source(values) -> FeatureSource:
 
 
 #: column blocks start at multiples of this (the residualisation's BLAS chunk, itself a multiple of the
-#: permutation engine's 64-column tile), so every column meets the same arithmetic blocked or not
+#: permutation engine's 64-column tile, and the layer tests' summing chunk), so every column meets the same
+#: arithmetic blocked or not
 BLOCK_ALIGN = RESIDUAL_CHUNK
+assert BLOCK_ALIGN % SUM_CHUNK == 0
 
 #: working memory per value (prompt x feature) of a column block: the block as read, its float64 copy,
 #: each region's statistics temporaries, the residualised copy (measured: 37 bytes at 2,048 columns,
@@ -168,8 +172,8 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
 
     ``values``: a feature set [prompt, <feature-dim>] (a DataArray, in memory or lazily opened, or a
     :class:`FeatureSource` such as :class:`mechflow.io.FeatureColumns`). ``params``: k, transform,
-    permutations, seed, crs (overrides), lisa_top_n, shuffled_control, residualise. Returns (moran,
-    lisa); lisa is None when ``lisa_top_n`` is 0. Each control is :func:`moran_dataset` run again with
+    permutations, seed, crs (overrides), lisa_top_n, shuffled_control, residualise, layer_permutations.
+    Returns (moran, lisa); lisa is None when ``lisa_top_n`` is 0. Each control is :func:`moran_dataset` run again with
     the same permutation test (same ``permutations``, same permutation ``seed``), so the fractions of
     features with ``q_greater < 0.05`` compare like with like; ``moran`` keeps :data:`CONTROL_VARS` of
     each under a suffix (:data:`CONTROLS`):
@@ -183,6 +187,11 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
     :data:`BLOCK_ALIGN`) or as many as fit in ``memory_mb`` (:func:`columns_per_block`); neither set:
     one block. Only the outputs ([region, feature], and LISA's [region, prompt, top features]) grow
     with the whole set. The result does not depend on the blocks, bit for bit.
+
+    Layer tests (:mod:`mechflow.spatial.layer_tests`): the data and each control also get the layer-level
+    statistics of the whole feature set per region (dims ``region``, ``layer_stat``: ``layer_obs``,
+    ``layer_p``, ... with the control's suffix), from the same replicates as the per-unit test (their
+    I kept per block) and ``layer_permutations`` (default 999) for the principal components' statistic.
     """
     source = _as_source(values)
     sink = _as_source(with_sink) if with_sink is not None else None
@@ -211,25 +220,36 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
     if shuffled:
         slon, slat = shuffle_within_regions(lon, lat, region, seed + 1)
         sweights = region_weights(slon, slat, region, crs, k=k, transform=transform)
+    layer_perms = int(params.get("layer_permutations", 999))
+    layer = {suffix: LayerTests(sweights if suffix == "_shuffled" else weights, layer_perms, seed,
+                                num_threads=int(num_threads or 1))
+             for suffix, on in (("", True), ("_shuffled", shuffled), ("_resid", resid), ("_with_sink", sink is not None))
+             if on}
     parts, residualised_on = [], None
     for a, b in blocks:
         block = source.columns(slice(a, b))
-        part = moran_dataset(block, lon, lat, region, crs, weights=weights, **glob)
+        part = moran_dataset(block, lon, lat, region, crs, weights=weights, on_region=partial(layer[""].collect, offset=a), **glob)
         if shuffled:
-            _add_control(part, moran_dataset(block, slon, slat, region, crs, weights=sweights, **glob), "shuffled")
+            _add_control(part, moran_dataset(block, slon, slat, region, crs, weights=sweights,
+                                             on_region=partial(layer["_shuffled"].collect, offset=a), **glob), "shuffled")
         if resid:
             residuals = residualise_within_regions(block)
             residualised_on = residuals.attrs["residualised_on"]
-            _add_control(part, moran_dataset(residuals, lon, lat, region, crs, weights=weights, **glob), "resid")
+            _add_control(part, moran_dataset(residuals, lon, lat, region, crs, weights=weights,
+                                             on_region=partial(layer["_resid"].collect, offset=a), **glob), "resid")
             del residuals
         del block
         if sink is not None:
             sink_block = sink.columns(slice(a, b))
-            _add_control(part, moran_dataset(sink_block, lon, lat, region, crs, weights=weights, **glob), "with_sink")
+            _add_control(part, moran_dataset(sink_block, lon, lat, region, crs, weights=weights,
+                                             on_region=partial(layer["_with_sink"].collect, offset=a), **glob), "with_sink")
             del sink_block
         parts.append(part)
     moran = _join_blocks(parts, fdim)
     del parts
+    for suffix, tests in layer.items():
+        moran = moran.merge(tests.dataset(suffix), combine_attrs="override")
+    moran.attrs.update(LAYER_ATTRS, layer_permutations=layer_perms)
     if residualised_on is not None:
         moran.attrs["residualised_on"] = residualised_on
     lisa = None

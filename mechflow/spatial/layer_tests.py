@@ -11,10 +11,11 @@ Statistics (:data:`LAYER_STATS`):
 - ``mean_I``: mean Moran's I over the units (constant units left out);
 - ``pc_I``: mean Moran's I of the leading :data:`N_PCS` principal components of the standardised units
   (eigenvectors of ``K = sum_f z_f z_f'``, ``z_f`` a unit's centred values scaled to unit norm, summed
-  over column blocks). A row permutation permutes the components, so their null is the kernel of
-  :mod:`mechflow.spatial._gram_numba` on the permuted components: ``nnz(W) * N_PCS`` multiply-adds per
-  permutation, cheap enough for ``spatial.layer_permutations`` of them (e.g. 9,999). Multivariate: a
-  direction shared by many units concentrates in the leading components;
+  over column blocks; NaN for regions of more than :data:`MAX_GRAM_N` places). A row permutation
+  permutes the components, so their null is the kernel of :mod:`mechflow.spatial._gram_numba` on the
+  permuted components: ``nnz(W) * N_PCS`` multiply-adds per permutation, ``spatial.layer_permutations``
+  of them (measured on 1,000 places: ~0.07 s per 1,000 permutations). Multivariate: a direction shared
+  by many units concentrates in the leading components;
 - ``frac_p05``: the fraction of units whose one-sided permutation p (``p_greater``) is below
   :data:`UNIT_ALPHA`;
 - ``pi1``: Storey's estimate of the share of non-null units, ``1 - min(1, #{p > lambda} / ((1 - lambda)
@@ -39,6 +40,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse.linalg
 import xarray as xr
 from libpysal.weights import W
 from scipy.stats import rankdata
@@ -55,6 +57,10 @@ N_PCS = 10  # leading principal components of the pc_I statistic
 UNIT_ALPHA = 0.05  # unit p-value threshold of frac_p05
 STOREY_LAMBDA = 0.5  # Storey's lambda of pi1
 PERM_BATCH = 256  # permutations drawn and gathered per kernel call
+#: regions with more places than this get no pc_I: its Gram matrix K [n, n] (float64) would pass 200 MB
+MAX_GRAM_N = 5000
+#: columns per partial sum (the spatial step's block alignment), so a layer's sums do not depend on its blocks
+SUM_CHUNK = 256
 
 LAYER_ATTRS = {
     "layer_stat": "layer-level statistics under joint permutations of the places (all units together): mean_I = mean "
@@ -124,22 +130,34 @@ class RegionLayerTest:
         self.A = weights_csr(w)
         self.n = self.A.shape[0]
         self.s0 = float(self.A.sum())
-        self.K = np.zeros((self.n, self.n))
+        self.K = np.zeros((self.n, self.n)) if self.n <= MAX_GRAM_N else None
         self.F = 0
         self.below: np.ndarray | None = None
         self.above: np.ndarray | None = None
         self.sum_I: np.ndarray | None = None
 
-    def add(self, values: np.ndarray, obs_I: np.ndarray | None = None, sim_I: np.ndarray | None = None) -> None:
+    def add(self, values: np.ndarray, obs_I: np.ndarray | None = None, sim_I: np.ndarray | None = None,
+            offset: int = 0) -> None:
         """One column block: ``values [n, Fb]`` and, from the per-unit test on it, ``obs_I [Fb]`` and its
-        replicates ``sim_I [P, Fb]`` (None: no per-unit permutations; frac_p05 and pi1 then have no null)."""
+        replicates ``sim_I [P, Fb]`` (None: no per-unit statistics). ``offset``: the block's first column in
+        the whole set. Sums go by :data:`SUM_CHUNK`-column chunks of the whole set, added in order, so blocks
+        that start at multiples of it give the unblocked result bit for bit."""
         values = np.asarray(values, dtype=np.float64)
+        Fb = values.shape[1]
+        cuts = sorted({0, Fb, *(c - offset for c in range(-(-offset // SUM_CHUNK) * SUM_CHUNK, offset + Fb, SUM_CHUNK)
+                                if 0 < c - offset < Fb)})
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            self._add_chunk(values[:, a:b], None if obs_I is None else np.asarray(obs_I[a:b], dtype=np.float64),
+                            None if obs_I is None or sim_I is None else np.asarray(sim_I[:, a:b], dtype=np.float64))
+
+    def _add_chunk(self, values: np.ndarray, obs_I: np.ndarray | None, sim_I: np.ndarray | None) -> None:
         zs, keep = _standardise(values)
-        self.K += zs @ zs.T
+        if self.K is not None:
+            self.K += zs @ zs.T
         self.F += int(keep.sum())
         if obs_I is None:
             return
-        sim_I = np.zeros((0, obs_I.size)) if sim_I is None else np.asarray(sim_I, dtype=np.float64)
+        sim_I = np.zeros((0, obs_I.size)) if sim_I is None else sim_I
         below, above, _ = unit_pvalue_counts(obs_I, sim_I)
         valid = np.isfinite(obs_I)
         sum_I = np.concatenate([[obs_I[valid].sum()], sim_I[:, valid].sum(1)])
@@ -153,9 +171,12 @@ class RegionLayerTest:
     def components(self, n_pcs: int = N_PCS) -> np.ndarray:
         """The leading ``m <= n_pcs`` eigenvectors of K with a non-negligible eigenvalue, ``[n, m]`` (unit norm)."""
         m0 = max(0, min(n_pcs, self.n - 1))
-        if m0 == 0 or self.F == 0:
+        if m0 == 0 or self.F == 0 or self.K is None:
             return np.zeros((self.n, 0))
-        vals, vecs = scipy.linalg.eigh(self.K, subset_by_index=[self.n - m0, self.n - 1])
+        if self.n > 4 * m0:  # Lanczos from a fixed start: a few products with K instead of a full eigh
+            vals, vecs = scipy.sparse.linalg.eigsh(self.K, k=m0, which="LA", v0=np.cos(np.arange(self.n) + 0.5))  # not constant: K 1 = 0
+        else:
+            vals, vecs = scipy.linalg.eigh(self.K, subset_by_index=[self.n - m0, self.n - 1])
         return vecs[:, vals > 1e-10 * max(float(vals.max()), 1e-300)]
 
     def result(self, permutations: int, seed: int, n_pcs: int = N_PCS, num_threads: int | None = 1) -> dict[str, dict]:
@@ -205,10 +226,11 @@ class LayerTests:
         self.permutations, self.seed, self.n_pcs = int(permutations), int(seed), int(n_pcs)
         self.num_threads = num_threads
 
-    def collect(self, region: str, values: np.ndarray, res: Mapping) -> None:
-        """``moran_dataset``'s per-region callback: the region's block of values and the engine's result."""
+    def collect(self, region: str, values: np.ndarray, res: Mapping, offset: int = 0) -> None:
+        """``moran_dataset``'s per-region callback: the region's block of values (its first column ``offset`` in
+        the whole set; bind it with ``functools.partial``) and the engine's result."""
         moran = res["moran"]
-        self.tests[str(region)].add(values, moran["I"], res.get("replicates"))
+        self.tests[str(region)].add(values, moran["I"], res.get("replicates"), offset=offset)
 
     def dataset(self, suffix: str = "") -> xr.Dataset:
         """Dims ``region``, ``layer_stat``: ``layer_<field><suffix>`` for each of :data:`LAYER_FIELDS`,

@@ -19,7 +19,8 @@ from mechflow.study import canonical, settings, study_crs, study_pairs
 __all__ = ["jobs", "input_path", "params", "sink_control", "check"]
 
 #: the settings of ``spatial:`` that define its results
-SETTINGS = ("k", "transform", "permutations", "seed", "lisa_top_n", "shuffled_control", "residualise")
+SETTINGS = ("k", "transform", "permutations", "layer_permutations", "seed", "lisa_top_n", "shuffled_control",
+            "residualise")
 
 
 def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
