@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -233,7 +234,8 @@ def build_explorer(out: str | Path, source: str, features: str | Path, layer: in
     ``features``: the set's file (activations / features.nc / semi-NMF file); ``inputs``: the token file of the
     prompts at the set's hook, the spatial step's Moran (and LISA) files, steering files of the model;
     ``model_params``: the model's settings when it is a causal LM (promoted / suppressed tokens), else None;
-    ``labels``: dataset, model, hook for the title. The folder is written next to ``out`` and renamed into place.
+    ``labels``: dataset, model, hook for the title; ``crs``: region -> CRS over the Moran file's ``crs`` attr.
+    The folder is written next to ``out`` and renamed into place.
     Returns sizes (bytes), file count and seconds.
     """
     t0 = time.perf_counter()
@@ -242,7 +244,10 @@ def build_explorer(out: str | Path, source: str, features: str | Path, layer: in
     kind, _, run = source.partition("-")
     fs = load_set(source, features, layer, sae_dir)
     n = fs.n_features
-    moran_cols = moran_columns(load_dataset(inputs.moran), n)
+    moran = load_dataset(inputs.moran)
+    moran_cols = moran_columns(moran, n)
+    # the CRS each region was tested in (the spatial step's attrs: presets included), the study's map over it
+    crs = {**json.loads(moran.attrs.get("crs") or "{}"), **crs}
     lisa_counts, lisa = lisa_classes(load_dataset(inputs.lisa) if inputs.lisa else None, n)
     table = token_table(inputs.tokens, layer, fs, fs.values.shape[0])
     near = None

@@ -19,7 +19,7 @@ from mechflow.io import atomic_path, atomic_write_text
 from mechflow.report.html import Page, Section, esc, note, table, tag
 from mechflow.report.loaders import Study
 from mechflow.report.plotting import style
-from mechflow.report.sections import autocorrelation, evidence, lens, probing, regions, sae, snmf, steering, summary
+from mechflow.report.sections import autocorrelation, evidence, explorer, lens, probing, regions, sae, snmf, steering, summary
 from mechflow.report.sections.context import Context
 
 __all__ = ["build_report", "esc", "SECTIONS"]
@@ -37,6 +37,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[Context, Page, Section], None]], ...] 
     ("snmf", "Semi-NMF factors", snmf.build),
     ("lens", "Reading the layers", lens.build),
     ("steering", "Steering", steering.build),
+    ("explorer", "Feature explorers", explorer.build),
 )
 
 

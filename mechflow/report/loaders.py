@@ -22,7 +22,8 @@ from mechflow.io import load_dataset, open_dataset
 FEATURE_DIMS = ("unit", "feature", "factor")
 KIND_LABEL = {"units": "units", "sae": "SAE", "snmf": "semi-NMF"}
 FEATURE_LABEL = {"unit": "unit", "feature": "feature", "factor": "factor"}
-SECTIONS = ("prompts", "corpus", "activations", "spatial", "probes", "sae", "snmf", "lens", "steering", "selection", "benchmarks")
+SECTIONS = ("prompts", "corpus", "activations", "spatial", "probes", "sae", "snmf", "lens", "steering", "selection", "explorer",
+            "benchmarks")
 
 
 def feature_dim(ds: xr.Dataset | xr.DataArray) -> str:
