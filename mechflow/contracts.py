@@ -27,7 +27,9 @@ RESULT_PATHS: dict[str, str] = {
     "sae_dir": "sae/{dataset}/{model}/{hook}/layer{layer}/{run}",
     "sae_checkpoints": "checkpoints/sae/{dataset}/{model}/{hook}/layer{layer}/{run}",
     "sae_splice": "sae/{dataset}/{model}/{hook}/layer{layer}/{run}/splice.nc",
-    "sae_corpus_splice": "sae/{dataset}/{model}/{hook}/layer{layer}/{run}/corpus_splice.nc",
+    "sae_corpus_dir": "sae-corpus/{dataset}/{model}/{hook}/layer{layer}/{run}",
+    "sae_corpus_checkpoints": "checkpoints/sae-corpus/{dataset}/{model}/{hook}/layer{layer}/{run}",
+    "sae_corpus_splice": "sae-corpus/{dataset}/{model}/{hook}/layer{layer}/{run}/corpus_splice.nc",
     "snmf": "snmf/{dataset}/{model}/{hook}/layer{layer}/{run}.nc",
     "moran": "spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/moran.nc",
     "lisa": "spatial/{dataset}/{model}/{hook}/layer{layer}/{source}/lisa.nc",
@@ -53,7 +55,7 @@ PRODUCERS: dict[str, str] = {
     "prompts": "prompts", "corpus_windows": "corpus", "corpus_shard": "corpus_activations",
     "activations": "extract", "tokens": "extract_tokens", "shard": "extract_shard",
     "sae_dir": "sae", "sae_splice": "sae_splice",
-    "sae_corpus_splice": "sae_corpus_splice", "snmf": "snmf", "moran": "spatial", "lisa": "spatial",
+    "sae_corpus_dir": "sae_corpus", "sae_corpus_splice": "sae_corpus_splice", "snmf": "snmf", "moran": "spatial", "lisa": "spatial",
     "probes": "probes", "report": "report",
     "lens_prompts": "lens_prompts", "tuned_lens": "tuned_lens", "tuned_lens_training": "tuned_lens",
     "latent_language": "latent_language", "consistency": "consistency", "steering": "steer",
@@ -62,6 +64,9 @@ PRODUCERS: dict[str, str] = {
 
 #: files of one SAE run directory (``sae_dir``)
 SAE_FILES: tuple[str, ...] = ("sae_weights.safetensors", "cfg.json", "features.nc", "training.nc")
+#: files of one SAE trained on a text corpus (``sae_corpus_dir``, ``{dataset}`` the corpus): the SAE of every
+#: prompt set's run directory at ``sae.level: corpus`` is a copy of these, with the prompts' ``features.nc``
+SAE_CORPUS_FILES: tuple[str, ...] = ("sae_weights.safetensors", "cfg.json", "training.nc")
 
 #: per-prompt coordinates carried from the prompt set into every [prompt, ...] file (where present):
 #: admin1_code (GeoNames prompt sets) and n_tokens (tokens after truncation, added by extraction)

@@ -3,7 +3,7 @@
 # rules/<step>.smk only bind those to paths. One manifest (JOBS) lists every analysis job of the study; the final
 # targets, the report's inputs and the start-of-run summary all derive from it.
 
-from mechflow.contracts import SAE_FILES, result_path
+from mechflow.contracts import SAE_CORPUS_FILES, SAE_FILES, result_path
 from mechflow.models import model_input_files
 from mechflow.steps import corpus as corpus_step
 from mechflow.steps import data as data_step
@@ -50,6 +50,8 @@ SHARD = path("shard")
 SAE_DIR = path("sae_dir")
 SAE_CHECKPOINTS = path("sae_checkpoints")
 SAE_SPLICE = path("sae_splice")
+SAE_CORPUS_DIR = path("sae_corpus_dir")
+SAE_CORPUS_CHECKPOINTS = path("sae_corpus_checkpoints")
 SAE_CORPUS_SPLICE = path("sae_corpus_splice")
 SNMF_FILE = path("snmf")
 MORAN = path("moran")

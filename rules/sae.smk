@@ -1,6 +1,33 @@
+rule sae_corpus:
+    """Train one named SAE run on a text corpus's token activations at one layer (sae.level: corpus), once for every
+    prompt set, and evaluate it on the corpus's held-out windows (training.nc heldout_*)."""
+    input:
+        unpack(lambda wc: sae_step.corpus_inputs(config, dict(wc.items()))),
+    output:
+        expand(f"{SAE_CORPUS_DIR}/{{name}}", name=SAE_CORPUS_FILES, allow_missing=True),
+    params:
+        run=lambda wc: sae_step.run_params(config, wc.run),
+        checkpoints=lambda wc: SAE_CORPUS_CHECKPOINTS.format(**wc),
+        kernels=config["kernels"],
+        code=code("sae_corpus"),
+    log:
+        f"{LOGS}/sae_corpus/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.log",
+    benchmark:
+        f"{BENCHMARKS}/sae_corpus/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{run}}.tsv"
+    threads: SAE["threads"]
+    priority: PRIORITY["sae"]
+    resources:
+        mem_mb=SAE["mem_mb"],
+        gpu=SAE["gpu"],
+    conda:
+        "../envs/mechflow.yaml"
+    script:
+        "../scripts/sae_corpus.py"
+
+
 rule sae:
-    """Train one named SAE run on one layer's pooled activations, its tokens (sae.level: tokens), or a text corpus's
-    token activations (sae.level: corpus), then encode the prompts into features.nc."""
+    """Train one named SAE run on one layer's pooled activations or its tokens (sae.level: tokens), or take the
+    corpus SAE of that run (sae.level: corpus), then encode the prompts into features.nc."""
     input:
         unpack(lambda wc: sae_step.inputs(config, dict(wc.items()))),
     output:
@@ -59,8 +86,8 @@ rule sae_corpus_splice:
     """CE loss recovered and KL over a text corpus's tokens: a corpus-level SAE's reconstruction spliced into its model's
     residual stream on the corpus's held-out windows."""
     input:
-        weights=f"{SAE_DIR}/{SAE_FILES[0]}",
-        cfg=f"{SAE_DIR}/cfg.json",
+        weights=f"{SAE_CORPUS_DIR}/{SAE_CORPUS_FILES[0]}",
+        cfg=f"{SAE_CORPUS_DIR}/cfg.json",
         windows=lambda wc: sae_step.corpus_splice_windows(config, wc.model),
         model=model_files,
     output:

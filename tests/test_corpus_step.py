@@ -27,6 +27,7 @@ def _study(tmp_path) -> dict:
     for i, text in enumerate(DOCS):
         (folder / f"doc{i}.txt").write_text(text, encoding="utf-8")
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    cfg.pop("results")  # the default folder, results
     cfg["datasets"]["texts"] = {"source": "text", "path": "texts/*.txt", "split_documents": "file", "context_size": 8,
                                 "held_out": 0.34, "seed": 1}
     return cfg
@@ -92,27 +93,34 @@ def test_the_corpus_rule_cuts_windows_per_model_and_reruns_when_a_file_changes(t
 
 
 def test_an_sae_trained_on_a_corpus_encodes_prompts_it_never_saw(tmp_path):
-    """sae.level corpus: the SAE trains on the corpus's train windows (corpus_activations shards), is evaluated on its
-    held-out windows, and features.nc holds every prompt of the prompt set, pooled from its tokens, none trained on."""
+    """sae.level corpus: the SAE trains once (rule sae_corpus) on the corpus's train windows (corpus_activations
+    shards), is evaluated on its held-out windows, and each prompt set's features.nc holds every prompt of it,
+    pooled from its tokens, none trained on, all from the same weights."""
     cfg = _study(tmp_path)
     words = " ".join(DOCS).split()
     for i in range(12):  # more text: a few hundred tokens over 12 documents
         (tmp_path / "texts" / f"more{i}.txt").write_text(" ".join(words[i:] + words[:i]), encoding="utf-8")
-    cfg["sae"].update(level="corpus", corpus="texts", corpus_shards=2)
-    cfg["spatial"]["units"] = False
+    cfg["sae"].update(level="corpus", corpus="texts", corpus_shards=2, datasets=["tiny", "tiny-name"])
+    cfg["spatial"].update(units=False, layers=[4])
     cfg["snmf"]["runs"] = {}
     cfg["probes"]["enabled"] = False
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     proc = run_snakemake(tmp_path, "-c", "2", "--configfile", "study.yaml")
-    assert "(prompts 2, corpus 1, extract 2, extract_tokens 1, corpus_activations 4, sae 1, spatial 1, report 1)" in \
-        proc.stderr, proc.stderr[-3000:]
+    assert ("(prompts 2, corpus 1, extract 2, extract_tokens 2, corpus_activations 4, sae 2, spatial 2, sae_corpus 1, "
+            "report 1)") in proc.stderr, proc.stderr[-3000:]
+    assert len(re.findall(r"^rule sae_corpus:", proc.stdout + proc.stderr, re.M)) == 1
     assert "Held-out corpus tokens" in (tmp_path / "results/report/index.html").read_text(encoding="utf-8")
-    run_dir = tmp_path / "results/sae/tiny/minilm/resid/layer4/topk"
-    with xr.open_dataset(run_dir / "features.nc", engine="h5netcdf") as f:
-        assert f["features"].shape == (60, 128) and set(f["split"].values.astype(str)) == {"validation"}
-    with xr.open_dataset(run_dir / "training.nc", engine="h5netcdf") as t:
+    trained = tmp_path / "results/sae-corpus/texts/minilm/resid/layer4/topk"
+    for prompt_set in ("tiny", "tiny-name"):
+        run_dir = tmp_path / f"results/sae/{prompt_set}/minilm/resid/layer4/topk"
+        with xr.open_dataset(run_dir / "features.nc", engine="h5netcdf") as f:
+            assert f["features"].shape == (60, 128) and set(f["split"].values.astype(str)) == {"validation"}
+            assert f.attrs["dataset"] == prompt_set and f.attrs["corpus"] == "texts"
+        for name in ("sae_weights.safetensors", "cfg.json", "training.nc"):  # one SAE for every prompt set
+            assert (run_dir / name).read_bytes() == (trained / name).read_bytes()
+    with xr.open_dataset(trained / "training.nc", engine="h5netcdf") as t:
         assert 0 <= float(t["heldout_fvu"]) < 2 and float(t["heldout_tokens"]) > 0
-    cfg_json = yaml.safe_load((run_dir / "cfg.json").read_text())
+    cfg_json = yaml.safe_load((trained / "cfg.json").read_text())
     assert cfg_json["metadata"]["context_size"] == 8 and cfg_json["mechflow"]["level"] == "corpus"
     assert (tmp_path / "results/spatial/tiny/minilm/resid/layer4/sae-topk/moran.nc").exists()
     out = run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout
@@ -149,7 +157,7 @@ def test_a_corpus_sae_of_a_causal_lm_plans_a_splice_on_held_out_corpus_windows(t
     resolved = _resolve(study, tmp_path)
     assert resolved.study["sae"]["corpus_splice_windows"] == 5
     entry = manifest(resolved.study, resolved.facts)["sae"][0]
-    assert entry["corpus_splice"] == "results/sae/mini/llama/resid/layer1/r/corpus_splice.nc" and entry["splice"]
+    assert entry["corpus_splice"] == "results/sae-corpus/texts/llama/resid/layer1/r/corpus_splice.nc" and entry["splice"]
     off = _resolve({**study, "sae": {**study["sae"], "corpus_splice_windows": 0}}, tmp_path)
     assert manifest(off.study, off.facts)["sae"][0]["corpus_splice"] is None
     tiny = _study(tmp_path)
@@ -158,8 +166,8 @@ def test_a_corpus_sae_of_a_causal_lm_plans_a_splice_on_held_out_corpus_windows(t
     assert encoder.study["sae"]["corpus_splice_windows"] == 64  # the default at level corpus
     assert manifest(encoder.study, encoder.facts)["sae"][0]["corpus_splice"] is None  # MiniLM is no causal LM
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    out = run_snakemake(tmp_path, "results/sae/mini/llama/resid/layer1/r/corpus_splice.nc", "-n", "--configfile", "study.yaml"
-                        ).stdout
+    out = run_snakemake(tmp_path, "results/sae-corpus/texts/llama/resid/layer1/r/corpus_splice.nc", "-n", "--configfile",
+                        "study.yaml").stdout
     assert re.search(r"sae_corpus_splice\s+1", out) and "results/corpus/texts/llama/windows.nc" in out, out[-3000:]
 
 
@@ -170,7 +178,7 @@ def test_a_corpus_sae_of_a_causal_lm_is_spliced_into_it_on_held_out_corpus_windo
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(_llama_study(tmp_path, tiny_llama)))
     proc = run_snakemake(tmp_path, "-c", "2", "--configfile", "study.yaml")
     assert "sae_splice 1, sae_corpus_splice 1" in proc.stderr, proc.stderr[-3000:]
-    run_dir = tmp_path / "results/sae/mini/llama/resid/layer1/r"
+    run_dir = tmp_path / "results/sae-corpus/texts/llama/resid/layer1/r"
     with xr.open_dataset(tmp_path / "results/corpus/texts/llama/windows.nc", engine="h5netcdf") as w:
         held_windows = set(np.flatnonzero(w["split"].values.astype(str) == "held_out").tolist())
     with xr.open_dataset(run_dir / "corpus_splice.nc", engine="h5netcdf") as ds:
@@ -201,7 +209,11 @@ def test_sae_runs_on_one_layer_share_one_set_of_corpus_shards(tmp_path):
     cfg["sae"]["runs"]["other"] = dict(cfg["sae"]["runs"]["topk"], k=4)
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     stats = parse_job_stats(run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout)
-    assert stats["sae"] == 2 and stats["corpus_activations"] == 4 and stats["corpus"] == 1
+    assert stats["sae"] == 2 and stats["sae_corpus"] == 2 and stats["corpus_activations"] == 4 and stats["corpus"] == 1
+    cfg["sae"]["datasets"] = ["tiny", "tiny-name"]  # a second prompt set encodes with the same corpus SAEs
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    stats = parse_job_stats(run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout)
+    assert stats["sae"] == 4 and stats["sae_corpus"] == 2 and stats["corpus_activations"] == 4
     cfg["sae"]["layers"] = [3, 4]
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     stats = parse_job_stats(run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout)

