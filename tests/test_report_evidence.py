@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from mechflow.io import write_dataset
-from mechflow.report import build_report
+from mechflow.report import build_report, layer_evidence
 from mechflow.report.evidence import COLUMNS, evidence_table, name_only_companion, random_companion, to_markdown
 from mechflow.report.loaders import Study
 from mechflow.spatial.analysis import spatial_analysis
@@ -103,7 +103,30 @@ def test_report_writes_the_table_as_html_and_markdown(evidence_study, tmp_path):
     html = build_report(evidence_study, tmp_path).read_text(encoding="utf-8")
     assert 'id="evidence"' in html and "d / m: significant fraction under each control" in html
     md = (tmp_path / "significance.md").read_text()
-    assert md.count("| d / m | units | 3 |") == 2
+    assert md.split("## Layer-level tests")[0].count("| d / m | units | 3 |") == 2
     for head, _ in COLUMNS.values():
         assert head in md
-    assert to_markdown(evidence_table(Study(evidence_study))) == md
+    assert md.startswith(to_markdown(evidence_table(Study(evidence_study))))
+    assert md.endswith(layer_evidence.to_markdown(layer_evidence.layer_table(Study(evidence_study))))
+    assert "Layer-level tests: how much geography a whole layer carries" in html
+
+
+def test_layer_table_reads_each_variant_from_its_file(evidence_study):
+    df = layer_evidence.layer_table(Study(evidence_study))
+    files = {(e["dataset"], e["model"]): xr.load_dataset(e["moran"]) for e in evidence_study["spatial"]}
+    sources = {"template": (("d", "m"), ""), "residualised": (("d", "m"), "_resid"), "shuffled": (("d", "m"), "_shuffled"),
+               "name_only": (("d-name", "m"), ""), "name_only_residualised": (("d-name", "m"), "_resid"),
+               "random_init": (("d", "m-random"), "")}
+    assert set(df["variant"]) == set(sources) and set(df["stat"]) == set(layer_evidence.STATS)
+    assert len(df) == 2 * len(layer_evidence.STATS) * len(sources)  # two regions of the one main entry
+    for row in df.itertuples():
+        key, suffix = sources[row.variant]
+        ds = files[key].sel(region=row.region, layer_stat=row.stat)
+        assert row.p == pytest.approx(float(ds[f"layer_p{suffix}"]))
+        assert row.excess == pytest.approx(float(ds[f"layer_obs{suffix}"]) - float(ds[f"layer_null_mean{suffix}"]))
+    gb = df[(df.region == "GB") & (df.stat == "mean_I")].set_index("variant")
+    assert gb.loc["template", "p"] <= 0.01 and gb.loc["template", "excess_lo"] > 0  # smooth-field units
+    k, m = layer_evidence.calibration(df)
+    assert m == 2 * len(layer_evidence.STATS)
+    md = layer_evidence.to_markdown(df)
+    assert md.count("| d / m | units | 3 | GB |") == len(layer_evidence.STATS) and "shuffled coords" in md

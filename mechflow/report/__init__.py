@@ -85,14 +85,21 @@ def build_report(manifest: Mapping[str, Any], out_dir: str | Path, base_dir: str
 
 
 def _evidence_markdown(study: Study) -> str:
-    """``significance.md``: the evidence table as markdown (for a README or a paper's supplement)."""
+    """``significance.md``: the evidence table and the layer-level table as markdown (for a README or a paper's
+    supplement)."""
+    from mechflow.report import layer_evidence
     from mechflow.report.evidence import evidence_table, to_markdown
 
     try:
         df = evidence_table(study)
     except Exception as err:  # noqa: BLE001 (the page's section shows the same error)
         return f"The evidence table could not be built: {type(err).__name__}: {err}\n"
-    return to_markdown(df) if not df.empty else "No spatial results of a trained model to compare with controls.\n"
+    text = to_markdown(df) if not df.empty else "No spatial results of a trained model to compare with controls.\n"
+    try:
+        layers = layer_evidence.to_markdown(layer_evidence.layer_table(study))
+    except Exception as err:  # noqa: BLE001 (the page's section shows the same error)
+        layers = f"The layer-level table could not be built: {type(err).__name__}: {err}\n"
+    return text + "\n" + layers
 
 
 def _write(page: Page, out_dir: Path, evidence_md: str = "") -> Path:

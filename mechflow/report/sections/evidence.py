@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mechflow.report import layer_evidence
 from mechflow.report.evidence import ALPHA, COLUMNS, evidence_table
 from mechflow.report.html import Markup, Page, Section, note, pct, table, tag
 from mechflow.report.sections.context import Context
@@ -52,3 +53,29 @@ def build(ctx: Context, page: Page, sec: Section) -> None:
         sentences = claims(part)
         if sentences:
             sub.add(tag("p", " ".join(sentences)))
+    _layer_tables(ctx, page, sec)
+
+
+def _layer_tables(ctx: Context, page: Page, sec: Section) -> None:
+    """The layer-level tests (:mod:`mechflow.report.layer_evidence`), one table per prompt set and model."""
+    df = layer_evidence.layer_table(ctx.study)
+    if df.empty:
+        return
+    sub = page.section("Layer-level tests: how much geography a whole layer carries", "evidence-layers", 3)
+    k, m = layer_evidence.calibration(df)
+    sub.add(tag("p", "Per-unit tests with BH over hundreds of units find a few strong features, not a weak signal "
+                     "spread over many. These statistics of the whole layer are compared with their null under joint "
+                     "permutations of the places (one permutation moves every unit together, so the null keeps the "
+                     "correlation between units). Each cell: excess over the null mean [observed − null 97.5%, "
+                     "observed − null 2.5%] and the permutation p-value; fractions in percentage points. "
+                     f"Calibration: {k} of {m} shuffled-coordinate p-values are ≤ 0.05 (about {0.05 * m:.1f} expected)."),
+            tag("ul", *[tag("li", tag("b", s), ": ", d) for s, d in layer_evidence.STATS.items()],
+                *[tag("li", tag("b", h), ": ", d) for h, d in layer_evidence.VARIANTS.values()]))
+    w = layer_evidence.wide(df)
+    variants = [v for v in layer_evidence.VARIANTS if v in w.columns]
+    for (dataset, model), part in w.groupby(["dataset", "model"], sort=False):
+        rows = [(r["feature_set"], r["layer"], r["region"], r["stat"],
+                 *(r[v] if isinstance(r[v], str) else "–" for v in variants)) for _, r in part.iterrows()]
+        sub.add(tag("h4", f"{dataset} / {model}"),
+                table(["feature set", "layer", "region", "statistic", *(layer_evidence.VARIANTS[v][0] for v in variants)],
+                      rows, numeric=[1]))
