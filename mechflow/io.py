@@ -164,12 +164,32 @@ def read_csv_checked(path: str | os.PathLike, error: type[Exception] = ValueErro
         raise error(f"{what + ' ' if what else ''}{path} does not exist")
     try:
         return pd.read_csv(path, encoding="utf-8", **read_kw)
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the CSV as UTF-8") from None
+    except UnicodeDecodeError as e:  # e.start counts from pandas's read buffer, not from the file's start
+        offset, reason = first_non_utf8(path) or (e.start, e.reason)
+        raise error(f"{path}: not UTF-8 text (byte {offset}: {reason}); save the CSV as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise error(f"{path}: the file is empty{f' ({empty_hint})' if empty_hint else ''}") from None
     except pd.errors.ParserError as e:
         raise error(f"{path}: not a readable CSV ({' '.join(str(e).split())})") from None
+
+
+def first_non_utf8(path: str | os.PathLike, chunk: int = 1 << 20) -> tuple[int, str] | None:
+    """Byte offset (from the file's start) and reason of the first byte sequence that is not UTF-8, else None;
+    read in ``chunk``-byte pieces."""
+    import codecs
+
+    decoder, done = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as e:  # e.start is within the decoder's pending bytes + this block
+                pending = len(e.object) - len(block)
+                return done - pending + e.start, e.reason
+            if not block:
+                return None
+            done += len(block)
 
 
 def inherit_provenance(source_attrs: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
