@@ -9,6 +9,11 @@ Cross-validation is k-fold with two fold schemes:
   blocks assigned to folds (balanced by size). Neighbouring places never straddle train/test, so
   the gap between the schemes shows how much a probe leans on spatial leakage.
 
+The null: the same probes (same folds, same alpha rule) fitted to the region's coordinates shuffled among
+its places (``seed + 1``), solved as extra targets of the same ridge fits: ``r2_xy_null`` and
+``r2_latlon_null`` are the R^2 a probe reaches when activations and places are unrelated (about 0 or
+below; what a probe's R^2 must beat).
+
 Inside each training fold, features and targets are standardised with the training fold's
 statistics and alpha is chosen per target from ``alphas`` by exact leave-one-out error (the
 closed form from one eigendecomposition of the training Gram matrix, as in RidgeCV). Scores use
@@ -210,8 +215,9 @@ def probe_dataset(
     Returns a Dataset with dims ``(region, layer, scheme)``, ``scheme = ["random", "spatial"]``:
     ``r2_xy`` (mean R^2 of x and y), ``r2_x``, ``r2_y``, ``r2_latlon`` (mean of lat and lon),
     ``median_km`` (haversine error of the x/y probe, back-projected), ``median_km_latlon``
-    (of the lat/lon probe), ``mean_km``, ``alpha_xy`` (geometric-mean alpha chosen for x/y);
-    plus ``n`` per region.
+    (of the lat/lon probe), ``mean_km``, ``alpha_xy`` (geometric-mean alpha chosen for x/y),
+    ``r2_xy_null`` and ``r2_latlon_null`` (the same probes fitted to coordinates shuffled among the
+    region's places, seed + 1: the null R^2); plus ``n`` per region.
 
     Every layer of a region and fold is solved in the same batched operations (``ridge_loo`` on a
     ``[layer, n, d]`` stack), in chunks of layers whose float64 designs fit ``memory_mb``. With
@@ -224,7 +230,8 @@ def probe_dataset(
     lon, lat, region, regions, _ = check_locations(activations.shape[0], lon, lat, region, crs_by_region)
     layers = activations.coords[ldim].values if ldim in activations.coords else np.arange(activations.shape[1])
     schemes = ["random", "spatial"]
-    names = ["r2_xy", "r2_x", "r2_y", "r2_latlon", "median_km", "median_km_latlon", "mean_km", "alpha_xy"]
+    names = ["r2_xy", "r2_x", "r2_y", "r2_latlon", "median_km", "median_km_latlon", "mean_km", "alpha_xy",
+             "r2_xy_null", "r2_latlon_null"]
     out = {v: np.full((len(regions), len(layers), 2), np.nan) for v in names}
     counts = np.zeros(len(regions), dtype=np.int64)
     data = activations.transpose(pdim, ldim, ...).values
@@ -244,19 +251,21 @@ def probe_dataset(
             folds = {"random": random_folds(idx.size, n_folds, seed),
                      "spatial": spatial_folds(xy, n_folds, n_blocks, seed)}
             counts[r] = idx.size
-            Y = np.column_stack([xy, ll])  # [n, 4]: x, y (metres), lat, lon (degrees)
+            shuffle = np.random.default_rng(seed + 1).permutation(idx.size)  # the null: places unrelated to activations
+            Y = np.column_stack([xy, ll, xy[shuffle], ll[shuffle]])  # [n, 8]: x, y (m), lat, lon (deg); shuffled copies
 
             for si, scheme in enumerate(schemes):
                 chunks = _layer_chunks(len(layers), idx.size, data.shape[2], memory_mb / workers, workers)
                 solve = partial(_solve_layers, data, idx, Y, folds[scheme], alphas)
                 for chunk, pred, alpha in pool.map(solve, chunks):
-                    r2 = 1.0 - ((Y - pred) ** 2).sum(1) / ((Y - Y.mean(0)) ** 2).sum(0)  # [l, 4]
+                    r2 = 1.0 - ((Y - pred) ** 2).sum(1) / ((Y - Y.mean(0)) ** 2).sum(0)  # [l, 8]
                     plon, plat = back.transform(pred[:, :, 0].ravel(), pred[:, :, 1].ravel())
                     km = haversine_km(np.reshape(plon, pred.shape[:2]), np.reshape(plat, pred.shape[:2]), lon[idx], lat[idx])
                     km_ll = haversine_km(pred[:, :, 3], pred[:, :, 2], lon[idx], lat[idx])
-                    vals = {"r2_xy": r2[:, :2].mean(1), "r2_x": r2[:, 0], "r2_y": r2[:, 1], "r2_latlon": r2[:, 2:].mean(1),
+                    vals = {"r2_xy": r2[:, :2].mean(1), "r2_x": r2[:, 0], "r2_y": r2[:, 1], "r2_latlon": r2[:, 2:4].mean(1),
                             "median_km": np.median(km, axis=1), "median_km_latlon": np.median(km_ll, axis=1),
-                            "mean_km": km.mean(1), "alpha_xy": np.exp(np.log(alpha[:, :, :2]).mean((0, 2)))}
+                            "mean_km": km.mean(1), "alpha_xy": np.exp(np.log(alpha[:, :, :2]).mean((0, 2))),
+                            "r2_xy_null": r2[:, 4:6].mean(1), "r2_latlon_null": r2[:, 6:8].mean(1)}
                     for v, x in vals.items():
                         out[v][r, chunk, si] = x
     ds = xr.Dataset(
@@ -267,5 +276,6 @@ def probe_dataset(
                     alphas=np.asarray(alphas, dtype=np.float64), seed=int(seed),
                     alpha_rule="per target, min exact LOO error within the training fold",
                     crs=str(dict((r, str(crs_by_region[r])) for r in regions)),
-                    r2="pooled out-of-fold predictions, 1 - SS_res/SS_tot")
+                    r2="pooled out-of-fold predictions, 1 - SS_res/SS_tot",
+                    r2_null="the same probes fitted to coordinates shuffled among the region's places (seed + 1)")
     return ds

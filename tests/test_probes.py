@@ -86,6 +86,9 @@ def test_probe_dataset_signal_and_noise():
     assert (noise.r2_xy < 0.05).all() and (noise.r2_latlon < 0.05).all()
     assert (noise.median_km > 50).all()
     assert ds.n.values.tolist() == [200, 200]
+    # the null: the same probes on coordinates shuffled among a region's places reach no R^2, whatever the layer
+    assert (ds.r2_xy_null < 0.05).all() and (ds.r2_latlon_null < 0.05).all()
+    assert (enc.r2_xy > enc.r2_xy_null + 0.9).all()
 
 
 def test_spatial_folds_expose_leakage():

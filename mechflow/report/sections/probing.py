@@ -39,15 +39,21 @@ def build(ctx: Context, page: Page, sec: Section) -> None:
             rd = r.sel(scheme="random") if "random" in r["scheme"].values else r.isel(scheme=0)
             r2 = sp["r2_xy"].values
             best = int(np.nanargmax(r2)) if np.isfinite(r2).any() else 0
+            def null(scheme, i):  # the same probe on shuffled coordinates (older files lack it)
+                return fmt(float(scheme["r2_xy_null"].values[i])) if "r2_xy_null" in scheme else "–"
+
             rows.append((str(region), int(r["n"]) if "n" in r else "–", int(r["layer"].values[best]),
-                         fmt(float(rd["r2_xy"].values[best])), fmt(float(sp["r2_xy"].values[best])),
-                         fmt(float(rd["median_km"].values[best])), fmt(float(sp["median_km"].values[best]))))
+                         fmt(float(rd["r2_xy"].values[best])), null(rd, best), fmt(float(sp["r2_xy"].values[best])),
+                         null(sp, best), fmt(float(rd["median_km"].values[best])), fmt(float(sp["median_km"].values[best]))))
             for i, layer in enumerate(r["layer"].values):
-                full.append((str(region), int(layer), fmt(float(rd["r2_xy"].values[i])), fmt(float(sp["r2_xy"].values[i])),
+                full.append((str(region), int(layer), fmt(float(rd["r2_xy"].values[i])), null(rd, i),
+                             fmt(float(sp["r2_xy"].values[i])), null(sp, i),
                              fmt(float(rd["median_km"].values[i])), fmt(float(sp["median_km"].values[i]))))
         sub.add(tag("h4", "Best layer per region (by R² on spatially blocked folds)"),
-                table(["region", "places", "best layer", "R² random", "R² blocked", "median km random",
-                       "median km blocked"], rows, numeric=[1, 2, 3, 4, 5, 6]),
+                tag("p", "Null: the same probes (same folds, same penalty rule) fitted to the coordinates shuffled among "
+                         "the region's places; a probe's R² means something only above its null."),
+                table(["region", "places", "best layer", "R² random", "null R² random", "R² blocked", "null R² blocked",
+                       "median km random", "median km blocked"], rows, numeric=[1, 2, 3, 4, 5, 6, 7, 8]),
                 tag("details", tag("summary", "Every layer"),
-                    table(["region", "layer", "R² random", "R² blocked", "median km random", "median km blocked"],
-                          full, numeric=[1, 2, 3, 4, 5])))
+                    table(["region", "layer", "R² random", "null R² random", "R² blocked", "null R² blocked",
+                           "median km random", "median km blocked"], full, numeric=[1, 2, 3, 4, 5, 6, 7])))
