@@ -162,6 +162,22 @@ def check(config: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".")
         bad = [layer for layer in cons.get("layers") or [] if n is not None and layer >= n]
         if bad:
             raise ConfigError("lens.consistency.layers", f"layer(s) {bad} do not exist in model {m!r} ({n} layers)")
+    _check_causal(config, facts)
+
+
+def _check_causal(config: dict[str, Any], facts: StudyFacts) -> None:
+    """Every model the lens reads is a causal LM: the logit and tuned lenses read its next-token head, the latent-language
+    and consistency read-outs its next token (after every value of ``lens:`` was checked, whatever the models are)."""
+    encoders = [m for m in lens_models(config) if not facts.models[m].causal]
+    if not encoders:
+        return
+    kinds = ", ".join(f"{m} ({'causal LM' if facts.models[m].causal else 'encoder'})" for m in sorted(config["models"]))
+    causal = facts.causal_models()
+    if not causal:
+        raise ConfigError("lens", f"the lens is enabled but the study has no causal LM to read (models: {kinds}); the "
+                          "lenses read a next-token head; add a decoder LM to models: or set lens.enabled: false")
+    raise ConfigError("lens.models", f"{', '.join(map(repr, encoders))} {'is' if len(encoders) == 1 else 'are'} not a "
+                      f"causal LM (no next-token head to read; models: {kinds}); set lens.models: {causal}")
 
 
 def _check_words(ll: dict[str, Any], base_dir: str | Path) -> None:

@@ -117,13 +117,25 @@ def check(config: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".")
     if not sec.get("vectors"):
         raise ConfigError(f"{key}.vectors", "steering is enabled but names no vector")
     pairs = steering_pairs(config, facts)
+    # every value is checked whatever the models are: layers against the models steered and regions against the
+    # prompt sets steered, else (no causal LM to steer) against every model and prompt set the section names
+    models = sorted({m for _, m in pairs}) or sorted(config["models"])
+    datasets = sorted({d for d, _ in pairs}) or sorted(sec.get("datasets") or prompt_sets(config))
     for name in sec["vectors"]:
-        _check_vector(config, f"{key}.vectors.{name}", vector_spec(config, name), pairs, facts, base_dir)
+        _check_vector(config, f"{key}.vectors.{name}", vector_spec(config, name), pairs, models, datasets, facts, base_dir)
+    if not pairs:
+        raise ConfigError(key, "steering is enabled but the study has no causal LM to steer (models: "
+                          f"{_kinds(config, facts)}); add a decoder LM to models: or set steering.enabled: false")
+
+
+def _kinds(config: dict[str, Any], facts: StudyFacts) -> str:
+    """``minilm (encoder), smollm2 (causal LM)``: the study's models and which can be steered or read by a lens."""
+    return ", ".join(f"{m} ({'causal LM' if facts.models[m].causal else 'encoder'})" for m in sorted(config["models"]))
 
 
 def _check_vector(config: dict[str, Any], key: str, spec: dict[str, Any], pairs: list[tuple[str, str]],
-                  facts: StudyFacts, base_dir: str | Path) -> None:
-    for _, m in pairs:
+                  models: list[str], datasets: list[str], facts: StudyFacts, base_dir: str | Path) -> None:
+    for m in models:
         n = facts.models[m].layers
         if n is not None and spec["layer"] >= n:
             raise ConfigError(f"{key}.layer", f"layer {spec['layer']} does not exist in model {m!r} ({n} layers: 0..{n - 1})")
@@ -152,7 +164,7 @@ def _check_vector(config: dict[str, Any], key: str, spec: dict[str, Any], pairs:
     named = [(f"{key}.{w}", s) for s, w in zip(sides, ("positive", "negative")) if not is_csv(s)]
     if spec["eval_region"] is not None:
         named.append((f"{key}.eval_region", spec["eval_region"]))
-    for d, _ in pairs:
+    for d in datasets:
         have = (facts.regions or {}).get(d)
         for k, region in named:
             if have is not None and region not in have:
