@@ -87,11 +87,13 @@ def resolved_study(path: str | None) -> str:
     import yaml
 
     from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, load_study
-    from mechflow.resolve import resolve_study
+    from mechflow.resolve import resolve
 
-    study = resolve_study(load_study(path or WORKFLOW_ROOT / DEFAULT_STUDY), base_dir=Path.cwd(),
-                          schema_path=WORKFLOW_ROOT / SCHEMA_FILE)
-    return yaml.safe_dump(study, sort_keys=True, default_flow_style=False, allow_unicode=True)
+    resolved = resolve(load_study(path or WORKFLOW_ROOT / DEFAULT_STUDY), base_dir=Path.cwd(),
+                       schema_path=WORKFLOW_ROOT / SCHEMA_FILE)
+    for warning in resolved.warnings:  # duplicated places dropped or kept
+        print(f"mechflow: warning at {warning}", file=sys.stderr)
+    return yaml.safe_dump(resolved.study, sort_keys=True, default_flow_style=False, allow_unicode=True)
 
 
 README_MARKERS = ("<!-- config-reference:start -->\n", "<!-- config-reference:end -->")
@@ -174,7 +176,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.configfile:
         cmd += ["--configfile", args.configfile]
     extra = [a for a in args.snakemake_args if a != "--"]
+    from mechflow.config import check_study_files
+    from mechflow.study import ConfigError
+
+    try:  # before Snakemake reads them with a loader that builds objects from !!python/... tags
+        check_study_files(([args.configfile] if args.configfile else []) + configfile_args(extra))
+    except ConfigError as e:
+        print(f"mechflow: {e}", file=sys.stderr)
+        return 1
     return subprocess.call(cmd + extra, env=os.environ.copy())
+
+
+def configfile_args(args: list[str]) -> list[str]:
+    """The study files named by ``--configfile`` / ``--configfiles`` in Snakemake arguments (each option takes
+    every value up to the next option; ``--configfile=a.yaml`` too)."""
+    files, taking = [], False
+    for arg in args:
+        if arg.startswith("-"):
+            name, eq, value = arg.partition("=")
+            taking = name in ("--configfile", "--configfiles")
+            if taking and eq:
+                files.append(value)
+                taking = False
+        elif taking:
+            files.append(arg)
+    return files
 
 
 if __name__ == "__main__":

@@ -34,17 +34,71 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
 
+#: the YAML tags a study may use: those of YAML's core schema that ``yaml.SafeLoader`` builds (plain values)
+SAFE_TAGS = (frozenset(yaml.SafeLoader.yaml_constructors) | {"tag:yaml.org,2002:merge"}) - {None}
+#: top-level keys that make Snakemake's config loader (YTE) evaluate Python expressions in the file
+TEMPLATE_KEYS = ("__use_yte__",)
+
+
+def _short_tag(tag: str) -> str:
+    """``tag:yaml.org,2002:python/name:os.system`` -> ``!!python/name`` (the tag without its argument)."""
+    if tag.startswith("tag:yaml.org,2002:"):
+        return "!!" + tag.removeprefix("tag:yaml.org,2002:").split(":", 1)[0]
+    return tag
+
+
+def _check_tags(node: yaml.Node, path: list[str], source: str, seen: set[int]) -> None:
+    """ConfigError for the first node (depth first) whose tag is outside :data:`SAFE_TAGS`."""
+    if id(node) in seen:  # an alias of a node already checked
+        return
+    seen.add(id(node))
+    if node.tag not in SAFE_TAGS:
+        where = ".".join(path) or "(top level)"
+        raise ConfigError("", f"YAML tag {_short_tag(node.tag)} is not allowed ({where}, {source} line "
+                          f"{node.start_mark.line + 1}); a study holds plain values: strings, numbers, lists, mappings")
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _check_tags(key, path, source, seen)
+            _check_tags(value, [*path, str(key.value) if isinstance(key, yaml.ScalarNode) else "?"], source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_tags(item, [*path, str(i)], source, seen)
+
+
 def load_study(path: str | Path) -> dict[str, Any]:
-    """Read one study file (YAML or JSON); one-line ConfigError when it cannot be read."""
+    """Read one study file (YAML or JSON) with YAML's safe loader; one-line ConfigError when it cannot be read.
+
+    Every node's tag is checked on the composed document, before any object is built: a tag outside
+    :data:`SAFE_TAGS` (``!!python/name``, ``!!python/object/apply``, a local ``!tag``) is
+    ``config error: YAML tag !!python/name is not allowed (report.title, my.yaml line 3); ...``. So is a
+    YTE template (``__use_yte__``), whose expressions Snakemake's own loader would evaluate."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_tags(node, [], Path(path).name, set())
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError("(file)", f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except UnicodeDecodeError as e:
+        raise ConfigError("(file)", f"cannot read {path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except (OSError, yaml.YAMLError) as e:
         raise ConfigError("(file)", f"cannot read {path}: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError("(file)", f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    for key in TEMPLATE_KEYS:
+        if key in data:
+            raise ConfigError(key, "a study file is plain YAML, not a YTE template (Snakemake evaluates its "
+                              "expressions when it loads the file); write the values out")
     return data
+
+
+def check_study_files(paths: list[Any]) -> None:
+    """Read every study file safely (:func:`load_study`); the first problem is one ConfigError. What the
+    Snakefile and ``mechflow run`` call on the ``--configfile`` files, whose values Snakemake itself reads
+    with a loader that builds Python objects from ``!!python/...`` tags."""
+    for path in paths:
+        load_study(path)
 
 
 def workflow_study(config: dict[str, Any], configfiles: list[Any], default: str | Path) -> dict[str, Any]:

@@ -69,14 +69,16 @@ class ModelFacts:
 class StudyFacts:
     """The study's models and (when built) prompt sets.
 
-    ``regions``: prompt set -> region -> places, and ``prompt_bytes``: prompt set -> bytes of the prompt
-    set's variables (text corpora are not prompt sets); both None when the prompt sets were not built (a job process re-reading a study
-    the main process checked).
+    ``regions``: prompt set -> region -> places, ``prompt_bytes``: prompt set -> bytes of the prompt set's
+    variables, and ``duplicates``: prompt set -> duplicated places found (dropped or kept as ``datasets.<d>.duplicates``
+    says) (text corpora are not prompt sets); all None when the prompt sets were not built (a job process
+    re-reading a study the main process checked).
     """
 
     models: dict[str, ModelFacts]
     regions: dict[str, dict[str, int]] | None = None
     prompt_bytes: dict[str, int] | None = None
+    duplicates: dict[str, int] | None = None
 
     @property
     def n_layers(self) -> dict[str, int | None]:
@@ -99,10 +101,10 @@ def gather_facts(study: dict[str, Any], base_dir: str | Path = ".", prompts: boo
     models = {name: model_facts(name, spec["spec"], base_dir) for name, spec in study["models"].items()}
     if not prompts:
         return StudyFacts(models)
-    regions, prompt_bytes = {}, {}
+    regions, prompt_bytes, duplicates = {}, {}, {}
     for name in prompt_sets(study):
-        regions[name], prompt_bytes[name] = prompt_set_facts(name, study["datasets"][name], base_dir)
-    return StudyFacts(models, regions, prompt_bytes)
+        regions[name], prompt_bytes[name], duplicates[name] = prompt_set_facts(name, study["datasets"][name], base_dir)
+    return StudyFacts(models, regions, prompt_bytes, duplicates)
 
 
 def model_facts(name: str, spec: str, base_dir: str | Path = ".") -> ModelFacts:
@@ -116,13 +118,15 @@ def model_facts(name: str, spec: str, base_dir: str | Path = ".") -> ModelFacts:
         raise ConfigError(f"models.{name}.spec", str(e)) from None
 
 
-def prompt_set_facts(name: str, dataset: dict[str, Any], base_dir: str | Path = ".") -> tuple[dict[str, int], int]:
-    """Places per region (sorted) and bytes of one prompt set, built now; ConfigError at ``datasets.<name>``."""
+def prompt_set_facts(name: str, dataset: dict[str, Any], base_dir: str | Path = ".") -> tuple[dict[str, int], int, int]:
+    """Places per region (sorted), bytes and duplicated places found of one prompt set, built now; ConfigError at
+    ``datasets.<name>``."""
     try:
         prompts = build_prompts(dataset, base_dir)
     except PromptSetError as e:
         raise ConfigError(f"datasets.{name}", str(e)) from None
-    return dict(sorted(Counter(prompts["region"].values.astype(str).tolist()).items())), int(prompts.nbytes)
+    return (dict(sorted(Counter(prompts["region"].values.astype(str).tolist()).items())), int(prompts.nbytes),
+            int(prompts.attrs["duplicates_found"]))
 
 
 def _width(resolved: ResolvedModel, hook: str) -> int | None:

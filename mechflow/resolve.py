@@ -24,7 +24,7 @@ from mechflow.config import SCHEMA_FILE, coerce_numbers, load_schema, validate_s
 from mechflow.facts import StudyFacts, gather_facts
 from mechflow.sae.config import validate_run as validate_sae_run
 from mechflow.snmf.config import validate_run as validate_snmf_run
-from mechflow.steps.manifest import check_study
+from mechflow.steps.manifest import check_study, study_warnings
 from mechflow.study import ConfigError, canonical
 
 __all__ = ["ResolvedStudy", "resolve", "resolve_study"]
@@ -32,10 +32,12 @@ __all__ = ["ResolvedStudy", "resolve", "resolve_study"]
 
 @dataclass(frozen=True)
 class ResolvedStudy:
-    """The canonical study dict and the facts it was checked against."""
+    """The canonical study dict, the facts it was checked against, and warnings (``datasets.places: 7 duplicated
+    places ... dropped``: what a run prints, prefixed ``mechflow: warning at``, before it starts)."""
 
     study: dict[str, Any]
     facts: StudyFacts
+    warnings: tuple[str, ...] = ()
 
 
 def resolve(config: dict[str, Any], base_dir: str | Path = ".", schema_path: str | Path | None = None,
@@ -46,7 +48,7 @@ def resolve(config: dict[str, Any], base_dir: str | Path = ".", schema_path: str
     _complete_runs(filled)
     facts = gather_facts(filled, base_dir, prompts=data_checks)
     check_study(filled, facts, base_dir)
-    return ResolvedStudy(canonical(coerce_numbers(filled, schema, schema)), facts)
+    return ResolvedStudy(canonical(coerce_numbers(filled, schema, schema)), facts, tuple(study_warnings(filled, facts)))
 
 
 def resolve_study(config: dict[str, Any], base_dir: str | Path = ".", schema_path: str | Path | None = None,

@@ -32,13 +32,14 @@ class ConfigError(ValueError):
     """The study is invalid. ``ConfigError(key, message)`` reads ``config error at <key>: <message>`` on one line.
 
     ``key`` is the dotted path of the offending setting (``sae.runs.topk.k``), or ``(file)`` /
-    ``(top level)``; ``reason`` is the message with its white space folded.
+    ``(top level)``, or empty for a problem of the study file as a whole (``config error: <message>``);
+    ``reason`` is the message with its white space folded.
     """
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         self.reason = " ".join(str(message).split())
-        super().__init__(f"config error at {key}: {self.reason}")
+        super().__init__(f"config error at {key}: {self.reason}" if key else f"config error: {self.reason}")
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickles (multiprocessing) with both arguments
         return type(self), (self.key, self.reason)

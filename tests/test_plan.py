@@ -138,12 +138,12 @@ def test_mechflow_info_plans_the_tiny_study():
     assert rules["spatial"]["threads"] == 2 and rules["spatial"]["resources"]["mem_mb"] == "4000"
     assert rules["extract"]["threads"] == 1
     sizes = {f["path"]: f for f in plan["files"]}
-    act = sizes["results/activations/tiny/minilm/resid.nc"]
+    act = sizes["results/tiny/activations/tiny/minilm/resid.nc"]
     # 60 prompts x 6 layers x 384 units x 4 bytes, twice (keep_sink), + prompt coordinates and overhead
     assert 60 * 6 * 384 * 4 * 2 < act["bytes"] < 60 * 6 * 384 * 4 * 2 * 1.1
-    tokens = sizes["results/activations/tiny/minilm/mlp_hidden.tokens.nc"]
+    tokens = sizes["results/tiny/activations/tiny/minilm/mlp_hidden.tokens.nc"]
     assert tokens["bound"] and tokens["bytes"] >= 60 * 64 * 1536 * 4  # every prompt at max_length tokens: an upper bound
-    weights = sizes["results/sae/tiny/minilm/resid/layer4/topk/sae_weights.safetensors"]["bytes"]
+    weights = sizes["results/tiny/sae/tiny/minilm/resid/layer4/topk/sae_weights.safetensors"]["bytes"]
     assert weights == 4 * (2 * 384 * 128 + 128 + 384)
 
 

@@ -61,6 +61,7 @@ def planned_wildcards(cwd: Path, configfile: Path) -> dict[str, set[str]]:
 def tiny_config(n: int = 30, analyses: bool = False, **extract) -> dict:
     """configs/tiny.yaml with n places per region; without analyses it stops at the activations."""
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    cfg.pop("results")  # tiny.yaml's own folder (results/tiny); in a test's folder the default, results
     for ds in cfg["datasets"].values():
         ds["max_per_region"] = n
     cfg["extract"].update(extract)

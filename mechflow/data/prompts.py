@@ -217,10 +217,32 @@ def validate_prompts(ds: xr.Dataset, where: str = "prompt set") -> xr.Dataset:
     return ds
 
 
+def duplicated_places(ds: xr.Dataset) -> np.ndarray:
+    """``[prompt]`` bool: True where a prompt has the same text, or the same latitude and longitude, as an earlier
+    prompt of its region (the first of each group is not a duplicate)."""
+    frame = pd.DataFrame({"region": ds["region"].values.astype(str), "text": ds["text"].values.astype(str),
+                          "latitude": ds["latitude"].values, "longitude": ds["longitude"].values})
+    return (frame.duplicated(["region", "text"]) | frame.duplicated(["region", "latitude", "longitude"])).to_numpy()
+
+
+def handle_duplicates(ds: xr.Dataset, policy: str = "drop") -> xr.Dataset:
+    """The prompt set with its duplicated places (:func:`duplicated_places`) dropped (``policy`` ``drop``) or kept
+    (``keep``); attrs ``duplicates`` (the policy) and ``duplicates_found`` (how many there were) record it."""
+    if policy not in ("drop", "keep"):
+        raise PromptSetError(f"duplicates: {policy!r} is not drop or keep")
+    dup = duplicated_places(ds)
+    if policy == "drop" and dup.any():
+        ds = ds.isel(prompt=np.flatnonzero(~dup)).assign_coords(prompt=np.arange(int((~dup).sum()), dtype=np.int64))
+    ds.attrs.update(duplicates=policy, duplicates_found=int(dup.sum()))
+    return ds
+
+
 def build_prompts(cfg: dict[str, Any], base_dir: str | Path = ".") -> xr.Dataset:
     """Build the prompt set a dataset config describes (``source``: geonames, csv or xarray).
 
-    Relative paths are resolved against ``base_dir``. The result is validated.
+    Relative paths are resolved against ``base_dir``. Duplicated places (the same text, or the same coordinates,
+    as an earlier prompt of the region; after the ``max_per_region`` sample) are dropped or kept as ``duplicates``
+    says (default drop; :func:`handle_duplicates`). The result is validated.
     """
     source = cfg.get("source", "geonames")
     if source == "geonames":
@@ -240,4 +262,4 @@ def build_prompts(cfg: dict[str, Any], base_dir: str | Path = ".") -> xr.Dataset
     else:
         raise PromptSetError(f"unknown prompt source {source!r} (geonames, csv or xarray)")
     ds.attrs["source"] = source
-    return validate_prompts(ds)
+    return handle_duplicates(validate_prompts(ds), cfg.get("duplicates", "drop"))

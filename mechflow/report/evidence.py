@@ -21,6 +21,7 @@ keys equal the main one's. Cells without their input are NaN ("–").
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 from typing import Any
 
@@ -150,6 +151,16 @@ def _evidence_table(study: Study) -> pd.DataFrame:
             .drop(columns="_kind").reset_index(drop=True))
 
 
+#: Markdown's inline syntax (and the table's cell separator), backslash-escaped in a cell
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_[]|~"})
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` as literal text in a Markdown table cell: HTML escaped (``<script>`` renders as text, never as a tag),
+    Markdown's inline syntax and ``|`` backslash-escaped, line breaks folded to spaces."""
+    return html.escape(" ".join(str(value).split()), quote=False).translate(_MARKDOWN)
+
+
 def _pct(v: float) -> str:
     return "–" if not np.isfinite(v) else f"{100 * v:.0f}%"
 
@@ -159,7 +170,8 @@ def to_markdown(df: pd.DataFrame) -> str:
     head = ["prompt set / model", "feature set", "layer", "region", "n", *(COLUMNS[c][0] for c in COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
-        cells = [f"{r.dataset} / {r.model}", r.feature_set, str(r.layer), r.region, str(r.n_features),
+        cells = [markdown_text(f"{r.dataset} / {r.model}"), markdown_text(r.feature_set), str(r.layer), markdown_text(r.region),
+                 str(r.n_features),
                  *(_pct(r[c]) for c in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     legend = [f"- **{h}**: {desc}." for h, desc in COLUMNS.values()]

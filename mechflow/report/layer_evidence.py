@@ -18,7 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from mechflow.contracts import is_main
-from mechflow.report.evidence import name_only_companion, random_companion
+from mechflow.report.evidence import markdown_text, name_only_companion, random_companion
 from mechflow.report.loaders import Study
 
 #: variant -> (header, meaning); the moran file and suffix each reads are in :func:`_variants`
@@ -132,7 +132,8 @@ def to_markdown(df: pd.DataFrame) -> str:
     head = ["prompt set / model", "feature set", "layer", "region", "statistic", *(VARIANTS[v][0] for v in variants)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in w.iterrows():
-        lines.append("| " + " | ".join([f"{r.dataset} / {r.model}", str(r.feature_set), str(r.layer), str(r.region),
+        lines.append("| " + " | ".join([markdown_text(f"{r.dataset} / {r.model}"), markdown_text(r.feature_set), str(r.layer),
+                                        markdown_text(r.region),
                                         str(r.stat), *(str(r[v]) if isinstance(r[v], str) else "–" for v in variants)])
                      + " |")
     k, m = calibration(df)

@@ -12,7 +12,7 @@ from mechflow.data.regions import CRS_PRESETS
 from mechflow.facts import StudyFacts
 from mechflow.study import ConfigError, canonical, prompt_sets, study_crs
 
-__all__ = ["jobs", "inputs", "params", "check"]
+__all__ = ["jobs", "inputs", "params", "check", "warnings"]
 
 
 def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
@@ -37,6 +37,23 @@ def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") 
         return
     _check_crs(study, facts.regions)
     _check_region_sizes(study, facts.regions)
+
+
+def warnings(study: dict[str, Any], facts: StudyFacts) -> list[str]:
+    """``datasets.<d>: ...`` for each prompt set with duplicated places (the same text or coordinates as an earlier prompt
+    of the region): how many, and whether they were dropped or kept (``datasets.<d>.duplicates``)."""
+    out = []
+    for d, found in sorted((facts.duplicates or {}).items()):
+        if not found:
+            continue
+        what = (f"{found} duplicated place{'s' if found > 1 else ''} (the same text or the same coordinates as an earlier "
+                "prompt of its region)")
+        if study["datasets"][d].get("duplicates", "drop") == "drop":
+            out.append(f"datasets.{d}: {what} dropped, {facts.n(d)} prompts left; set datasets.{d}.duplicates: keep to keep them")
+        else:
+            out.append(f"datasets.{d}: {what} kept (datasets.{d}.duplicates: keep): they sit at distance 0 from each other "
+                       f"and inflate Moran's I; set duplicates: drop to drop them")
+    return out
 
 
 def _check_crs(study: dict[str, Any], regions: dict[str, dict[str, int]]) -> None:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from mechflow.facts import StudyFacts
 from mechflow.steps import corpus, data, explorer, extract, lens, probes, sae, selection, snmf, spatial, steering
 from mechflow.study import ConfigError, corpora, prompt_sets
 
-__all__ = ["STEPS", "check_study", "manifest", "outputs_of", "report_inputs", "summary"]
+__all__ = ["STEPS", "check_study", "study_warnings", "manifest", "outputs_of", "report_inputs", "summary"]
 
 #: every step with checks, in the order they run (each module has ``check(study, facts, base_dir)``)
 STEPS = (extract, spatial, probes, sae, snmf, lens, selection, steering, data, corpus, explorer)
@@ -33,10 +34,16 @@ RESTRICTED = ("spatial", "probes", "sae", "snmf")
 
 def check_study(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:
     """Every pre-job check of a schema-valid, default-filled study; ConfigError naming the key."""
+    _check_results(study, base_dir)
     _check_names(study)
     _check_devices(study)
     for step in STEPS:
         step.check(study, facts, base_dir)
+
+
+def study_warnings(study: dict[str, Any], facts: StudyFacts) -> list[str]:
+    """What a valid study should still be told before it runs (``<key>: <message>``): duplicated places."""
+    return data.warnings(study, facts)
 
 
 def manifest(study: dict[str, Any], facts: StudyFacts) -> dict[str, list[dict[str, Any]]]:
@@ -84,6 +91,17 @@ def summary(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> str
         f"{sum(steps.values())} jobs in the whole study ({', '.join(f'{k} {v}' for k, v in steps.items())}); "
         f"results under {study['results']}/ (Snakemake runs only those that are missing or out of date)"
     )
+
+
+def _check_results(study: dict[str, Any], base_dir: str | Path) -> None:
+    """``results:`` is a folder inside the working folder, unless it is an absolute path (written elsewhere on purpose)."""
+    root = study["results"]
+    if Path(root).is_absolute():
+        return
+    inside = os.path.normpath(root)
+    if inside == os.pardir or inside.startswith(os.pardir + os.sep):
+        raise ConfigError("results", f"{root!r} is outside the working folder ({Path(base_dir).resolve()}); give a folder "
+                          "inside it (e.g. results/mine), or an absolute path to write elsewhere on purpose")
 
 
 def _check_names(study: dict[str, Any]) -> None:
