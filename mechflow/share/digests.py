@@ -103,9 +103,11 @@ def provenances(root: str | Path) -> dict[str, dict[str, str]]:
 
 
 def result_files(root: str | Path) -> list[str]:
-    """Every result file under a results root (relative POSIX paths, sorted): what :mod:`mechflow.compare` compares."""
+    """Every result file under a results root (relative POSIX paths, sorted): what :mod:`mechflow.compare` compares,
+    less hidden bookkeeping files (``.mechflow-study``, Snakemake's ``.snakemake_timestamp``)."""
     root = Path(root)
-    return sorted(rel for p in root.rglob("*") if p.is_file() and is_result(rel := p.relative_to(root).as_posix()))
+    return sorted(rel for p in root.rglob("*") if p.is_file() and is_result(rel := p.relative_to(root).as_posix())
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def array_digests(root: str | Path) -> dict[str, dict[str, str]]:
