@@ -3,8 +3,8 @@
 At token level, the factorisation runs over every token; ``G`` [prompt, factor] is then each
 prompt's maximum over its tokens (so spatial analysis sees one value per place) and ``G_token``
 [token, factor] keeps the token-level loadings. The layer is read from the activations file in
-blocks of samples: kept in memory when they fit the job's ``mem_mb``, else read again at every pass
-(the same result to the bit; :mod:`mechflow.snmf.blocks`).
+blocks of samples: kept in memory when they fit the job's ``mem_mb``, else (and always with
+``snmf.out_of_core: true``) read again at every pass (the same result to the bit; :mod:`mechflow.snmf.blocks`).
 """
 
 import logging
@@ -32,9 +32,11 @@ def main(sm) -> None:
             units = units.rename(token="prompt")  # samples are tokens
         n_samples, n_units = units.shape
         device = resolve_device(sm.params.device, SNMFError, "snmf")
-        in_memory = plan_this_process(n_units, n_samples, int(run["n_factors"]), sm.resources.mem_mb, device)
-        logging.getLogger("mechflow").info("semi-NMF of %d x %d on %s: A %s (mem_mb %s)", n_units, n_samples, device,
-                                           "in memory" if in_memory else "read from disk at every pass", sm.resources.mem_mb)
+        in_memory = plan_this_process(n_units, n_samples, int(run["n_factors"]), sm.resources.mem_mb, device,
+                                      out_of_core=sm.params.out_of_core)
+        logging.getLogger("mechflow").info("semi-NMF of %d x %d on %s: A %s (mem_mb %s, out_of_core %s)", n_units, n_samples,
+                                           device, "in memory" if in_memory else "read from disk at every pass",
+                                           sm.resources.mem_mb, sm.params.out_of_core)
         # [sample, unit] as stored: fit reads it by unit dim
         result = fit(units, SNMFRunConfig.from_dict(run), SNMFRuntime(device=device, in_memory=in_memory))
     attrs = {**upstream_attrs(units.attrs), "layer": layer, "run": sm.wildcards.run, "level": sm.params.level,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import yaml
 
 from mechflow import contracts, snmf
 from mechflow.io import open_dataarray, write_dataarray
@@ -155,3 +156,39 @@ def test_device_auto_runs_where_torch_sees_a_gpu_and_a_missing_gpu_is_named():
     np.testing.assert_array_equal(auto.F, snmf.fit(A, n_factors=3, max_iter=2, device="cpu").F)
     with pytest.raises(snmf.SNMFError, match="semi-NMF asks for device 'cuda:1' but torch sees no CUDA device"):
         snmf.fit(A, n_factors=3, device="cuda:1")
+
+
+def test_out_of_core_key_reads_from_disk_whatever_the_memory():
+    """``snmf.out_of_core: true`` never keeps A in memory; false keeps it where it fits ``mem_mb``."""
+    from mechflow.snmf.blocks import keep_in_memory, plan_this_process, working_bytes
+
+    units, samples, K = 1024, 1_000_000, 16
+    need_mb = working_bytes(units, samples, K, True) / 1e6  # 8.2 GB of A, a block, G
+    assert keep_in_memory(units, samples, K, 10 * need_mb, 0) and not keep_in_memory(units, samples, K, need_mb / 2, 0)
+    assert plan_this_process(units, samples, K, 10**6) is True
+    assert plan_this_process(units, samples, K, 10**6, out_of_core=True) is False
+    assert working_bytes(units, samples, K, False) < working_bytes(units, samples, K, True) / 10  # 3 blocks and G
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_out_of_core_study_key_reaches_the_rule_params_canonically(value):
+    from mechflow.config import load_schema, validate_schema
+    from mechflow.steps import snmf as snmf_step
+    from mechflow.study import canonical
+
+    schema = load_schema(contracts_repo() / "config.schema.yaml")
+    tiny = yaml.safe_load((contracts_repo() / "configs" / "tiny.yaml").read_text())
+    assert "out_of_core" not in tiny["snmf"] and validate_schema(tiny, schema)["snmf"]["out_of_core"] is False
+    study = validate_schema({**tiny, "snmf": {**tiny["snmf"], "out_of_core": value}}, schema)
+    params = snmf_step.params(study)
+    assert params["out_of_core"] is value and params == canonical(params) and list(params) == sorted(params)
+    rule = (contracts_repo() / "rules" / "snmf.smk").read_text()
+    assert "**snmf_step.params(config)" in rule  # the rule's params are these
+    script = (contracts_repo() / "scripts" / "snmf.py").read_text()
+    assert "out_of_core=sm.params.out_of_core" in script
+
+
+def contracts_repo():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1]

@@ -122,13 +122,15 @@ def keep_in_memory(n_units: int, n_samples: int, n_factors: int, mem_mb: float, 
     return in_use_bytes + need <= 0.9 * float(mem_mb) * 1e6
 
 
-def plan_this_process(n_units: int, n_samples: int, n_factors: int, mem_mb: float, device: Any = "cpu") -> bool:
-    """:func:`keep_in_memory` for this process as it stands (its resident memory counted); when the fit
-    will read A from disk, also has glibc return each dropped block to the system
+def plan_this_process(n_units: int, n_samples: int, n_factors: int, mem_mb: float, device: Any = "cpu",
+                      out_of_core: bool = False) -> bool:
+    """Whether this process's fit keeps A in memory: never with ``out_of_core`` (the study key
+    ``snmf.out_of_core``), else :func:`keep_in_memory` for this process as it stands (its resident memory
+    counted). When the fit will read A from disk, also has glibc return each dropped block to the system
     (:func:`mechflow.memory.return_large_frees`), so the process holds one block at a time."""
     from mechflow.memory import return_large_frees, rss_bytes
 
-    in_memory = keep_in_memory(n_units, n_samples, n_factors, mem_mb, rss_bytes(), device)
+    in_memory = not out_of_core and keep_in_memory(n_units, n_samples, n_factors, mem_mb, rss_bytes(), device)
     if not in_memory:
         return_large_frees()
     return in_memory

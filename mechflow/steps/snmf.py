@@ -36,9 +36,11 @@ def run_params(study: dict[str, Any], run: str) -> dict[str, Any]:
 
 
 def params(study: dict[str, Any]) -> dict[str, Any]:
-    """The settings every semi-NMF job shares (besides its run): top prompts kept, level, device."""
+    """The settings every semi-NMF job shares (besides its run): top prompts kept, level, device, and whether
+    the layer is always read from disk (``out_of_core``: memory, not the result, depends on it)."""
     snmf = study["snmf"]
-    return {"top_prompts": snmf["top_prompts"], "level": snmf["level"], "device": snmf["device"]}
+    return canonical({"top_prompts": snmf["top_prompts"], "level": snmf["level"], "device": snmf["device"],
+                      "out_of_core": bool(snmf["out_of_core"])})
 
 
 def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:
