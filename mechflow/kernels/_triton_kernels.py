@@ -30,6 +30,44 @@ def _precision(dtype: torch.dtype, device: torch.device) -> str:
     return "tf32"
 
 
+# ------------------------------------------------------------------------------------- block sizes
+# What each launcher chooses from the problem's sizes (and nothing else): mechflow.kernels.aot compiles
+# every kernel at every choice these functions can make.
+def topk_blocks(k: int) -> dict[str, int]:
+    """Stage 1 of the top-k encode for ``k``: KP (padded k), BM x BN tile, BK, LOGBN, num_warps, num_stages."""
+    KP = max(16, _next_pow2(k))
+    BN = max(64, KP)
+    BM = 32 if BN >= 256 else 64
+    return dict(KP=KP, BM=BM, BN=BN, LOGBN=BN.bit_length() - 1, BK=32,
+                num_warps=8 if BM * BN >= 8192 else 4, num_stages=2)
+
+
+def topk_select_blocks(k: int) -> dict[str, int]:
+    """Stage 2 of the top-k encode for ``k``: KP, LOGKP, BM rows per program, num_warps."""
+    KP = max(16, _next_pow2(k))
+    return dict(KP=KP, LOGKP=KP.bit_length() - 1, BM=16, num_warps=4)
+
+
+def gather_sum_blocks(D: int) -> dict[str, int]:
+    """Gather-sum over ``D`` output columns: BM rows x BD columns per program."""
+    return dict(BM=16, BD=min(128, max(16, _next_pow2(D))), num_warps=4)
+
+
+def gather_dot_blocks(K: int, D: int) -> dict[str, int]:
+    """Gather-dot of ``K`` indices per row over ``D`` columns: BJ indices x BD columns per step."""
+    return dict(BJ=min(64, max(16, _next_pow2(K))), BD=min(128, max(16, _next_pow2(D))), num_warps=4)
+
+
+def segment_sum_blocks(D: int) -> dict[str, int]:
+    """Segment sum over ``D`` columns: BO entries x BD columns per step."""
+    return dict(BO=16, BD=min(256, max(16, _next_pow2(D))), num_warps=4)
+
+
+def snmf_blocks(K: int) -> dict[str, int]:
+    """Semi-NMF G update with ``K`` factors: BM x BN output tile, BK reduction step."""
+    return dict(BM=64, BN=min(64, max(16, _next_pow2(K))), BK=min(32, max(16, _next_pow2(K))), num_warps=4)
+
+
 def _n_programs_target(device: torch.device) -> int:
     if device.type == "cuda":
         return 4 * torch.cuda.get_device_properties(device).multi_processor_count
@@ -174,10 +212,8 @@ def topk_encode_fwd(
     """Fused top-k encode. x [B, d], W_enc [d, F], b_enc [F], mask [F] bool or None -> values, indices [B, k]."""
     B, D = x.shape
     F = W_enc.shape[1]
-    KP = max(16, _next_pow2(k))
-    BN = max(64, KP)
-    BM = 32 if BN >= 256 else 64
-    BK = 32
+    blocks = topk_blocks(k)
+    KP, BM, BN = blocks["KP"], blocks["BM"], blocks["BN"]
     n_tiles = triton.cdiv(F, BN)
     m_blocks = triton.cdiv(B, BM)
     if n_chunks is None:
@@ -187,22 +223,19 @@ def topk_encode_fwd(
     n_chunks = triton.cdiv(n_tiles, tiles_per_chunk)
     cand = torch.empty((B, n_chunks * KP), dtype=torch.int64, device=x.device)
     mask_arg = mask.to(torch.int8).contiguous() if mask is not None else cand
-    warps = 8 if BM * BN >= 8192 else 4
     _topk_candidates_kernel[(m_blocks, n_chunks)](
         x, W_enc, b_enc, mask_arg, cand,
         B, D, F, tiles_per_chunk,
         x.stride(0), x.stride(1), W_enc.stride(0), W_enc.stride(1), b_enc.stride(0),
-        SENTINEL=_SENTINEL, KP=KP, BM=BM, BN=BN, LOGBN=BN.bit_length() - 1, BK=BK,
-        HAS_MASK=mask is not None, PRECISION=_precision(x.dtype, x.device),
-        num_warps=warps, num_stages=2,
+        SENTINEL=_SENTINEL, HAS_MASK=mask is not None, PRECISION=_precision(x.dtype, x.device), **blocks,
     )
     values = torch.empty((B, k), dtype=x.dtype, device=x.device)
     indices = torch.empty((B, k), dtype=torch.int64, device=x.device)
-    BM2 = 16
-    _topk_select_kernel[(triton.cdiv(B, BM2),)](
+    select = topk_select_blocks(k)
+    _topk_select_kernel[(triton.cdiv(B, select["BM"]),)](
         cand, values, indices, B, n_chunks, k,
         values.stride(0), values.stride(1), indices.stride(0), indices.stride(1),
-        SENTINEL=_SENTINEL, KP=KP, LOGKP=KP.bit_length() - 1, BM=BM2, num_warps=4,
+        SENTINEL=_SENTINEL, **select,
     )
     return values, indices
 
@@ -236,12 +269,12 @@ def gather_sum(coef: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, bias: tor
     B, K = coef.shape
     D = W.shape[1]
     out = torch.empty((B, D), dtype=out_dtype, device=coef.device)
-    BM, BD = 16, min(128, max(16, _next_pow2(D)))
+    blocks = gather_sum_blocks(D)
     bias_arg = bias.contiguous() if bias is not None else out
-    _gather_sum_kernel[(triton.cdiv(B, BM), triton.cdiv(D, BD))](
+    _gather_sum_kernel[(triton.cdiv(B, blocks["BM"]), triton.cdiv(D, blocks["BD"]))](
         coef, idx, W, bias_arg, out, B, K, D,
         coef.stride(0), coef.stride(1), idx.stride(0), idx.stride(1), W.stride(0), W.stride(1),
-        out.stride(0), out.stride(1), HAS_BIAS=bias is not None, BM=BM, BD=BD, num_warps=4,
+        out.stride(0), out.stride(1), HAS_BIAS=bias is not None, **blocks,
     )
     return out
 
@@ -274,11 +307,11 @@ def gather_dot(g: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, out_dtype: t
     B, K = idx.shape
     D = W.shape[1]
     out = torch.empty((B, K), dtype=out_dtype, device=g.device)
-    BJ, BD = min(64, max(16, _next_pow2(K))), min(128, max(16, _next_pow2(D)))
-    _gather_dot_kernel[(B, triton.cdiv(K, BJ))](
+    blocks = gather_dot_blocks(K, D)
+    _gather_dot_kernel[(B, triton.cdiv(K, blocks["BJ"]))](
         g, idx, W, out, K, D,
         g.stride(0), g.stride(1), idx.stride(0), idx.stride(1), W.stride(0), W.stride(1),
-        out.stride(0), out.stride(1), BJ=BJ, BD=BD, num_warps=4,
+        out.stride(0), out.stride(1), **blocks,
     )
     return out
 
@@ -336,11 +369,11 @@ def segment_sum(
     D = src.shape[1]
     out = torch.empty((n_rows, D), dtype=out_dtype, device=src.device)
     bias = torch.empty((n_rows,), dtype=out_dtype, device=src.device) if with_bias else None
-    BO, BD = 16, min(256, max(16, _next_pow2(D)))
-    _segment_sum_kernel[(n_rows, triton.cdiv(D, BD))](
+    blocks = segment_sum_blocks(D)
+    _segment_sum_kernel[(n_rows, triton.cdiv(D, blocks["BD"]))](
         order, offsets, coef, src, out, bias if bias is not None else out, K, D,
         coef.stride(0), coef.stride(1), src.stride(0), src.stride(1), out.stride(0), out.stride(1),
-        HAS_BIAS=with_bias, BO=BO, BD=BD, num_warps=4,
+        HAS_BIAS=with_bias, **blocks,
     )
     return out, bias
 
@@ -380,13 +413,11 @@ def snmf_update(P: torch.Tensor, Q: torch.Tensor, G: torch.Tensor, eps: float) -
     """Fused semi-NMF G update. P [n, K], Q [K, K], G [n, K] -> new G [n, K]."""
     N, K = G.shape
     out = torch.empty_like(G)
-    BM = 64
-    BN = min(64, max(16, _next_pow2(K)))
-    BK = min(32, max(16, _next_pow2(K)))
-    _snmf_update_kernel[(triton.cdiv(N, BM), triton.cdiv(K, BN))](
+    blocks = snmf_blocks(K)
+    _snmf_update_kernel[(triton.cdiv(N, blocks["BM"]), triton.cdiv(K, blocks["BN"]))](
         P, Q, G, out, N, K, float(eps),
         P.stride(0), P.stride(1), Q.stride(0), Q.stride(1), G.stride(0), G.stride(1), out.stride(0), out.stride(1),
-        BM=BM, BN=BN, BK=BK, PRECISION=_precision(G.dtype, G.device), num_warps=4,
+        PRECISION=_precision(G.dtype, G.device), **blocks,
     )
     return out
 
