@@ -14,9 +14,9 @@ synthetic but laid out as the workflow writes them:
 4. ``sae_encode``: the trained SAE (``UNITS`` features) encodes every row of that file into an SAE
    ``features.nc`` [prompt, feature] as large as the activations, streamed batch by batch
    (:func:`mechflow.sae.pipeline.write_features`, the ``sae`` rule's writer);
-5. ``snmf``: :func:`mechflow.snmf.fit` (16 factors, SVD init, 5 iterations) of that layer, which does not
-   fit the bound, so it is read from disk in sample blocks at every pass (as the ``snmf`` rule does when
-   a layer exceeds its ``mem_mb``); it holds one block and ``G`` [samples, factors] (``3 x 8 x n x K``
+5. ``snmf``: :func:`mechflow.snmf.fit` (16 factors, SVD init, 5 iterations) of that layer, read from disk in
+   sample blocks at every pass as the ``snmf`` rule does with ``snmf.out_of_core: true`` (and when a layer
+   exceeds its ``mem_mb``, as this one does); it holds one block and ``G`` [samples, factors] (``3 x 8 x n x K``
    bytes, 384 MB here: G grows with the samples, 32x slower than the data at 1,024 units);
 6. ``write_features``: a feature set ``features [prompt, feature]`` float32 of ``4 x bound`` bytes (an SAE
    features file's layout: contiguous, with the prompt coordinates), written by row blocks;
@@ -185,14 +185,15 @@ def stage_snmf(wd: Path, cfg: dict) -> dict:
     with FeatureColumns(wd / "resid.nc", "units", 5) as features:
         layer = features.lazy()
         n, d = layer.shape
-        in_memory = plan_this_process(d, n, cfg["snmf_factors"], cfg["bound_mb"])  # as the snmf rule decides
+        # as the snmf rule decides, with the study key snmf.out_of_core (the layer would not fit the bound anyway)
+        in_memory = plan_this_process(d, n, cfg["snmf_factors"], cfg["bound_mb"], out_of_core=cfg["snmf_out_of_core"])
         t = time.perf_counter()
         result = snmf.fit(layer, n_factors=cfg["snmf_factors"], init="svd", max_iter=cfg["snmf_iter"], tol=0, in_memory=in_memory)
         seconds = time.perf_counter() - t
     write_dataset(result.to_dataset(attrs={"hook": "resid"}), wd / "snmf.nc")
     (wd / "resid.nc").unlink()
     (wd / "snmf.nc").unlink()
-    return {"in_memory": in_memory, "samples": n, "units": d, "n_factors": cfg["snmf_factors"],
+    return {"out_of_core": cfg["snmf_out_of_core"], "in_memory": in_memory, "samples": n, "units": d, "n_factors": cfg["snmf_factors"],
             "block_samples": block_samples(d), "iterations": result.n_iter, "loss_first": float(result.loss[0]),
             "loss_last": float(result.loss[-1]), "fit_s": round(seconds, 1)}
 
@@ -336,7 +337,7 @@ def main() -> None:
         "bound_mb": bound, "threads": args.threads,
         "n_prompts": data // (4 * UNITS), "shards": 16, "window": 1024,
         "sae_features": UNITS, "sae_steps": 20 if args.quick else 100, "sae_batch": 1024, "sae_window": 8192,
-        "snmf_factors": 16, "snmf_iter": 2 if args.quick else 5,
+        "snmf_factors": 16, "snmf_iter": 2 if args.quick else 5, "snmf_out_of_core": True,
         "n_features": data // (4 * N_SPATIAL), "permutations": args.permutations, "controls": not args.quick,
     }
     from _device import device_info, write_result  # benchmarks/_device.py
