@@ -12,6 +12,7 @@ from pathlib import Path
 from mechflow import explore
 from mechflow.layout import WORKFLOW_ROOT
 from mechflow.share import commands as share_commands
+from mechflow.share.runner import snakemake_command
 
 REPO = Path(__file__).resolve().parents[1]  # a checkout (README.md); the workflow files: WORKFLOW_ROOT
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "info":
         return print_info(args.configfile, versions_only=args.versions, as_json=args.json)
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(WORKFLOW_ROOT / "Snakefile"), "-c", str(args.cores)]
+    cmd = snakemake_command(cores=args.cores)  # snakemake beside this Python, else `python -m snakemake`
     if args.configfile:
         cmd += ["--configfile", args.configfile]
     extra = [a for a in args.snakemake_args if a != "--"]

@@ -23,6 +23,10 @@ from mechflow.plan import parse_dry_run
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
 TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
 RESULTS = TINY.get("results", "results")  # the tiny study's results folder
+#: prompts and activations only: 5 places a region of the tiny study's first prompt set
+SMALL = {"datasets": {"tiny": {**TINY["datasets"]["tiny"], "max_per_region": 5}}, "models": TINY["models"],
+         "extract": {**TINY["extract"], "hook_layers": {}}, "spatial": {"enabled": False}, "probes": {"enabled": False},
+         "sae": {"runs": {}}, "snmf": {"runs": {}}, "report": {"enabled": False}}
 MODULE_SNAKEFILE = """module mechflow:
     snakefile: "{snakefile}"
     config: config
@@ -75,6 +79,12 @@ def test_the_wheel_carries_the_workflow_and_runs_from_any_folder(wheel, tmp_path
     (elsewhere / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     resolved = yaml.safe_load(run([bin_ / "mechflow", "config", "--resolved", "tiny.yaml"], cwd=elsewhere).stdout)
     assert resolved["spatial"]["permutations"] == 99 and resolved["results"] == RESULTS
+    # a small study (prompts and activations of 10 places) run by the installed workflow here, then a dry run: nothing to do
+    (elsewhere / "small.yaml").write_text(yaml.safe_dump(SMALL))
+    run([bin_ / "mechflow", "run", "--configfile", "small.yaml", "--cores", "2"], cwd=elsewhere)
+    assert (elsewhere / "results" / "activations" / "tiny" / "minilm" / "resid.nc").exists()
+    dry = run([bin_ / "mechflow", "run", "--configfile", "small.yaml", "--", "-n"], cwd=elsewhere).stdout
+    assert "Nothing to be done" in dry, dry[-2000:]
 
 
 def test_a_two_line_outer_workflow_plans_the_study_through_snakemake_module(tmp_path):
