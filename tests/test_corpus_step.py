@@ -132,7 +132,7 @@ def test_an_sae_trained_on_a_corpus_encodes_prompts_it_never_saw(tmp_path):
             "report 1)") in proc.stderr, proc.stderr[-3000:]
     assert len(re.findall(r"^rule sae_corpus:", proc.stdout + proc.stderr, re.M)) == 1
     assert "Held-out corpus tokens" in (tmp_path / "results/report/index.html").read_text(encoding="utf-8")
-    trained = tmp_path / "results/sae-corpus/texts/minilm/resid/layer4/topk"
+    trained = tmp_path / "results/corpus/texts/minilm/resid/layer4/sae/topk"
     for prompt_set in ("tiny", "tiny-name"):
         run_dir = tmp_path / f"results/sae/{prompt_set}/minilm/resid/layer4/topk"
         with xr.open_dataset(run_dir / "features.nc", engine="h5netcdf") as f:
@@ -179,7 +179,7 @@ def test_a_corpus_sae_of_a_causal_lm_plans_a_splice_on_held_out_corpus_windows(t
     resolved = _resolve(study, tmp_path)
     assert resolved.study["sae"]["corpus_splice_windows"] == 5
     entry = manifest(resolved.study, resolved.facts)["sae"][0]
-    assert entry["corpus_splice"] == "results/sae-corpus/texts/llama/resid/layer1/r/corpus_splice.nc" and entry["splice"]
+    assert entry["corpus_splice"] == "results/corpus/texts/llama/resid/layer1/sae/r/corpus_splice.nc" and entry["splice"]
     off = _resolve({**study, "sae": {**study["sae"], "corpus_splice_windows": 0}}, tmp_path)
     assert manifest(off.study, off.facts)["sae"][0]["corpus_splice"] is None
     tiny = _study(tmp_path)
@@ -188,7 +188,7 @@ def test_a_corpus_sae_of_a_causal_lm_plans_a_splice_on_held_out_corpus_windows(t
     assert encoder.study["sae"]["corpus_splice_windows"] == 64  # the default at level corpus
     assert manifest(encoder.study, encoder.facts)["sae"][0]["corpus_splice"] is None  # MiniLM is no causal LM
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    out = run_snakemake(tmp_path, "results/sae-corpus/texts/llama/resid/layer1/r/corpus_splice.nc", "-n", "--configfile",
+    out = run_snakemake(tmp_path, "results/corpus/texts/llama/resid/layer1/sae/r/corpus_splice.nc", "-n", "--configfile",
                         "study.yaml").stdout
     assert re.search(r"sae_corpus_splice\s+1", out) and "results/corpus/texts/llama/windows.nc" in out, out[-3000:]
 
@@ -200,7 +200,7 @@ def test_a_corpus_sae_of_a_causal_lm_is_spliced_into_it_on_held_out_corpus_windo
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(_llama_study(tmp_path, tiny_llama)))
     proc = run_snakemake(tmp_path, "-c", "2", "--configfile", "study.yaml")
     assert "sae_splice 1, sae_corpus_splice 1" in proc.stderr, proc.stderr[-3000:]
-    run_dir = tmp_path / "results/sae-corpus/texts/llama/resid/layer1/r"
+    run_dir = tmp_path / "results/corpus/texts/llama/resid/layer1/sae/r"
     with xr.open_dataset(tmp_path / "results/corpus/texts/llama/windows.nc", engine="h5netcdf") as w:
         held_windows = set(np.flatnonzero(w["split"].values.astype(str) == "held_out").tolist())
     with xr.open_dataset(run_dir / "corpus_splice.nc", engine="h5netcdf") as ds:

@@ -257,6 +257,29 @@ def test_jumprelu_keeps_its_latents_alive(synth):
         assert float(model.threshold.min()) > 0 and torch.equal(model.threshold, model.log_threshold.detach().exp())
 
 
+def test_jumprelu_phase_keeps_the_topk_dictionary(monkeypatch):
+    """After the TopK phase the JumpReLU phase fits encoder and thresholds to the TopK phase's decoder (unless
+    jump_decoder): a decoder trained on threshold codes drifted off the rarer features (MMCS 0.93 -> 0.78)."""
+    from mechflow.sae.archs.jumprelu import JumpReLUSAE
+
+    at_switch = {}
+    start = JumpReLUSAE._start_jump_phase
+
+    def record(self):
+        at_switch["W_dec"] = self.W_dec.detach().clone()
+        at_switch["W_enc"] = self.W_enc.detach().clone()
+        start(self)
+
+    monkeypatch.setattr(JumpReLUSAE, "_start_jump_phase", record)
+    unit = lambda w: torch.nn.functional.normalize(w, dim=1)  # noqa: E731 (the saved rows carry the input scale)
+    for jump_decoder in (False, True):
+        model = train(small_x(), arch="jumprelu", n_features=64, k=4, steps=40, batch_size=64, topk_warmup=0.5,
+                      jump_decoder=jump_decoder)
+        kept = torch.allclose(unit(model.W_dec.detach()), unit(at_switch["W_dec"]), atol=1e-6)
+        assert kept is not jump_decoder
+        assert not torch.allclose(model.W_enc.detach() / model.scaling_factor, at_switch["W_enc"])
+
+
 # ---- validation -------------------------------------------------------------------------------
 
 VAL_VARS = {f"{p}_{m}" for p in ("train", "val") for m in ("fvu", "l0", "dead_fraction", "dense_fraction")}

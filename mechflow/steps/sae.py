@@ -7,7 +7,8 @@ trained on a text corpus (``sae.level: corpus``), one on the corpus's held-out w
 (``sae.corpus_splice_windows``).
 
 At ``sae.level: corpus`` an SAE is trained once per (corpus, model, hook, layer, run) (rule ``sae_corpus``, into
-``sae-corpus/``; :func:`corpus_jobs`), and each prompt set's ``sae`` job only encodes its prompts with it: no
+``corpus/{corpus}/{model}/{hook}/layer{layer}/sae/{run}``, beside the corpus's
+shards; :func:`corpus_jobs`), and each prompt set's ``sae`` job only encodes its prompts with it: no
 prompt set trains its own copy, and every prompt set's features come from the same weights.
 """
 
@@ -61,7 +62,7 @@ def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
 
 def corpus_jobs(study: dict[str, Any]) -> list[dict[str, Any]]:
     """The corpus SAEs of a ``sae.level: corpus`` study, each trained once whatever the prompt sets: dataset (the
-    corpus), model, hook, layer, run, ``dir`` (``sae-corpus/...``); empty at the other levels."""
+    corpus), model, hook, layer, run, ``dir`` (``corpus/.../sae/{run}``); empty at the other levels."""
     if study["sae"]["level"] != "corpus":
         return []
     keys = sorted({tuple(sorted(_corpus_wildcards(study, j).items())) for j in sae_jobs(study)})

@@ -96,6 +96,14 @@ class JumpReLUSAE(SparseAutoencoder):
                 {"params": [self.log_threshold], "lr_scale": float(self.opts["threshold_lr_scale"])}]
 
     @torch.no_grad()
+    def after_backward(self) -> None:
+        """As every unit-norm decoder; in the JumpReLU phase after a TopK phase the decoder is kept (no update, no
+        Adam momentum) unless ``jump_decoder``."""
+        if int(self.phase) == 1 and not self.opts["jump_decoder"]:
+            self.W_dec.grad = None
+        super().after_backward()
+
+    @torch.no_grad()
     def after_step(self, step: int) -> None:
         super().after_step(step)
         self.threshold.copy_(self.log_threshold.exp())

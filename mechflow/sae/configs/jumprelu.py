@@ -27,9 +27,13 @@ class JumpReLUConfig(SAERunConfig):
     init_threshold: float | None = option(None, "initial threshold of every latent (null: each latent's (1 - k / "
                                                 "n_features) quantile of its initial pre-activations on a data "
                                                 "sample, so the run starts at an L0 of about k)", exclusive_minimum=0)
-    topk_warmup: float = option(0.75, "fraction of steps trained as a TopK SAE (k, with AuxK) before the JumpReLU "
-                                     "phase, whose thresholds start at the TopK phase's mean k-th largest "
-                                     "pre-activation (0: JumpReLU from the start)", minimum=0, exclusive_maximum=1)
+    topk_warmup: float = option(0.9, "fraction of steps trained as a TopK SAE (k, with AuxK) before the JumpReLU "
+                                    "phase, whose thresholds start at the TopK phase's mean k-th largest "
+                                    "pre-activation (0: JumpReLU from the start)", minimum=0, exclusive_maximum=1)
+    jump_decoder: bool = option(False, "train the decoder in the JumpReLU phase after a TopK phase (false: the TopK "
+                                       "phase's dictionary is kept and the phase fits encoder, biases and thresholds "
+                                       "to it; a decoder trained on threshold codes, which fire on other features' "
+                                       "interference, loses the rarer features: see mechflow.sae.defaults)")
     auxk_coef: float = option(1 / 32, "weight of the AuxK loss of Gao et al. 2024 in the TopK phase (the top k_aux "
                                       "dead latents' pre-activations reconstruct the residual; 0: off)", minimum=0)
     k_aux: int | None = option(None, "dead latents used by AuxK (null: d_in / 2)", minimum=1)
