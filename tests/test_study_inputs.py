@@ -56,8 +56,8 @@ def _resolve(cfg: dict, folder: Path):
 
 
 @pytest.mark.parametrize("section, key, message", [
-    ({"lens": {"enabled": True}}, "lens", r"the lens is enabled but the study has no causal LM to read \(models: minilm \(encoder\)\)"),
-    ({"lens": {"enabled": True, "consistency": {"layers": [9]}}}, "lens.consistency.layers",
+    ({"lens": {"enabled": True, "lenses": ["logit"]}}, "lens", r"the lens is enabled but the study has no causal LM to read \(models: minilm \(encoder\)\)"),
+    ({"lens": {"enabled": True, "lenses": ["logit"], "consistency": {"layers": [9]}}}, "lens.consistency.layers",
      r"layer\(s\) \[9\] do not exist in model 'minilm' \(6 layers\)"),
     ({"steering": {"enabled": True, "vectors": {"v": VECTOR}}}, "steering",
      r"steering is enabled but the study has no causal LM to steer \(models: minilm \(encoder\)\)"),
@@ -76,7 +76,7 @@ def test_a_section_with_no_causal_lm_or_a_bad_value_is_one_line(tmp_path, sectio
 
 
 def test_the_lens_names_the_encoder_among_causal_models(tmp_path, tiny_llama):
-    cfg = {**_study(tmp_path), "lens": {"enabled": True}}
+    cfg = {**_study(tmp_path), "lens": {"enabled": True, "lenses": ["logit"]}}
     cfg["models"]["llama"] = {"spec": str(tiny_llama)}
     with pytest.raises(ConfigError, match=r"lens.models: 'minilm' is not a causal LM .*set lens.models: \['llama'\]"):
         resolve_study(cfg, tmp_path, SCHEMA, data_checks=False)
@@ -237,7 +237,7 @@ def test_bad_inputs_through_snakemake_are_one_line_and_change_nothing(tmp_path):
                           capture_output=True, text=True, timeout=300)
     _one_line(proc, "mechflow: config error: YAML tag !!python/object/apply is not allowed (kernels, study.yaml line")
     # the lens on an encoder, a results folder outside the working folder, another study on this study's folder
-    for study, start in [({**cfg, "lens": {"enabled": True}}, "mechflow: config error at lens: "),
+    for study, start in [({**cfg, "lens": {"enabled": True, "lenses": ["logit"]}}, "mechflow: config error at lens: "),
                          ({**cfg, "results": "../elsewhere"}, "mechflow: config error at results: '../elsewhere' is outside")]:
         (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
         _one_line(run_snakemake(tmp_path, "-c", "1", "--configfile", "study.yaml", check=False), start)
