@@ -30,6 +30,7 @@ from mechflow.kernels._dispatch import (
     triton_available,
     use_backend,
 )
+from mechflow.kernels.limits import MAX_TRITON_K
 from mechflow.kernels.reference import (
     snmf_update_g_ref,
     sparse_decode_ref,
@@ -37,7 +38,7 @@ from mechflow.kernels.reference import (
     topk_encode_ref,
 )
 
-_MAX_TRITON_K = 1024  # larger k keeps a running buffer too big for registers: the reference runs instead
+_MAX_TRITON_K = MAX_TRITON_K  # larger k keeps a running buffer too big for registers: the reference runs instead
 
 
 def _check_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int) -> None:
