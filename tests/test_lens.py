@@ -22,7 +22,7 @@ from mechflow.lens.latent_language import ROLES, latent_language_dataset, overla
 from mechflow.lens.questions import csv_questions, limit_questions, mc_prompts, option_token_sets, place_questions
 from mechflow.lens.reader import LayerReadout, pad_token_sets, read_layers
 from mechflow.lens.residuals import answer_residuals, position_residuals
-from mechflow.lens.tuned import TunedLens, final_targets, fit_tuned_lens, kl_by_layer, training_positions
+from mechflow.lens.tuned import TunedLens, final_targets, fit_split, fit_tuned_lens, kl_by_layer
 from mechflow.lens.unembed import LensError, find_unembedding
 from mechflow.lens.words import answer_token_sets, first_token_clashes, load_words
 
@@ -171,12 +171,13 @@ def test_read_vocab_rejects_bad_inputs():
         read_vocab(torch.randn(2, 4), W, torch.tensor([[[12]], [[1]]]))
 
 
-def _positions_h(model, tok, n_texts=60, seed=0):
+def _positions_h(model, tok, n_texts=60, seed=0, holdout=0.2, with_split=False):
     rng = np.random.default_rng(seed)
     words = [w for w in LENS_WORDS if w.isalpha()]
     texts = [" ".join(rng.choice(words, int(rng.integers(6, 14)))) for _ in range(n_texts)]
-    lengths = [len(tok(t)["input_ids"]) for t in texts]
-    return position_residuals(model, tok, texts, training_positions(lengths, 10_000, seed), batch_size=16)
+    split = fit_split([tok(t)["input_ids"] for t in texts], 10_000, holdout, seed)
+    h = position_residuals(model, tok, texts, split.positions, batch_size=16)
+    return (h, split, texts) if with_split else (h, split.position_roles())
 
 
 def test_tuned_lens_trained_on_the_last_layer_is_near_identity(lens_lms):
@@ -184,14 +185,15 @@ def test_tuned_lens_trained_on_the_last_layer_is_near_identity(lens_lms):
     the RMSNorm's scale invariance) and the KL to zero."""
     model, tok, _ = lens_lms["llama"]
     unembed = find_unembedding(model)
-    h = _positions_h(model, tok)[-1:]  # [1, N, d]: the last layer only
+    h, roles = _positions_h(model, tok)
+    h = h[-1:]  # [1, N, d]: the last layer only
     assert h.shape[1] > 10 * h.shape[2]
     start = TunedLens(1, h.shape[2])
     with torch.no_grad():
         gen = torch.Generator().manual_seed(1)
         start.weight.copy_(0.2 * torch.randn(start.weight.shape, generator=gen))
         start.bias.copy_(0.2 * torch.randn(start.bias.shape, generator=gen))
-    fit = fit_tuned_lens(h, unembed, start=start, steps=300, batch_tokens=h.shape[1], lr=3e-2, holdout=0.2, log_every=0)
+    fit = fit_tuned_lens(h, unembed, split=roles, start=start, steps=300, batch_tokens=h.shape[1], lr=3e-2, log_every=0)
     assert fit.kl_init[0] > 1e-3  # it did start away from the final distribution
     assert fit.kl_tuned[0] < 1e-5
     M = torch.eye(h.shape[2]) + fit.lens.weight[0].detach()
@@ -199,7 +201,7 @@ def test_tuned_lens_trained_on_the_last_layer_is_near_identity(lens_lms):
     torch.testing.assert_close(M / scale, torch.eye(h.shape[2]), atol=2e-2, rtol=0)
     assert float(fit.lens.bias[0].detach().abs().max() / scale) < 2e-2
     # the regression start of the last layer is the identity itself
-    again = fit_tuned_lens(h, unembed, init="regression", steps=0, log_every=0)
+    again = fit_tuned_lens(h, unembed, split=roles, init="regression", steps=0, log_every=0)
     assert float(again.lens.weight.detach().abs().max()) == 0.0 and float(again.lens.bias.detach().abs().max()) == 0.0
     assert again.kl_tuned[0] < 1e-6
 
@@ -207,8 +209,8 @@ def test_tuned_lens_trained_on_the_last_layer_is_near_identity(lens_lms):
 def test_tuned_lens_fit_lowers_the_kl_and_round_trips_through_safetensors(lens_lms, tmp_path):
     model, tok, _ = lens_lms["gpt2"]
     unembed = find_unembedding(model)
-    h = _positions_h(model, tok)
-    fit = fit_tuned_lens(h, unembed, init="regression", steps=200, batch_tokens=64, lr=3e-3, holdout=0.25, log_every=0)
+    h, roles = _positions_h(model, tok, holdout=0.25)
+    fit = fit_tuned_lens(h, unembed, split=roles, init="regression", steps=200, batch_tokens=64, lr=3e-3, log_every=0)
     assert fit.kl_logit[-1] == pytest.approx(0.0, abs=1e-5)  # the last layer read plainly is the model's output
     assert fit.kl_tuned[:-1].mean() < fit.kl_logit[:-1].mean()
     assert fit.loss.shape == (200,) and np.isfinite(fit.loss).all()
@@ -222,6 +224,54 @@ def test_tuned_lens_fit_lowers_the_kl_and_round_trips_through_safetensors(lens_l
     reads = read_layers(model, tok, TEXTS, pad_token_sets([[[4]]] * len(TEXTS)), lenses=["logit", "tuned"], tuned=lens)
     assert set(reads) == {"logit", "tuned"} and reads["tuned"].entropy.shape == (len(TEXTS), 2)
     assert not np.allclose(reads["tuned"].entropy[:, 0], reads["logit"].entropy[:, 0])
+
+
+def test_fit_split_is_by_prompt_and_drops_shared_prefixes():
+    rng = np.random.default_rng(3)
+    shared = [7, 8, 9, 10, 11]  # a few-shot prefix every prompt starts with
+    ids = [shared + [100 + i] + rng.integers(20, 90, int(rng.integers(3, 9))).tolist() for i in range(40)]
+    split = fit_split(ids, 10_000, holdout=0.3, seed=1, per_prompt=64)
+    roles = split.role
+    assert sorted(set(roles.tolist())) == ["test", "train", "validation"]
+    assert (roles == "validation").sum() + (roles == "test").sum() == 12  # 30% of 40 prompts, whole prompts
+    assert split.position_roles().size == sum(len(p) for p in split.positions)
+    train_prefixes = {tuple(ids[p][: k + 1]) for p in np.flatnonzero(roles == "train") for k in split.positions[p]}
+    held = [tuple(ids[p][: k + 1]) for p in np.flatnonzero(roles != "train") for k in split.positions[p]]
+    assert held and not set(held) & train_prefixes
+    assert split.dropped == 4 * 12  # positions 1-4 of each held-out prompt lie in the shared prefix
+    assert fit_split(ids, 10_000, holdout=0.3, seed=1, per_prompt=64).role.tolist() == roles.tolist()  # seeded
+    with pytest.raises(LensError, match="at least 3"):
+        fit_split(ids[:2], 100)
+    with pytest.raises(LensError, match="shares its prefix"):
+        fit_split([shared] * 5, 100)
+
+
+def test_tuned_lens_test_kl_is_over_the_held_out_prompts_only(lens_lms):
+    """Oracle: the reported KL equals the mean full-softmax KL over the positions of the test prompts (and not
+    over any other set of positions), with the fitted translators."""
+    model, tok, _ = lens_lms["llama"]
+    unembed = find_unembedding(model)
+    h, split, _ = _positions_h(model, tok, n_texts=30, holdout=0.3, with_split=True)
+    roles = split.position_roles()
+    fit = fit_tuned_lens(h, unembed, split=roles, init="regression", steps=20, batch_tokens=32, lr=3e-3, log_every=0)
+    W, b = unembed.weight.double(), (unembed.bias.double() if unembed.bias is not None else 0.0)
+
+    def kl(idx, lens):
+        with torch.no_grad():
+            logp = torch.log_softmax(unembed.normed(h[-1, idx]).double() @ W.T + b, -1)
+            hh = h[:, idx] if lens is None else lens(h[:, idx])
+            logq = torch.log_softmax(unembed.normed(hh).double() @ W.T + b, -1)
+            return (logp.exp() * (logp - logq)).sum(-1).mean(-1).numpy()
+
+    test = np.flatnonzero(roles == "test")
+    test_prompts = {p for p in np.flatnonzero(split.role == "test")}
+    assert set(split.position_prompts()[test]) == test_prompts and fit.n_holdout == test.size
+    np.testing.assert_allclose(fit.kl_tuned, kl(test, fit.lens), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fit.kl_logit, kl(test, None), rtol=1e-4, atol=1e-5)
+    other = np.flatnonzero(roles != "test")
+    assert not np.allclose(fit.kl_tuned[:-1], kl(other, fit.lens)[:-1], rtol=1e-3)
+    with pytest.raises(LensError, match="training, validation and test"):
+        fit_tuned_lens(h, unembed, split=np.where(roles == "test", "validation", roles), steps=0)
 
 
 def test_lens_refuses_an_encoder_and_overlong_prompts(lens_lms, tiny_models):

@@ -68,22 +68,26 @@ def translation_prompts(words: pd.DataFrame, pairs: Sequence[tuple[str, str]], s
 
     Concepts: the whole list, or ``max_words`` of them drawn once (seeded) and used for every pair.
     Demonstrations are drawn per prompt (seeded). Columns: ``text``, ``concept`` (the English word),
-    ``source_language``, ``target_language``, ``word_target``, ``word_english``, ``word_source``.
+    ``source_language``, ``target_language``, ``word_target``, ``word_english``, ``word_source``, ``split``:
+    ``readout`` for the drawn concepts' prompts (first, in pair then concept order), ``lens`` for the concepts
+    left over, built after them in the same way (the tuned lens's fit pool: prompts no read-out reads).
     """
     n = len(words)
     if shots >= n:
         raise LensError(f"{shots} demonstrations need more than {shots} words (the list has {n})")
     rng = np.random.default_rng(seed)
     concepts = np.arange(n) if max_words is None or max_words >= n else np.sort(rng.choice(n, int(max_words), replace=False))
+    rest = np.setdiff1d(np.arange(n), concepts)
     rows = []
-    for source, target in pairs:
-        for c in concepts:
-            others = rng.choice(np.delete(np.arange(n), c), shots, replace=False) if shots else []
-            lines = [prompt_line(source, target, words.at[o, source], words.at[o, target]) for o in others]
-            lines.append(prompt_line(source, target, words.at[c, source]))
-            rows.append({"text": "\n".join(lines), "concept": words.at[c, "en"], "source_language": source,
-                         "target_language": target, "word_target": words.at[c, target], "word_english": words.at[c, "en"],
-                         "word_source": words.at[c, source]})
+    for split, chosen in (("readout", concepts), ("lens", rest)):
+        for source, target in pairs:
+            for c in chosen:
+                others = rng.choice(np.delete(np.arange(n), c), shots, replace=False) if shots else []
+                lines = [prompt_line(source, target, words.at[o, source], words.at[o, target]) for o in others]
+                lines.append(prompt_line(source, target, words.at[c, source]))
+                rows.append({"text": "\n".join(lines), "concept": words.at[c, "en"], "source_language": source,
+                             "target_language": target, "word_target": words.at[c, target],
+                             "word_english": words.at[c, "en"], "word_source": words.at[c, source], "split": split})
     return pd.DataFrame(rows)
 
 

@@ -9,6 +9,11 @@ an xarray Dataset on dim ``prompt``:
   ``question``, ``options`` ``[prompt, option]`` (padded with ''), ``n_options``, ``answer`` (index of
   the right option), ``name``, ``place_id``, ``region``.
 
+Every file has ``split`` ``[prompt]``: ``readout`` for the prompts the read-outs (latent language,
+consistency) read, first, as drawn by ``max_words`` / ``max_questions``; ``lens`` for the prompts built
+from the words or questions not drawn, after them: the only prompts the tuned lens is fitted and tested
+on, so no read-out is of a prompt the lens was fitted on.
+
 :func:`translation_frame` and :func:`question_frame` read them back as DataFrames. Tokenisation is
 left to the read-out (it depends on the model).
 """
@@ -23,11 +28,14 @@ import pandas as pd
 import xarray as xr
 
 from mechflow.lens.latent_language import translation_pairs, translation_prompts
-from mechflow.lens.questions import LETTERS, csv_questions, limit_questions, mc_prompts, place_questions
+from mechflow.lens.questions import LETTERS, csv_questions, mc_prompts, place_questions, split_questions
 from mechflow.lens.unembed import LensError
 from mechflow.lens.words import load_words
 
-__all__ = ["build_prompt_set", "translation_frame", "question_frame"]
+__all__ = ["SPLITS", "build_prompt_set", "split_of", "translation_frame", "question_frame"]
+
+#: ``split`` values of a prompt file: read by the read-outs, or kept for the tuned lens's fit
+SPLITS = ("readout", "lens")
 
 
 def _resolve(path: str | None, base_dir: str | Path) -> Path | None:
@@ -56,8 +64,13 @@ def build_prompt_set(spec: dict[str, Any], base_dir: str | Path = ".") -> xr.Dat
         questions = csv_questions(_resolve(spec["path"], base_dir))
     else:
         raise LensError(f"unknown lens prompt-set kind {kind!r} (words, places, csv)")
-    questions = limit_questions(questions, spec["max_questions"], spec["seed"])
+    questions, rest = split_questions(questions, spec["max_questions"], spec["seed"])
     stems, texts = mc_prompts(questions, shots=spec["shots"], seed=spec["seed"])
+    split = ["readout"] * len(questions)
+    if len(rest) > spec["shots"]:  # the questions not drawn, asked among themselves: the tuned lens's fit pool
+        rest_stems, rest_texts = mc_prompts(rest, shots=spec["shots"], seed=spec["seed"])
+        questions = pd.concat([questions, rest], ignore_index=True)
+        stems, texts, split = stems + rest_stems, texts + rest_texts, split + ["lens"] * len(rest)
     width = max(len(o) for o in questions["options"])
     options = np.array([list(o) + [""] * (width - len(o)) for o in questions["options"]], dtype=str)
     ds = xr.Dataset({
@@ -70,21 +83,35 @@ def build_prompt_set(spec: dict[str, Any], base_dir: str | Path = ".") -> xr.Dat
         "name": ("prompt", questions["name"].to_numpy().astype(str)),
         "place_id": ("prompt", questions["place_id"].to_numpy(np.int64)),
         "region": ("prompt", questions["region"].to_numpy().astype(str)),
+        "split": ("prompt", np.asarray(split, dtype=str)),
     }, coords={"prompt": np.arange(len(questions), dtype=np.int64), "option": list(LETTERS[:width])})
     return ds.assign_attrs(kind=kind, question=spec.get("question", "csv"))
 
 
-def translation_frame(ds: xr.Dataset) -> pd.DataFrame:
-    """A ``kind = words`` prompt file as a DataFrame (one row per prompt)."""
+def split_of(ds: xr.Dataset, split: str) -> xr.Dataset:
+    """The prompts of one split of a prompt file: ``readout`` (what the read-outs read) or ``lens`` (the tuned
+    lens's fit pool); the ``prompt`` coordinate keeps the file's prompt ids."""
+    if "split" not in ds:
+        raise LensError("the prompt file has no split variable (written by an older mechflow): rerun its lens_prompts job")
+    if split not in SPLITS:
+        raise LensError(f"unknown prompt split {split!r} ({', '.join(SPLITS)})")
+    return ds.isel(prompt=np.flatnonzero(ds["split"].values.astype(str) == split))
+
+
+def translation_frame(ds: xr.Dataset, split: str = "readout") -> pd.DataFrame:
+    """A ``kind = words`` prompt file as a DataFrame (one row per prompt of ``split``)."""
     if ds.attrs.get("kind") != "words":
         raise LensError(f"not a word-translation prompt file (kind {ds.attrs.get('kind')!r})")
-    return pd.DataFrame({v: ds[v].values.astype(str) for v in ds.data_vars})
+    ds = split_of(ds, split)
+    return pd.DataFrame({v: ds[v].values.astype(str) for v in ds.data_vars if v != "split"})
 
 
-def question_frame(ds: xr.Dataset) -> pd.DataFrame:
-    """A question prompt file as a DataFrame: ``text``, ``stem``, ``question``, ``options`` (lists), ``answer``, ..."""
+def question_frame(ds: xr.Dataset, split: str = "readout") -> pd.DataFrame:
+    """A question prompt file as a DataFrame (prompts of ``split``): ``text``, ``stem``, ``question``, ``options``
+    (lists), ``answer``, ..."""
     if ds.attrs.get("kind") not in ("places", "csv"):
         raise LensError(f"not a question prompt file (kind {ds.attrs.get('kind')!r})")
+    ds = split_of(ds, split)
     n = ds["n_options"].values
     return pd.DataFrame({
         "text": ds["text"].values.astype(str), "stem": ds["stem"].values.astype(str),

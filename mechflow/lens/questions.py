@@ -26,7 +26,7 @@ import pandas as pd
 from mechflow.io import read_csv_checked
 from mechflow.lens.unembed import LensError
 
-__all__ = ["LETTERS", "DISTRACTOR_COUNTRIES", "country_names", "place_questions", "csv_questions", "limit_questions",
+__all__ = ["LETTERS", "DISTRACTOR_COUNTRIES", "country_names", "place_questions", "csv_questions", "limit_questions", "split_questions",
            "question_block", "mc_prompts", "option_token_sets"]
 
 LETTERS = string.ascii_uppercase
@@ -107,10 +107,17 @@ def csv_questions(path: str | Path) -> pd.DataFrame:
 
 def limit_questions(questions: pd.DataFrame, max_questions: int | None, seed: int = 0) -> pd.DataFrame:
     """At most ``max_questions`` questions (a seeded sample, order kept)."""
+    return split_questions(questions, max_questions, seed)[0]
+
+
+def split_questions(questions: pd.DataFrame, max_questions: int | None,
+                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sample, rest): at most ``max_questions`` questions (a seeded sample, order kept) and the questions not drawn."""
     if max_questions is None or len(questions) <= max_questions:
-        return questions.reset_index(drop=True)
+        return questions.reset_index(drop=True), questions.iloc[:0].reset_index(drop=True)
     keep = np.sort(np.random.default_rng(seed).choice(len(questions), int(max_questions), replace=False))
-    return questions.iloc[keep].reset_index(drop=True)
+    rest = np.setdiff1d(np.arange(len(questions)), keep)
+    return questions.iloc[keep].reset_index(drop=True), questions.iloc[rest].reset_index(drop=True)
 
 
 def question_block(question: str, options: Sequence[str], answer: int | None = None) -> str:

@@ -38,13 +38,15 @@ from mechflow.lens.chunked import DEFAULT_CHUNK_BYTES, logsumexp, softmax_moment
 from mechflow.lens.unembed import LensError, Unembedding
 
 __all__ = ["TunedLens", "TunedLensFit", "FinalTargets", "final_targets", "kl_by_layer", "fit_tuned_lens",
-           "training_positions", "training_dataset", "POSITIONS_PER_PROMPT"]
+           "FitSplit", "fit_split", "fit_prompts_dataset", "training_dataset", "POSITIONS_PER_PROMPT", "ROLES"]
 
 log = logging.getLogger(__name__)
 
 Init = Literal["identity", "regression"]
 #: token positions drawn from one prompt for the tuned lens (prompts share templates: spread over many)
 POSITIONS_PER_PROMPT = 16
+#: what a position is for in the fit (whole prompts each)
+ROLES = ("train", "validation", "test")
 
 
 class TunedLens(nn.Module):
@@ -187,9 +189,9 @@ def fit_tuned_lens(
     init: Init = "regression",
     steps: int = 100,
     batch_tokens: int = 64,
+    split: Sequence[str] | np.ndarray,
     lr: float = 3e-4,
     ridge: float = 1e-2,
-    holdout: float = 0.1,
     seed: int = 0,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     eval_every: int = 10,
@@ -198,25 +200,31 @@ def fit_tuned_lens(
 ) -> TunedLensFit:
     """Fit translators to residuals ``h`` ``[layer, N, d]`` (float32, N token positions).
 
-    A seeded ``holdout`` fraction of the positions (at least two) is kept out and split in halves:
-    *validation* and *test*. Adam runs ``steps`` steps of ``batch_tokens`` positions each (every layer
-    of each position); every ``eval_every`` steps (and at the start and end) each layer's validation KL
-    is measured and each layer keeps its best translator so far (per-layer early stopping: a noisy
-    short fit never leaves a layer worse than its start). The KL diagnostics are on the test half.
+    ``split`` ``[N]`` says what each position is for: ``train``, ``validation`` or ``test`` (from
+    :func:`fit_split`: whole prompts, so no held-out position comes from a prompt that gave a training
+    position). Adam runs ``steps`` steps of ``batch_tokens`` training positions each (every layer of each
+    position); every ``eval_every`` steps (and at the start and end) each layer's validation KL is measured
+    and each layer keeps its best translator so far (per-layer early stopping: a noisy short fit never
+    leaves a layer worse than its start). The KL diagnostics are over the test positions only.
     ``start``: translators to continue from instead of ``init`` (modified in place).
     """
     L, N, d = h.shape
-    if N < 3:
-        raise LensError(f"the tuned lens needs at least 3 token positions, got {N}")
+    split = np.asarray(split, dtype=str)
+    if split.shape != (N,):
+        raise LensError(f"split has shape {split.shape}, the residuals {N} positions")
+    unknown = sorted(set(split.tolist()) - set(ROLES))
+    if unknown:
+        raise LensError(f"unknown position role(s) {unknown} ({', '.join(ROLES)})")
+    train, val, test = (torch.from_numpy(np.flatnonzero(split == r)) for r in ROLES)
+    if not (len(train) and len(val) and len(test)):
+        raise LensError(f"the tuned lens needs training, validation and test positions, got {len(train)}, {len(val)}, "
+                        f"{len(test)}")
     if init not in ("identity", "regression"):
         raise LensError(f"unknown tuned-lens init {init!r} (identity, regression)")
     t0 = time.perf_counter()
     for p in unembed.norm.parameters():
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(N, generator=gen)
-    n_hold = min(N - 1, max(2, int(round(holdout * N))))
-    val, test, train = perm[: n_hold // 2], perm[n_hold // 2 : n_hold], perm[n_hold:]
     target = final_targets(h[-1], unembed, chunk_bytes)
     lens = start if start is not None else TunedLens(L, d)
     kl_logit = kl_by_layer(h[:, test], target.subset(test), unembed, None, chunk_bytes)
@@ -267,27 +275,92 @@ class _Best:
             lens.bias.copy_(self.bias)
 
 
-def training_positions(lengths: Sequence[int], max_tokens: int, seed: int = 0,
-                       per_prompt: int = POSITIONS_PER_PROMPT) -> list[list[int]]:
-    """Token positions to fit the tuned lens on, per prompt ``[P][k]`` (sorted; empty for prompts not drawn).
+@dataclass(frozen=True)
+class FitSplit:
+    """Where the tuned lens is fitted and tested, by prompt: ``positions`` ``[P][k]`` (sorted token positions,
+    empty for prompts not drawn), ``role`` ``[P]`` (``train``, ``validation``, ``test``; ``""`` = not drawn) and
+    ``dropped``: held-out positions left out because their token prefix is a training position's (the same
+    residual: a shared few-shot prefix would be a training example in the test)."""
 
-    Prompts are drawn in a seeded order; each gives up to ``per_prompt`` distinct positions other than
-    its first (the attention sink, whose residual is 10-100x larger in SmolLM2) until ``max_tokens``.
+    positions: list[list[int]]
+    role: np.ndarray
+    dropped: int
+
+    def position_roles(self) -> np.ndarray:
+        """Role of every position ``[N]``, in prompt order then position order (as :func:`position_residuals`)."""
+        return np.asarray([r for pos, r in zip(self.positions, self.role) for _ in pos], dtype=str)
+
+    def position_prompts(self) -> np.ndarray:
+        """Prompt index of every position ``[N]`` (same order)."""
+        return np.asarray([p for p, pos in enumerate(self.positions) for _ in pos], dtype=np.int64)
+
+
+def fit_split(ids: Sequence[Sequence[int]], max_tokens: int, holdout: float = 0.1, seed: int = 0,
+              per_prompt: int = POSITIONS_PER_PROMPT) -> FitSplit:
+    """Token positions to fit and test the tuned lens on, split by prompt.
+
+    Prompts (token ids ``[P][len]``) are drawn in a seeded order; each gives up to ``per_prompt`` distinct
+    positions other than its first (the attention sink, whose residual is 10-100x larger in SmolLM2) until
+    ``max_tokens``. The drawn prompts are then split (seeded): ``holdout`` of them (at least two) held out,
+    half for validation and half for test, the rest for training. A held-out position whose prefix
+    ``ids[:pos + 1]`` is a training position's is dropped (its residual is a training residual).
     """
     rng = np.random.default_rng(seed)
-    out: list[list[int]] = [[] for _ in lengths]
-    total = 0
-    for p in rng.permutation(len(lengths)):
+    positions: list[list[int]] = [[] for _ in ids]
+    drawn, total = [], 0
+    for p in rng.permutation(len(ids)):
         if total >= max_tokens:
             break
-        candidates = np.arange(1, int(lengths[p]))
+        candidates = np.arange(1, len(ids[p]))
         k = min(per_prompt, candidates.size, max_tokens - total)
         if k > 0:
-            out[p] = sorted(rng.choice(candidates, k, replace=False).tolist())
+            positions[p] = sorted(rng.choice(candidates, k, replace=False).tolist())
+            drawn.append(int(p))
             total += k
-    if total < 2:
-        raise LensError(f"the lens prompts give {total} token positions after the first; the tuned lens needs at least 2")
-    return out
+    if len(drawn) < 3:
+        raise LensError(f"the tuned lens's fit pool gives token positions in {len(drawn)} prompt(s); it needs at least 3 "
+                        "(training, validation, test: split by prompt)")
+    n_hold = min(len(drawn) - 1, max(2, int(round(holdout * len(drawn)))))
+    order = rng.permutation(drawn)
+    role = np.full(len(ids), "", dtype=object)
+    role[order[: n_hold // 2]], role[order[n_hold // 2 : n_hold]], role[order[n_hold:]] = ROLES[1], ROLES[2], ROLES[0]
+    seen = {tuple(ids[p][: k + 1]) for p in order[n_hold:] for k in positions[p]}
+    dropped = 0
+    for p in order[:n_hold]:
+        keep = [k for k in positions[p] if tuple(ids[p][: k + 1]) not in seen]
+        dropped += len(positions[p]) - len(keep)
+        positions[p] = keep
+    role = np.asarray(role.tolist(), dtype=str)
+    for r in ROLES[1:]:
+        if not any(positions[p] for p in np.flatnonzero(role == r)):
+            raise LensError(f"every {r} position of the tuned lens shares its prefix with a training position; "
+                            "the fit pool's prompts are too alike (more prompts: lens.tuned.max_tokens, or a larger pool)")
+    return FitSplit(positions=positions, role=role, dropped=dropped)
+
+
+def fit_prompts_dataset(split: FitSplit, sets: Sequence[str], prompt_ids: Sequence[int]) -> xr.Dataset:
+    """Which prompts and positions the tuned lens used: on dim ``fit_prompt`` (drawn prompts) ``fit_dataset``,
+    ``fit_prompt_id`` (the prompt's id in its ``prompts.nc``), ``fit_role``, ``fit_positions``; on dim
+    ``position`` (every position of ``h``, in its order) ``position_prompt`` (index on ``fit_prompt``),
+    ``position_token`` and ``position_role``."""
+    drawn = [p for p, pos in enumerate(split.positions) if pos or split.role[p]]
+    index = {p: i for i, p in enumerate(drawn)}
+    prompts = split.position_prompts()
+    ds = xr.Dataset({
+        "fit_dataset": ("fit_prompt", np.asarray([sets[p] for p in drawn], dtype=str)),
+        "fit_prompt_id": ("fit_prompt", np.asarray([prompt_ids[p] for p in drawn], dtype=np.int64)),
+        "fit_role": ("fit_prompt", np.asarray([split.role[p] for p in drawn], dtype=str)),
+        "fit_positions": ("fit_prompt", np.asarray([len(split.positions[p]) for p in drawn], dtype=np.int64)),
+        "position_prompt": ("position", np.asarray([index[p] for p in prompts], dtype=np.int64)),
+        "position_token": ("position", np.asarray([k for pos in split.positions for k in pos], dtype=np.int64)),
+        "position_role": ("position", split.position_roles()),
+    })
+    ds["fit_role"].attrs["description"] = "train, validation or test: whole prompts (split by prompt, seeded)"
+    ds["fit_positions"].attrs["description"] = ("token positions the prompt gave (held-out positions sharing a training "
+                                               "position's prefix dropped)")
+    ds["position_token"].attrs["description"] = "token index in the prompt (0 = first token, never used: the sink)"
+    counts = {f"n_{r}_prompts": int((ds["fit_role"].values == r).sum()) for r in ROLES}
+    return ds.assign_attrs(**counts, dropped_shared_prefix=split.dropped)
 
 
 def training_dataset(fit: TunedLensFit) -> xr.Dataset:
@@ -304,6 +377,7 @@ def training_dataset(fit: TunedLensFit) -> xr.Dataset:
         ds["best_step"] = ("layer", np.asarray(fit.info["best_step"], dtype=np.int64))
         ds["best_step"].attrs["description"] = "step whose translator each layer kept (lowest validation KL; 0 = the start)"
     for v in ("kl_logit", "kl_init", "kl_tuned"):
-        ds[v].attrs.update(units="nats", description=f"mean KL(final || {v[3:]} lens) over {fit.n_holdout} held-out positions")
+        ds[v].attrs.update(units="nats", description=f"mean KL(final || {v[3:]} lens) over the {fit.n_holdout} test "
+                           "positions (prompts that gave no training position)")
     ds["loss"].attrs.update(units="nats", description="mean KL over every layer of the step's positions")
     return ds.assign_attrs(n_train=fit.n_train, n_holdout=fit.n_holdout, fit_seconds=round(fit.seconds, 2))

@@ -20,6 +20,7 @@ from mechflow.data.prompts import geonames_path
 from mechflow.facts import StudyFacts
 from mechflow.lens.errors import LensError
 from mechflow.lens.latent_language import translation_pairs
+from mechflow.lens.questions import csv_questions
 from mechflow.lens.words import load_words, shipped_words_path
 from mechflow.study import ConfigError, canonical, model_params, settings
 
@@ -153,10 +154,13 @@ def check(config: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".")
         p = Path(path) if Path(path).is_absolute() else Path(base_dir) / path
         if not p.exists():
             raise ConfigError(f"lens.consistency.questions.{name}", f"{p} does not exist")
+    n_words = None
     if ll["enabled"]:
-        _check_words(ll, base_dir)
+        n_words = _check_words(ll, base_dir)
         if ll["name"] in sets:
             raise ConfigError("lens.latent_language.name", f"{ll['name']!r} is also a consistency question set")
+    if "tuned" in lens["lenses"]:
+        _check_fit_pool(ll, cons, sets, n_words, base_dir)
     for m in lens_models(config):
         n = facts.models[m].layers
         bad = [layer for layer in cons.get("layers") or [] if n is not None and layer >= n]
@@ -180,7 +184,34 @@ def _check_causal(config: dict[str, Any], facts: StudyFacts) -> None:
                       f"causal LM (no next-token head to read; models: {kinds}); set lens.models: {causal}")
 
 
-def _check_words(ll: dict[str, Any], base_dir: str | Path) -> None:
+def _check_fit_pool(ll: dict[str, Any], cons: dict[str, Any], sets: dict[str, dict[str, Any]], n_words: int | None,
+                    base_dir: str | Path) -> None:
+    """The tuned lens is fitted only on prompts no read-out reads (``split = lens``: the words or questions not
+    drawn); some set must leave such prompts. Place sets are taken to leave some when ``max_questions`` is set (their
+    size is known only once the gazetteer is read: the tuned_lens job says so if not)."""
+    words = n_words is not None and ll["max_words"] is not None and ll["max_words"] < n_words
+    limit = cons.get("max_questions")
+    questions = False
+    for spec in sets.values():
+        if limit is None:
+            break
+        if spec["kind"] == "places":
+            questions = True
+        else:
+            p = Path(spec["path"]) if Path(spec["path"]).is_absolute() else Path(base_dir) / spec["path"]
+            try:
+                questions = questions or len(csv_questions(p)) > limit + cons["shots"]
+            except LensError as e:
+                raise ConfigError("lens.consistency.questions", " ".join(str(e).split())) from None
+    if not (words or questions):
+        raise ConfigError("lens.tuned", "the tuned lens is fitted only on prompts no read-out reads (the words or "
+                          "questions not drawn), and every prompt is read out: set lens.latent_language.max_words below "
+                          f"the word list's {n_words} words or lens.consistency.max_questions below a set's size, or "
+                          "lens.lenses: [logit]")
+
+
+def _check_words(ll: dict[str, Any], base_dir: str | Path) -> int:
+    """The word list's size, after checking it and the pairs."""
     path = ll["words"]
     if path is not None and not Path(path).is_absolute():
         path = Path(base_dir) / path
@@ -194,3 +225,4 @@ def _check_words(ll: dict[str, Any], base_dir: str | Path) -> None:
     if ll["shots"] >= len(words):
         raise ConfigError("lens.latent_language.shots", f"{ll['shots']} demonstrations need more than "
                           f"{ll['shots']} words (the list has {len(words)})")
+    return len(words)
