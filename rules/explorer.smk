@@ -5,7 +5,7 @@ rule explorer:
     output:
         directory(EXPLORER),
     params:
-        explorer=lambda wc: explorer_step.params(config, FACTS, wc.model),
+        explorer=lambda wc: explorer_step.params(config, FACTS, wc.model, wc.source),
         code=code("explorer"),
     log:
         f"{LOGS}/explorer/{{dataset}}/{{model}}/{{hook}}/layer{{layer}}/{{source}}.log",

@@ -3,6 +3,8 @@
 - :mod:`~mechflow.explorer.sets`: a feature set (SAE run, semi-NMF run, a hook's raw units) as pooled values
   [prompt, feature], a token encoder and decoder directions (:class:`FeatureSet`);
 - :mod:`~mechflow.explorer.tokens`: every token of the prompts encoded, top contexts, histograms, density;
+- :mod:`~mechflow.explorer.corpus`: top contexts from a text corpus's held-out windows (SAEs trained on a corpus),
+  streamed over the held-out token-activation shards;
 - :mod:`~mechflow.explorer.directions`: nearest features by decoder cosine, promoted / suppressed tokens
   (a decoder direction through the final norm's scale and the unembedding);
 - :mod:`~mechflow.explorer.site`: the static site (index table, lazily loaded feature chunks, vendored assets);

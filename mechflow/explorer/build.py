@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from mechflow.contracts import EARTH_RADIUS_M
+from mechflow.explorer.corpus import CorpusContexts
 from mechflow.explorer.sets import FeatureSet, load_set
 from mechflow.explorer.site import write_site
 from mechflow.explorer.tokens import TokenTable, feature_tokens, token_table
@@ -43,14 +44,18 @@ def shipped_basemap(region: str, crs: str | None, extent: Sequence[float]) -> li
 
 @dataclass(frozen=True)
 class ExplorerSettings:
-    """contexts: top contexts per feature; logit_tokens: promoted / suppressed tokens shown; neighbors: nearest
-    features by decoder cosine; bins: histogram bins; chunk_size: features per lazily loaded data file."""
+    """contexts: top contexts per feature (placename prompts, and held-out corpus windows where the set has them);
+    logit_tokens: promoted / suppressed tokens shown; neighbors: nearest features by decoder cosine; bins: histogram
+    bins; chunk_size: features per lazily loaded data file; corpus_before / corpus_after: tokens shown before and
+    after a corpus context's largest activation."""
 
     contexts: int = 10
     logit_tokens: int = 10
     neighbors: int = 8
     bins: int = 24
     chunk_size: int = 64
+    corpus_before: int = 12
+    corpus_after: int = 4
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> ExplorerSettings:
@@ -68,12 +73,16 @@ class Logits:
 
 @dataclass
 class Inputs:
-    """What :func:`build_explorer` reads besides the feature set (paths; ``lisa`` and ``steering`` optional)."""
+    """What :func:`build_explorer` reads besides the feature set (paths; ``lisa``, ``steering`` and the corpus optional):
+    ``corpus_shards``, ``corpus_windows``: the held-out token-activation shards of an SAE trained on a text corpus at
+    its hook and layer, and the corpus's windows file (:mod:`mechflow.explorer.corpus`)."""
 
     tokens: str
     moran: str
     lisa: str | None = None
     steering: list[str] = field(default_factory=list)
+    corpus_shards: list[str] = field(default_factory=list)
+    corpus_windows: str | None = None
 
 
 def _project(lon: np.ndarray, lat: np.ndarray, crs: str | None) -> tuple[np.ndarray, str | None]:
@@ -201,9 +210,37 @@ def _round(a: np.ndarray, digits: int = 4) -> list[float]:
     return [float(f"{v:.{digits}g}") for v in np.asarray(a, dtype=np.float64)]
 
 
+def compute_corpus(fs: FeatureSet, inputs: Inputs, corpus: Mapping[str, Any] | None, s: ExplorerSettings
+                   ) -> CorpusContexts | None:
+    """Top held-out corpus windows of every feature of an SAE trained on a text corpus (``corpus``: ``rows``, the cap on
+    held-out tokens read, and ``model``, whose tokenizer decodes the windows), else None."""
+    if fs.kind != "sae" or not inputs.corpus_shards or corpus is None:
+        return None
+    if not inputs.corpus_windows:
+        raise ValueError("corpus contexts need the corpus's windows file (Inputs.corpus_windows)")
+    from mechflow.explorer.corpus import corpus_contexts
+    from mechflow.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(corpus["model"]["spec"]))
+
+    def decode(ids: Sequence[int]) -> list[str]:
+        return [tokenizer.decode([int(i)]) for i in ids]
+
+    rows = corpus.get("rows")
+    return corpus_contexts(inputs.corpus_shards, inputs.corpus_windows, fs.encode, fs.n_features, decode, k=s.contexts,
+                           max_rows=None if rows is None else int(rows), before=s.corpus_before, after=s.corpus_after)
+
+
+def _heads_page(heads: Mapping[str, np.ndarray] | None, f: int) -> dict | None:
+    if heads is None:
+        return None
+    return {"share": _round(heads["head_share"][f], 3), "direct": _round(heads["head_direct"][f], 3)}
+
+
 def _pages(fs: FeatureSet, table: TokenTable, moran_cols: dict[str, np.ndarray], lisa: dict[int, dict],
            near: tuple[np.ndarray, np.ndarray] | None, logits: Logits, steer: dict[int, list[dict]],
-           s: ExplorerSettings, stats: dict[str, np.ndarray]) -> Iterator[tuple[int, dict]]:
+           s: ExplorerSettings, stats: dict[str, np.ndarray], corpus: CorpusContexts | None = None
+           ) -> Iterator[tuple[int, dict]]:
     dense = fs.kind != "sae"
     for f in range(fs.n_features):
         ft = feature_tokens(table, f, s.contexts, s.bins)
@@ -222,19 +259,27 @@ def _pages(fs: FeatureSet, table: TokenTable, moran_cols: dict[str, np.ndarray],
             page["up"], page["down"] = logits.up[f], logits.down[f]
         if f in steer:
             page["steer"] = steer[f]
+        if corpus is not None:
+            page["corpus"], page["corpus_density"] = corpus.contexts[f], float(corpus.density[f])
+        if fs.heads is not None:
+            page["heads"] = _heads_page(fs.heads, f)
         yield f, page
 
 
 def build_explorer(out: str | Path, source: str, features: str | Path, layer: int, inputs: Inputs,
                    crs: Mapping[str, str], settings: ExplorerSettings = ExplorerSettings(),
                    sae_dir: str | Path | None = None, model_params: Mapping[str, Any] | None = None,
-                   labels: Mapping[str, str] | None = None, basemap: Basemap | None = None) -> dict[str, Any]:
+                   labels: Mapping[str, str] | None = None, basemap: Basemap | None = None,
+                   corpus: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write the explorer of feature set ``source`` (``units``, ``sae-<run>``, ``snmf-<run>``) into the folder ``out``.
 
     ``features``: the set's file (activations / features.nc / semi-NMF file); ``inputs``: the token file of the
     prompts at the set's hook, the spatial step's Moran (and LISA) files, steering files of the model;
     ``model_params``: the model's settings when it is a causal LM (promoted / suppressed tokens), else None;
-    ``labels``: dataset, model, hook for the title; ``crs``: region -> CRS over the Moran file's ``crs`` attr.
+    ``labels``: dataset, model, hook for the title; ``crs``: region -> CRS over the Moran file's ``crs`` attr;
+    ``corpus``: for an SAE trained on a text corpus, ``name``, ``rows`` (held-out tokens read at most, None: all) and
+    ``model`` (the model's settings: its tokenizer) with ``inputs.corpus_shards`` / ``corpus_windows``: each feature's
+    top held-out corpus windows beside its placename contexts.
     The folder is written next to ``out`` and renamed into place.
     Returns sizes (bytes), file count and seconds.
     """
@@ -258,6 +303,7 @@ def build_explorer(out: str | Path, source: str, features: str | Path, layer: in
     hook = labels.get("hook", str(fs.attrs.get("hook", "")))
     logits = compute_logits(fs, hook, layer, model_params, settings.logit_tokens)
     steer = steering_tables(inputs.steering, run or None, layer)
+    corpus_top = compute_corpus(fs, inputs, corpus, settings)
     regions = sorted(r[2:] for r in moran_cols)
     stats = {"density": np.zeros(n), "max": np.zeros(n)}
     word = FEATURE_WORD[kind]
@@ -266,7 +312,14 @@ def build_explorer(out: str | Path, source: str, features: str | Path, layer: in
             "n_features": n, "regions": regions, "kind": kind, "feature_word": word, "note": fs.note,
             "contexts_from": "placename prompts, every token (rule extract_tokens)",
             "logits_note": logits.note or "", "source": source, "layer": layer, **labels}
-    pages = _pages(fs, table, moran_cols, lisa, near, logits, steer, settings, stats)
+    if corpus_top is not None:
+        info = corpus_top.info
+        meta["corpus_from"] = (f"held-out windows of corpus {(corpus or {}).get('name') or info['corpus']}, never trained "
+                               f"on: {info['rows']:,} of its {info['held_out_rows']:,} held-out tokens read "
+                               f"({info['shards_read']} of {info['shards']} shards; explorer.corpus_rows)")
+    if fs.heads is not None:
+        meta["n_heads"] = int(fs.heads["head_share"].shape[1])
+    pages = _pages(fs, table, moran_cols, lisa, near, logits, steer, settings, stats, corpus_top)
 
     def index() -> dict[str, Any]:
         columns = [{"key": "feature", "label": word, "int": True}]
@@ -278,6 +331,18 @@ def build_explorer(out: str | Path, source: str, features: str | Path, layer: in
         columns += [{"key": "density", "label": "density", "help": "fraction of the prompts' tokens where the value is > 0"},
                     {"key": "max", "label": "max", "help": "largest value at any token"}]
         rows: dict[str, Any] = {"feature": list(range(n))}
+        if corpus_top is not None:
+            columns.append({"key": "corpus_density", "label": "corpus density",
+                            "help": "fraction of the held-out corpus tokens read where the feature is > 0"})
+            rows["corpus_density"] = _round(corpus_top.density)
+        if fs.heads is not None:
+            share = fs.heads["head_share"]
+            top = np.where(np.isfinite(share).any(1), np.nanargmax(np.nan_to_num(share, nan=-1.0), axis=1), -1)
+            columns += [{"key": "top_head", "label": "top head", "int": True,
+                         "help": "the head with the largest share of the decoder norm (attn_z)"},
+                        {"key": "top_head_share", "label": "top head share", "help": "that head's share of the decoder norm"}]
+            rows["top_head"] = [None if t < 0 else int(t) for t in top]
+            rows["top_head_share"] = [None if t < 0 else float(f"{share[i, t]:.4g}") for i, t in enumerate(top)]
         rows.update({k: _round(v) for k, v in moran_cols.items()})
         rows.update({k: [None if np.isnan(x) else int(x) for x in v] for k, v in lisa_counts.items()})
         rows.update(density=_round(stats["density"]), max=_round(stats["max"]))

@@ -1,10 +1,12 @@
 """Decoder directions: nearest features by cosine, and the tokens a direction promotes and suppresses.
 
 A feature's direction at a hook is carried to the residual stream (``resid``, ``attn_out``: as it is;
-``mlp_hidden``: through the MLP's down projection) and read by the model's unembedding as the logit lens
-reads a residual (:mod:`mechflow.lens.unembed`), with the final norm as a direction sees it: its per-channel
-scale (``norm.weight``), after centring for a LayerNorm; the norm's division by the RMS only rescales every
-logit of one direction alike, and its bias is the same for every feature, so both are left out (as
+``mlp_hidden``: through the MLP's down projection; ``attn_z``, the heads' outputs before the attention output
+projection: through that projection, ``W_O d`` with W_O [d_model, n_heads * d_head] of
+:func:`mechflow.hooks.output_projection`) and read by the model's unembedding as the logit lens reads a residual
+(:mod:`mechflow.lens.unembed`), with the final norm as a direction sees it: its per-channel scale (``norm.weight``),
+after centring for a LayerNorm; the norm's division by the RMS only rescales every logit of one direction alike,
+and its bias (like the projections' biases) is the same for every feature, so both are left out (as
 sae-dashboard / Neuronpedia compute ``W_U (gamma * d)``).
 """
 
@@ -45,6 +47,14 @@ def to_residual(model: torch.nn.Module, hook: str, layer: int, directions: torch
 
     if hook in ("resid", "attn_out"):
         return directions
+    if hook == "attn_z":
+        from mechflow.hooks import output_projection
+
+        w_o, _ = output_projection(_base_model(model), layer)                 # [d_model, n_heads * d_head]
+        if directions.shape[-1] != w_o.shape[1]:
+            raise ValueError(f"attn_z directions have {directions.shape[-1]} units, block {layer}'s output projection "
+                             f"reads {w_o.shape[1]}")
+        return directions @ w_o.detach().to(directions.dtype).T             # biases left out, as for mlp_hidden
     site = capture_sites(_base_model(model), hook)[layer]
     if hook == "mlp_hidden" and site.what == "input":
         w = site.module.weight.detach().float()

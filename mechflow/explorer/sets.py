@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from mechflow.io import load_dataset, load_feature_set
+from mechflow.io import load_dataset, load_feature_set, open_dataset
 
 __all__ = ["FeatureSet", "load_set", "PLACE_COORDS"]
 
@@ -32,7 +32,9 @@ class FeatureSet:
     decoder rows (SAE ``W_dec``, semi-NMF ``F`` columns) or None (units: the unit basis);
     token_values: precomputed token-level values [token, feature] (a token-level semi-NMF's ``G_token``) or None,
     with token_prompt [token] the prompt of each of its rows;
-    note: how token values are obtained, shown on the pages.
+    note: how token values are obtained, shown on the pages;
+    heads: an ``attn_z`` SAE's head attribution (:mod:`mechflow.sae.heads`: ``head_share``, ``head_direct``
+    [feature, head] float64, from features.nc) or None.
     """
 
     kind: str
@@ -44,6 +46,7 @@ class FeatureSet:
     token_values: np.ndarray | None = None
     token_prompt: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)
+    heads: dict[str, np.ndarray] | None = None
 
     @property
     def n_features(self) -> int:
@@ -71,7 +74,21 @@ def _sae(features: Path, sae_dir: Path) -> FeatureSet:
 
     directions = sae.W_dec.detach().float().numpy()
     return FeatureSet("sae", da.values.astype(np.float32), _places(da), encode, directions,
-                      "token values: the SAE's encoder on each token's activation", attrs=dict(da.attrs))
+                      "token values: the SAE's encoder on each token's activation", attrs=dict(da.attrs),
+                      heads=_heads(features, da.sizes["feature"]))
+
+
+def _heads(features: Path, n: int) -> dict[str, np.ndarray] | None:
+    """The head attribution coordinates of an attn_z SAE's features.nc ([feature, head] each), or None."""
+    from mechflow.sae.heads import HEAD_VARIABLES
+
+    with open_dataset(features) as ds:
+        if not all(v in ds.variables for v in HEAD_VARIABLES):
+            return None
+        out = {v: np.asarray(ds[v].transpose("feature", "head").values, dtype=np.float64) for v in HEAD_VARIABLES}
+    if any(a.shape[0] != n for a in out.values()):
+        raise ValueError(f"{features}: head attribution covers {out['head_share'].shape[0]} features, the set has {n}")
+    return out
 
 
 def _snmf(path: Path) -> FeatureSet:

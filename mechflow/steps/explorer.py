@@ -4,7 +4,9 @@ A job per spatial job (SAE run, semi-NMF run, raw units of a hook and layer, on 
 model), writing the folder ``explorer/{dataset}/{model}/{hook}/layer{layer}/{source}``. It reads the set's file,
 its Moran (and LISA) file, the hook's token file of the prompts (rule ``extract_tokens``: the per-token
 highlighting), for a causal LM the model (promoted / suppressed tokens) and the steering files of the model whose
-vector is one of the set's features. No torch is imported here.
+vector is one of the set's features; for an SAE trained on a text corpus (``sae.level: corpus``) also the held-out
+token-activation shards of its corpus at its hook and layer and the corpus's windows (top corpus contexts, at most
+``explorer.corpus_rows`` held-out tokens read). No torch is imported here.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from typing import Any
 from mechflow.contracts import SAE_FILES, result_path
 from mechflow.facts import StudyFacts
 from mechflow.models import model_input_files
-from mechflow.steps import spatial, steering
+from mechflow.steps import sae, spatial, steering
 from mechflow.study import canonical, model_params, settings, study_crs
 
-__all__ = ["SETTINGS", "jobs", "inputs", "params", "check"]
+__all__ = ["SETTINGS", "jobs", "inputs", "params", "corpus_source", "check"]
 
 #: the settings of ``explorer:`` that define its results
 SETTINGS = ("contexts", "logit_tokens", "neighbors", "bins", "chunk_size")
@@ -41,9 +43,17 @@ def _steering_files(study: dict[str, Any], facts: StudyFacts, w: dict[str, str])
                   and j["source"] == kind and steering.vector_spec(study, j["name"]).get("run") == run)
 
 
+def corpus_source(study: dict[str, Any], source: str) -> bool:
+    """Whether feature set ``source`` is an SAE run trained on a text corpus (``sae.level: corpus``): its explorer shows
+    top held-out corpus contexts."""
+    return source.partition("-")[0] == "sae" and study["sae"]["level"] == "corpus"
+
+
 def inputs(study: dict[str, Any], facts: StudyFacts, wildcards: dict[str, str]) -> dict[str, Any]:
     """The files one explorer job reads, by name: ``features``, ``moran``, ``lisa`` (maybe empty), ``tokens``,
-    ``weights`` (SAE runs), ``model`` (causal LMs), ``steering``."""
+    ``weights`` (SAE runs), ``model`` (causal LMs), ``steering``, and for a corpus-trained SAE (:func:`corpus_source`)
+    ``corpus_shards`` (the held-out shards of its corpus at its model, hook and layer) and ``corpus_windows`` (else
+    empty)."""
     root, w = study["results"], dict(wildcards)
     kind, _, run = w["source"].partition("-")
     out: dict[str, Any] = {"features": spatial.input_path(study, w),
@@ -52,7 +62,11 @@ def inputs(study: dict[str, Any], facts: StudyFacts, wildcards: dict[str, str]) 
                            "tokens": result_path("tokens", root, **w),
                            "weights": [f"{result_path('sae_dir', root, **dict(w, run=run))}/{SAE_FILES[0]}"] if kind == "sae" else [],
                            "model": model_input_files(study["models"][w["model"]]["spec"]) if _causal(facts, w["model"]) else [],
-                           "steering": _steering_files(study, facts, w)}
+                           "steering": _steering_files(study, facts, w),
+                           "corpus_shards": [], "corpus_windows": []}
+    if corpus_source(study, w["source"]):
+        out["corpus_shards"] = sae.corpus_inputs(study, w)["held_out"]
+        out["corpus_windows"] = [sae.corpus_splice_windows(study, w["model"])]
     return out
 
 
@@ -60,11 +74,15 @@ def _causal(facts: StudyFacts, model: str) -> bool:
     return bool(facts.models[model].causal)
 
 
-def params(study: dict[str, Any], facts: StudyFacts, model: str) -> dict[str, Any]:
-    """The settings of an explorer job: ``explorer:``'s, the region -> CRS map, and the model's settings for a
-    causal LM (null for an encoder: no unembedding)."""
+def params(study: dict[str, Any], facts: StudyFacts, model: str, source: str = "units") -> dict[str, Any]:
+    """The settings of an explorer job: ``explorer:``'s, the region -> CRS map, the model's settings for a
+    causal LM (null for an encoder: no unembedding), and for a corpus-trained SAE ``corpus`` (its name, the held-out
+    tokens read at most, ``explorer.corpus_rows``, and the model whose tokenizer decodes the windows; else null)."""
+    held_out = None
+    if corpus_source(study, source):
+        held_out = {"name": study["sae"]["corpus"], "rows": study["explorer"]["corpus_rows"], "model": model_params(study, model)}
     return canonical(dict(settings(study["explorer"], *SETTINGS), crs=study_crs(study),
-                          model=model_params(study, model) if _causal(facts, model) else None))
+                          model=model_params(study, model) if _causal(facts, model) else None, corpus=held_out))
 
 
 def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:

@@ -176,10 +176,12 @@
   };
 
   // ---------------------------------------------------------------- top contexts
+  // placename contexts carry c.prompt; corpus contexts c.window, c.document, c.position (the token of c.max)
   MF.contexts = function (holder, contexts, vmax) {
     if (!contexts.length) { holder.appendChild(el("p", { class: "muted" }, "no context activates this feature")); return; }
     contexts.forEach(function (c) {
-      var line = el("div", { class: "ctx", "data-prompt": c.prompt });
+      var corpus = c.window !== undefined;
+      var line = el("div", corpus ? { class: "ctx corpus", "data-window": c.window } : { class: "ctx", "data-prompt": c.prompt });
       var ex = {}; (c.excluded || []).forEach(function (i) { ex[i] = true; });
       c.tokens.forEach(function (tok, i) {
         var v = c.values[i];
@@ -187,9 +189,32 @@
         s.style.background = MF.tokenColor(v, vmax);
         line.appendChild(s); line.appendChild(document.createTextNode(" "));
       });
-      line.appendChild(el("span", { class: "val" }, "max " + fmt(c.max)));
+      line.appendChild(el("span", { class: "val" }, "max " + fmt(c.max) + (corpus ? " \u00b7 " + c.document + ", window " + c.window : "")));
       holder.appendChild(line);
     });
+  };
+
+  // ---------------------------------------------------------------- head attribution (SVG bars, attn_z SAEs)
+  // heads: {share: [head], direct: [head]}: share of the decoder norm per head (sums to 1), |W_O,h d_h| per head
+  MF.heads = function (holder, heads) {
+    var ns = "http://www.w3.org/2000/svg", n = heads.share.length, L = 54, W = Math.max(220, L + 14 * n + 10), RH = 60;
+    var svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("width", W); svg.setAttribute("height", 2 * RH + 28); svg.setAttribute("class", "heads");
+    function text(x, y, s, anchor) { var t = document.createElementNS(ns, "text"); t.setAttribute("x", x); t.setAttribute("y", y); t.setAttribute("font-size", "10"); t.setAttribute("text-anchor", anchor || "middle"); t.setAttribute("fill", "#555"); t.textContent = s; svg.appendChild(t); }
+    [["share", "share", "#2457a6", 1], ["direct", "direct", "#8a6d9e", Math.max.apply(null, heads.direct.map(function (v) { return v || 0; })) || 1]].forEach(function (row, ri) {
+      var top = ri * RH + 4, bw = (W - L - 10) / n;
+      text(L - 6, top + RH / 2, row[1], "end");
+      heads[row[0]].forEach(function (v, h) {
+        var hgt = (v > 0 ? v / row[3] : 0) * (RH - 10), r = document.createElementNS(ns, "rect");
+        r.setAttribute("x", L + h * bw); r.setAttribute("y", top + RH - 6 - hgt); r.setAttribute("width", Math.max(1, bw - 2)); r.setAttribute("height", hgt);
+        r.setAttribute("fill", row[2]); r.setAttribute("data-head", h); r.setAttribute("data-kind", row[0]);
+        var t = document.createElementNS(ns, "title"); t.textContent = "head " + h + ": share " + fmt(heads.share[h]) + ", direct " + fmt(heads.direct[h]);
+        r.appendChild(t); svg.appendChild(r);
+      });
+    });
+    for (var h = 0; h < n; h++) text(L + (h + 0.5) * (W - L - 10) / n, 2 * RH + 20, String(h));
+    holder.appendChild(svg);
+    holder.appendChild(el("div", { class: "legend" }, "share: fraction of the decoder row's norm on each head (sums to 1); direct: |W_O[:, head] d_head|, what one unit of the feature writes to the residual stream through that head (bars scaled to the largest)"));
   };
 
   // ---------------------------------------------------------------- index page
@@ -198,7 +223,7 @@
     document.title = meta.title + " \u2014 feature explorer";
     document.getElementById("title").textContent = meta.title;
     document.getElementById("meta").textContent = meta.subtitle;
-    var state = { key: "feature", dir: 1, page: 0, filter: "", minI: -Infinity, region: meta.regions[0] || null };
+    var state = { key: "feature", dir: 1, page: 0, filter: "", minI: -Infinity, region: meta.regions[0] || null, head: null };
     var order = [];
     var table = document.getElementById("features"), thead = table.querySelector("thead"), tbody = table.querySelector("tbody");
     var tr = el("tr");
@@ -216,12 +241,22 @@
     minI.addEventListener("input", function () { state.minI = minI.value === "" ? -Infinity : Number(minI.value); state.page = 0; refresh(); });
     regionSel.addEventListener("change", function () { state.region = regionSel.value; state.page = 0; refresh(); });
     find.addEventListener("keydown", function (e) { if (e.key === "Enter" && find.value !== "") location.href = "feature.html#" + Number(find.value); });
+    var headSel = document.getElementById("filter-head");
+    if (headSel && rows.top_head) {
+      document.getElementById("head-filter").hidden = false;
+      for (var h = 0; h < (meta.n_heads || 0); h++) headSel.appendChild(el("option", { value: h }, "head " + h));
+      headSel.addEventListener("change", function () { state.head = headSel.value === "" ? null : Number(headSel.value); state.page = 0; refresh(); });
+    }
     document.getElementById("prev").addEventListener("click", function () { if (state.page > 0) { state.page--; render(); } });
     document.getElementById("next").addEventListener("click", function () { if ((state.page + 1) * PAGE < order.length) { state.page++; render(); } });
     function refresh() {
       var key = state.key, col = rows[key], dir = state.dir, Icol = state.region ? rows["I_" + state.region] : null;
       order = [];
-      for (var i = 0; i < n; i++) { if (Icol && state.minI !== -Infinity && !(Icol[i] >= state.minI)) continue; order.push(i); }
+      for (var i = 0; i < n; i++) {
+        if (Icol && state.minI !== -Infinity && !(Icol[i] >= state.minI)) continue;
+        if (state.head !== null && rows.top_head[i] !== state.head) continue;
+        order.push(i);
+      }
       order.sort(function (a, b) {
         var x = col[a], y = col[b], xn = x === null || !isFinite(x), yn = y === null || !isFinite(y);
         if (xn || yn) return xn === yn ? rows.feature[a] - rows.feature[b] : (xn ? 1 : -1);
@@ -275,6 +310,7 @@
       meta.regions.forEach(function (r) { s.appendChild(el("span", null, "Moran's I " + r + ": " + fmt(d.I[r]))); });
       s.appendChild(el("span", null, "density " + fmt(d.density, 4)));
       s.appendChild(el("span", null, "max " + fmt(d.max)));
+      if (d.corpus_density !== undefined) s.appendChild(el("span", null, "corpus density " + fmt(d.corpus_density, 4)));
       stats.appendChild(s);
       stats.appendChild(el("div", { class: "muted" }, meta.note));
       var grid = el("div", { class: "grid" }); root.appendChild(grid);
@@ -293,8 +329,18 @@
       });
       mapCard.appendChild(el("div", { class: "legend" }, "colour: pooled value per place; ring: significant LISA (HH red, LL blue, HL orange, LH light blue) where the spatial step computed LISA for this feature"));
       var hist = el("div", { class: "card" }); hist.appendChild(el("h2", null, "Activation histogram")); MF.histogram(hist, d.hist); grid.appendChild(hist);
+      var ctxGrid = el("div", { class: "grid" }); root.appendChild(ctxGrid);
       var ctxCard = el("div", { class: "card", id: "contexts" }); ctxCard.appendChild(el("h2", null, "Top contexts (" + meta.contexts_from + ")"));
-      MF.contexts(ctxCard, d.contexts, d.max); root.appendChild(ctxCard);
+      MF.contexts(ctxCard, d.contexts, d.max); ctxGrid.appendChild(ctxCard);
+      if (d.corpus) {
+        var corpusCard = el("div", { class: "card", id: "corpus-contexts" });
+        corpusCard.appendChild(el("h2", null, "Top corpus contexts (" + meta.corpus_from + ")"));
+        MF.contexts(corpusCard, d.corpus, d.corpus.length ? d.corpus[0].max : 0); ctxGrid.appendChild(corpusCard);
+      }
+      if (d.heads) {
+        var headCard = el("div", { class: "card", id: "heads" }); headCard.appendChild(el("h2", null, "Head attribution (attn_z)"));
+        MF.heads(headCard, d.heads); grid.appendChild(headCard);
+      }
       var grid2 = el("div", { class: "grid" }); root.appendChild(grid2);
       var tk = el("div", { class: "card" }); tk.appendChild(el("h2", null, "Promoted / suppressed tokens (direct logit effect)"));
       if (d.up) {
