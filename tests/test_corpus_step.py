@@ -4,6 +4,7 @@ any analysis, bad paths one line before any job, and the ``corpus`` rule cutting
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import numpy as np
@@ -129,10 +130,10 @@ def test_an_sae_trained_on_a_corpus_encodes_prompts_it_never_saw(tmp_path):
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     proc = run_snakemake(tmp_path, "-c", "2", "--configfile", "study.yaml")
     assert ("(prompts 2, corpus 1, extract 2, extract_tokens 2, corpus_activations 4, sae 2, spatial 2, sae_corpus 1, "
-            "report 1)") in proc.stderr, proc.stderr[-3000:]
-    assert len(re.findall(r"^rule sae_corpus:", proc.stdout + proc.stderr, re.M)) == 1
+            "explorer 2, report 1)") in proc.stderr, proc.stderr[-3000:]
+    assert len(re.findall(r"^(?:local)?rule sae_corpus:", proc.stdout + proc.stderr, re.M)) == 1
     assert "Held-out corpus tokens" in (tmp_path / "results/report/index.html").read_text(encoding="utf-8")
-    trained = tmp_path / "results/corpus/texts/minilm/resid/layer4/sae/topk"
+    trained = tmp_path / "results/sae-corpus/texts/minilm/resid/layer4/topk"
     for prompt_set in ("tiny", "tiny-name"):
         run_dir = tmp_path / f"results/sae/{prompt_set}/minilm/resid/layer4/topk"
         with xr.open_dataset(run_dir / "features.nc", engine="h5netcdf") as f:
@@ -145,6 +146,16 @@ def test_an_sae_trained_on_a_corpus_encodes_prompts_it_never_saw(tmp_path):
     cfg_json = yaml.safe_load((trained / "cfg.json").read_text())
     assert cfg_json["metadata"]["context_size"] == 8 and cfg_json["mechflow"]["level"] == "corpus"
     assert (tmp_path / "results/spatial/tiny/minilm/resid/layer4/sae-topk/moran.nc").exists()
+    # its explorer shows top contexts from the corpus's held-out windows (never trained on) beside the placenames
+    site = tmp_path / "results/explorer/tiny/minilm/resid/layer4/sae-topk/data"
+    index = json.loads(re.fullmatch(r"MF\.index\((.*)\);\n", (site / "index.js").read_text(encoding="utf-8"), re.S).group(1))
+    assert "held-out windows of corpus texts, never trained on" in index["meta"]["corpus_from"]
+    with xr.open_dataset(tmp_path / "results/corpus/texts/minilm/windows.nc", engine="h5netcdf") as w:
+        split = w["split"].values.astype(str)
+    shown = [c["window"] for chunk in site.glob("chunks/c*.js") for page in json.loads(
+        re.fullmatch(r"MF\.chunk\(\d+,(.*)\);\n", chunk.read_text(encoding="utf-8"), re.S).group(1))["features"].values()
+        for c in page["corpus"]]
+    assert shown and set(split[shown]) == {"held_out"}
     out = run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout
     assert "Nothing to be done" in out, out[-2000:]
 
@@ -225,6 +236,7 @@ def test_sae_runs_on_one_layer_share_one_set_of_corpus_shards(tmp_path):
     """Two SAE runs at the same hook and layer plan the corpus activations once (the shards hold nothing
     run-specific); a second layer adds its own shards."""
     from mechflow.plan import parse_job_stats
+    from mechflow.steps.manifest import job_counts
 
     cfg = _study(tmp_path)
     cfg["sae"].update(level="corpus", corpus="texts", corpus_shards=2)
@@ -232,6 +244,8 @@ def test_sae_runs_on_one_layer_share_one_set_of_corpus_shards(tmp_path):
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     stats = parse_job_stats(run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout)
     assert stats["sae"] == 2 and stats["sae_corpus"] == 2 and stats["corpus_activations"] == 4 and stats["corpus"] == 1
+    resolved = _resolve(cfg, tmp_path)  # the start-of-run summary counts what Snakemake plans (explorers included)
+    assert job_counts(resolved.study, manifest(resolved.study, resolved.facts)) == {k: v for k, v in stats.items() if k != "all"}
     cfg["sae"]["datasets"] = ["tiny", "tiny-name"]  # a second prompt set encodes with the same corpus SAEs
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     stats = parse_job_stats(run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout)
@@ -239,4 +253,4 @@ def test_sae_runs_on_one_layer_share_one_set_of_corpus_shards(tmp_path):
     cfg["sae"]["layers"] = [3, 4]
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     stats = parse_job_stats(run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout)
-    assert stats["sae"] == 4 and stats["corpus_activations"] == 8
+    assert stats["sae"] == 8 and stats["corpus_activations"] == 8  # 2 runs x 2 layers x 2 prompt sets

@@ -44,11 +44,14 @@ def reverse_keys(value):
     return [reverse_keys(v) for v in value] if isinstance(value, list) else value
 
 
-def planned_wildcards(cwd: Path, configfile: Path) -> dict[str, set[str]]:
-    """Wildcard name -> values of every job a dry run from ``cwd`` plans (repo-root runs included)."""
+def planned_wildcards(cwd: Path, configfile: Path, stdout: list[str] | None = None) -> dict[str, set[str]]:
+    """Wildcard name -> values of every job a dry run from ``cwd`` plans (repo-root runs included); the dry run's
+    output is appended to ``stdout`` when given."""
     cmd = [str(VENV_BIN / "snakemake"), "-n", "--forceall", "-c", "1", "--configfile", str(configfile)]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if stdout is not None:
+        stdout.append(proc.stdout)
     found: dict[str, set[str]] = collections.defaultdict(set)
     for line in proc.stdout.splitlines():
         if line.strip().startswith("wildcards:"):
@@ -79,8 +82,8 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir, tmp_path_factory):
     cfg = tiny_config(analyses=True)
     write_config(workdir, cfg)
     proc = run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
-    assert "mechflow study: datasets tiny, tiny-name; models minilm; 15 jobs in the whole study (prompts 2, extract 2, " \
-           "extract_tokens 1, sae 1, snmf 1, spatial 6, probes 1, report 1)" in proc.stderr, proc.stderr[-3000:]
+    assert "mechflow study: datasets tiny, tiny-name; models minilm; 23 jobs in the whole study (prompts 2, extract 2, " \
+           "extract_tokens 3, sae 1, snmf 1, spatial 6, probes 1, explorer 6, report 1)" in proc.stderr, proc.stderr[-3000:]
     act = load_dataarray(workdir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
     assert act.dims == ("prompt", "layer", "unit") and act.shape == (60, 6, 384)
     for rel in ("results/spatial/tiny/minilm/resid/layer4/units/moran.nc", "results/spatial/tiny/minilm/resid/layer4/sae-topk/lisa.nc",
@@ -285,11 +288,20 @@ def test_a_configfile_is_the_whole_study_from_the_repo_root(tmp_path):
 
 @pytest.mark.parametrize("name", ["tiny", "paper"])
 def test_shipped_studies_plan_exactly_what_they_state(name):
+    """The dry run plans the study's prompt sets, models and runs, and as many jobs per rule as the start-of-run
+    summary says (mechflow.steps.manifest.job_counts: token files the explorers read included)."""
+    from mechflow.resolve import resolve
+    from mechflow.steps.manifest import job_counts, manifest
+
     path = REPO / "configs" / f"{name}.yaml"
     cfg = yaml.safe_load(path.read_text())
-    planned = planned_wildcards(REPO, path)
+    out: list[str] = []
+    planned = planned_wildcards(REPO, path, out)
     assert planned["dataset"] == set(cfg["datasets"]) and planned["model"] == set(cfg["models"])
     assert planned["run"] == set(cfg["sae"]["runs"]) | set(cfg["snmf"]["runs"])
+    resolved = resolve(cfg, base_dir=REPO, schema_path=REPO / "config.schema.yaml", data_checks=False)
+    stats = {k: v for k, v in parse_job_stats(out[0]).items() if k != "all"}
+    assert job_counts(resolved.study, manifest(resolved.study, resolved.facts)) == stats
 
 
 def _csv_study(workdir: Path) -> dict:

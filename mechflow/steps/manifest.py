@@ -5,7 +5,8 @@
 - :func:`manifest`: every analysis job of the study by step (wildcards and output paths); the final
   targets, the report's inputs and the summary derive from it.
 - :func:`outputs_of`, :func:`report_inputs`: the files a manifest entry / the whole manifest stands for.
-- :func:`summary`: what a run prints when it starts (jobs per rule).
+- :func:`job_counts`, :func:`summary`: jobs per rule of the whole study (what Snakemake plans with ``--forceall``), and
+  what a run prints when it starts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mechflow.facts import StudyFacts
 from mechflow.steps import corpus, data, explorer, extract, lens, probes, sae, selection, snmf, spatial, steering
 from mechflow.study import ConfigError, corpora, prompt_sets
 
-__all__ = ["STEPS", "check_study", "study_warnings", "manifest", "outputs_of", "report_inputs", "summary"]
+__all__ = ["STEPS", "check_study", "study_warnings", "manifest", "outputs_of", "report_inputs", "job_counts", "summary"]
 
 #: every step with checks, in the order they run (each module has ``check(study, facts, base_dir)``)
 STEPS = (extract, spatial, probes, sae, snmf, lens, selection, steering, data, corpus, explorer)
@@ -69,8 +70,8 @@ def report_inputs(jobs: dict[str, list[dict[str, Any]]]) -> list[str]:
     return [f for key, entries in jobs.items() for e in entries for f in outputs_of(key, e)]
 
 
-def summary(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> str:
-    """What this study runs, printed at the start of a run: datasets, models, jobs per rule."""
+def job_counts(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """Jobs per rule of the whole study whose manifest is ``jobs`` (rules with none left out; ``all`` not counted)."""
     steps = Counter(prompts=len(jobs["prompts"]), corpus=len(jobs["corpus"]))
     steps.update(extract.rule_counts(study, jobs))
     steps["corpus_activations"] = corpus.activation_jobs(study, jobs["sae"])
@@ -85,7 +86,12 @@ def summary(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> str
     steps["select"] = len(jobs["selection"])
     steps["explorer"] = len(jobs["explorer"])
     steps["report"] = int(study["report"]["enabled"])
-    steps = {k: v for k, v in steps.items() if v}
+    return {k: v for k, v in steps.items() if v}
+
+
+def summary(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> str:
+    """What this study runs, printed at the start of a run: datasets, models, jobs per rule (:func:`job_counts`)."""
+    steps = job_counts(study, jobs)
     return (
         f"mechflow study: datasets {', '.join(sorted(study['datasets']))}; models {', '.join(sorted(study['models']))}; "
         f"{sum(steps.values())} jobs in the whole study ({', '.join(f'{k} {v}' for k, v in steps.items())}); "
