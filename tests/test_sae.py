@@ -190,9 +190,22 @@ def test_generators_differ_in_their_laws():
     for law in ("power", "exponential", "uniform"):
         p = feature_frequencies(100, 5.0, law, 0.5)
         assert p.shape == (100,) and float(p.sum()) == pytest.approx(5.0, rel=1e-4)
-    for mag in ("uniform", "exponential", "lognormal", "halfnormal"):
+    for mag in ("uniform", "exponential", "lognormal", "halfnormal", "constant"):
         x, _ = make_synthetic(4000, d=8, n_true=16, mean_active=2, mag_law=mag, seed=1)
         assert torch.isfinite(x).all()
+    from mechflow.sae.synthetic import FAMILIES, generator_data, sae_width
+
+    # each family differs from each of the benchmark's generators in at least three of dimension, dictionary
+    # size, frequency law and magnitude law, and the families among themselves in their laws and SAE widths
+    def traits(g):
+        return g["d"], g["n_true"], (g["freq_law"], g["alpha"]), g["mag_law"]
+
+    for f in FAMILIES.values():
+        assert all(sum(a != b for a, b in zip(traits(f), traits(g))) >= 3 for g in GENERATORS.values())
+    assert {sae_width(name) / g["n_true"] for name, g in FAMILIES.items()} == {1.0, 1.5, 2.0}
+    assert len({(g["freq_law"], g["alpha"], g["mag_law"]) for g in FAMILIES.values()}) == len(FAMILIES)
+    x, true, x_test = generator_data("exp-d48", n_test=10)
+    assert x.shape == (100_000, 48) and true.shape == (384, 48) and x_test.shape == (10, 48)
     with pytest.raises(ValueError, match="freq_law"):
         make_synthetic(10, freq_law="zipfian")
 
@@ -204,6 +217,30 @@ def test_recovery_at_the_defaults(arch):
 
     (row,) = recovery_table([arch], steps=2000, generator="exp-d128")
     assert row["mmcs"] >= (0.85 if arch == "relu" else 0.9), row
+
+
+# generators none of the defaults were tuned on (those were the benchmark's GENERATORS and FAMILIES): other
+# dimensions, dictionary sizes, SAE widths, frequency and magnitude laws
+HELD_OUT = {"d": 32, "n_true": 80, "mean_active": 3, "freq_law": "exponential", "alpha": 2.0, "mag_law": "lognormal"}
+SUPERPOSED = {"d": 24, "n_true": 144, "mean_active": 3, "freq_law": "exponential", "alpha": 3.0, "mag_law": "lognormal"}
+
+
+@pytest.mark.parametrize("arch,steps", [("jumprelu", 400), ("gba", 600)])
+def test_jumprelu_and_gba_recover_a_held_out_generator_at_the_defaults(arch, steps):
+    """80 features in 32 dimensions, an SAE 1.5 times as wide: MMCS 0.985 / 0.931 (a random dictionary: ~0.5)."""
+    x, true = make_synthetic(30_000, seed=7, **HELD_OUT)
+    model = train(x, arch=arch, n_features=120, k=3, steps=steps, seed=0)
+    assert mmcs(model.W_dec.detach(), true) >= 0.9
+
+
+@pytest.mark.slow
+def test_jumprelu_recovers_what_topk_recovers_in_superposition():
+    """144 features in 24 dimensions: the JumpReLU phase keeps the TopK phase's dictionary (0.884, TopK 0.886);
+    with the decoder trained there (the old default) the threshold codes pulled it off the features (0.835)."""
+    x, true = make_synthetic(30_000, seed=7, **SUPERPOSED)
+    got = {arch: mmcs(train(x, arch=arch, n_features=144, k=3, steps=600, seed=0).W_dec.detach(), true)
+           for arch in ("topk", "jumprelu")}
+    assert got["jumprelu"] >= got["topk"] - 0.02, got
 
 
 # ---- defaults derived from the run ----------------------------------------------------------------
