@@ -132,3 +132,89 @@ def test_spatial_analysis_writes_layer_tests_for_the_data_and_each_control():
     assert lt["layer_perms"].sel(layer_stat="pc_I") == 199 and lt["layer_perms"].sel(layer_stat="mean_I") == 99
     assert float(lt["layer_p"].sel(layer_stat="pc_I")) == pytest.approx(1 / 200)
     assert moran.attrs["layer_permutations"] == 199 and "layer_p" in moran.attrs
+
+
+def test_residuals_on_admin1_get_a_calibrated_null_from_permutations_within_units():
+    """Residuals on one-hot admin-1 sum to zero within each unit: free permutations make their layer test
+    conservative; permutations within the units give uniform p-values (no structure within the units)."""
+    from mechflow.spatial.blocks import within_blocks
+    from mechflow.spatial.residualise import dummy_design, residualise
+
+    rng = np.random.default_rng(11)
+    n, F, reps = 72, 30, 200
+    lon, lat = _places(n, rng)
+    units = (np.digitize(lon, [-2.5, -1.0]) * 2 + (lat > 53.0)).astype(str)  # 6 contiguous admin-1 units
+    w = knn_weights(lon, lat, k=8, crs=CRS, transform="r")
+    design = dummy_design({"admin1": units})
+    ps = {"free": {s: [] for s in LAYER_STATS}, "within": {s: [] for s in LAYER_STATS}}
+    for rep in range(reps):
+        means = rng.normal(size=(6, F))[np.unique(units, return_inverse=True)[1]]  # structure at the units' scale only
+        values, _ = residualise(2.0 * means + rng.normal(size=(n, F)), design)
+        for null, blocks in (("free", None), ("within", units)):
+            res = global_autocorrelation(values, w, permutations=99, seed=rep, geary=False, keep_replicates=True,
+                                         blocks=blocks)
+            test = RegionLayerTest(w, blocks)
+            test.add(values, res["moran"]["I"], res["replicates"])
+            out = test.result(99, rep, num_threads=1)
+            for s in LAYER_STATS:
+                ps[null][s].append(out[s]["p"])
+    for s in ("mean_I", "pc_I"):
+        assert stats.kstest(ps["within"][s], "uniform").pvalue > 0.01, s
+        assert np.mean(ps["free"][s]) > 0.6, s  # the free null is conservative for these residuals
+    for s in ("frac_p05", "pi1"):  # counts of units: ties make the p-value conservative, never liberal
+        p = np.array(ps["within"][s])
+        for a in (0.05, 0.1, 0.2):
+            assert (p <= a).mean() <= a + 2.5 * np.sqrt(a * (1 - a) / reps), (s, a)
+    perms = within_blocks(np.random.default_rng(0), 50, units)
+    assert (units[perms] == units[None]).all() and (np.sort(perms, 1) == np.arange(n)).all()
+
+
+def test_spatial_analysis_restricts_the_residualised_permutations_to_admin1_units():
+    import xarray as xr
+
+    from mechflow.spatial.analysis import spatial_analysis
+
+    rng = np.random.default_rng(5)
+    n = 80
+    lon, lat = _places(n, rng)
+    values = rng.normal(size=(n, 20))
+    admin1 = np.where(lon < -1.75, "A", "B")
+    da = xr.DataArray(values, dims=("prompt", "unit"), coords={
+        "longitude": ("prompt", lon), "latitude": ("prompt", lat), "region": ("prompt", np.array(["GB"] * n)),
+        "admin1_code": ("prompt", admin1), "n_tokens": ("prompt", rng.integers(3, 6, n))})
+    params = {"k": 8, "transform": "r", "permutations": 49, "layer_permutations": 49, "seed": 0, "lisa_top_n": 0,
+              "crs": {"GB": CRS}}
+    moran, _ = spatial_analysis(da, params)
+    assert "within admin-1 units" in moran.attrs["layer_null_resid"]
+    assert int(moran["layer_blocks_resid"].sel(region="GB")) == 2 and "layer_blocks" not in moran
+    # the per-unit resid control used the same restricted replicates: p_greater_resid from the blocked engine
+    from mechflow.spatial.residualise import residualise_within_regions
+
+    resid = residualise_within_regions(da).values
+    w = knn_weights(lon, lat, k=8, crs=CRS, transform="r")
+    blocked = global_autocorrelation(resid, w, permutations=49, seed=0, geary=False, blocks=admin1)
+    free = global_autocorrelation(resid, w, permutations=49, seed=0, geary=False)
+    got = moran["p_greater_resid"].sel(region="GB").values
+    np.testing.assert_allclose(got, blocked["moran"]["p_greater"])
+    assert not np.allclose(got, free["moran"]["p_greater"])
+
+
+def test_engines_draw_the_same_permutations_within_blocks():
+    rng = np.random.default_rng(2)
+    n = 40
+    lon, lat = _places(n, rng)
+    values = rng.normal(size=(n, 5))
+    blocks = np.where(lat > 53.0, "N", "S")
+    w = knn_weights(lon, lat, k=6, crs=CRS, transform="r")
+    kw = dict(permutations=99, seed=3, geary=False, keep_replicates=True, blocks=blocks)
+    fused = global_autocorrelation(values, w, engine="fused", **kw)
+    ref = global_autocorrelation(values, w, engine="numpy", **kw)
+    np.testing.assert_allclose(fused["replicates"], ref["replicates"], rtol=1e-5, atol=1e-6)
+    torch_ = global_autocorrelation(values, w, engine="torch", device="cpu", **kw)
+    # a column constant within each block is fixed by every restricted permutation: all replicates equal I
+    const = np.column_stack([np.where(blocks == "N", 1.0, -1.0) + 0 * values[:, 0], values[:, 1]])
+    for engine in ("fused", "torch"):
+        r = global_autocorrelation(const, w, engine=engine, device="cpu", **kw)
+        np.testing.assert_allclose(r["replicates"][:, 0], r["moran"]["I"][0], rtol=1e-5)
+        assert np.ptp(r["replicates"][:, 1]) > 0
+    assert torch_["replicates"].shape == (99, 5)

@@ -26,7 +26,7 @@ from mechflow.data.regions import region_crs
 from mechflow.memory import rss_bytes
 from mechflow.spatial.datasets import MORAN_Q, MORAN_VARS, lisa_dataset, moran_dataset, region_weights, top_features
 from mechflow.spatial.fdr import fdr_bh
-from mechflow.spatial.layer_tests import LAYER_ATTRS, SUM_CHUNK, LayerTests
+from mechflow.spatial.layer_tests import FREE_NULL, LAYER_ATTRS, RESID_NULL, SUM_CHUNK, LayerTests
 from mechflow.spatial.residualise import RESIDUAL_CHUNK, TEMPLATE_COVARIATES, residualise_within_regions
 
 #: variables each control keeps, under ``<var>_<suffix>`` (the same test as the real data)
@@ -37,8 +37,9 @@ CONTROLS = {
     "shuffled": "coordinates permuted within each region (seed + 1), then the same statistics and permutation test as "
                 "the real data (same permutations and seed); q_greater_shuffled = BH over features per region",
     "resid": "each feature residualised within its region on one-hot admin-1 unit and one-hot prompt length "
-             "(n_tokens), then the same statistics and test (the template-confound baseline; it also removes "
-             "real structure at the admin-1 scale); attrs residualised_on",
+             "(n_tokens), then the same statistics and test, its permutations restricted within admin-1 units where "
+             "the prompts name them (residuals sum to zero within each unit: attrs layer_null_resid; the "
+             "template-confound baseline; it also removes real structure at the admin-1 scale); attrs residualised_on",
     "with_sink": "raw units pooled WITH the position pooling left out (the attention sink; rebuilt exactly from the "
                  "activations file's sink), then the same statistics and test: the result without the pooling fix",
 }
@@ -180,7 +181,8 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
 
     - ``_shuffled`` (``shuffled_control``): coordinates shuffled within each region (seed + 1);
     - ``_resid`` (``residualise``): features residualised on one-hot admin-1 and prompt length
-      within each region (:func:`residualise_within_regions`), where the prompts carry them;
+      within each region (:func:`residualise_within_regions`), where the prompts carry them; its
+      permutations (per unit and layer) move places only within their admin-1 unit (the residuals' null);
     - ``_with_sink`` (given ``with_sink``, the same units pooled with the left-out position).
 
     Memory: the features go in column blocks read one at a time, ``block_columns`` wide (a multiple of
@@ -221,8 +223,11 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
         slon, slat = shuffle_within_regions(lon, lat, region, seed + 1)
         sweights = region_weights(slon, slat, region, crs, k=k, transform=transform)
     layer_perms = int(params.get("layer_permutations", 999))
+    # residuals on admin-1 sum to zero within each unit: their permutations stay within units (the fair null)
+    admin1 = (np.char.add(np.char.add(region, "/"), prompts["admin1_code"].values.astype(str))
+              if resid and "admin1_code" in prompts.coords else None)
     layer = {suffix: LayerTests(sweights if suffix == "_shuffled" else weights, layer_perms, seed,
-                                num_threads=int(num_threads or 1))
+                                num_threads=int(num_threads or 1), blocks=admin1 if suffix == "_resid" else None)
              for suffix, on in (("", True), ("_shuffled", shuffled), ("_resid", resid), ("_with_sink", sink is not None))
              if on}
     parts, residualised_on = [], None
@@ -235,7 +240,7 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
         if resid:
             residuals = residualise_within_regions(block)
             residualised_on = residuals.attrs["residualised_on"]
-            _add_control(part, moran_dataset(residuals, lon, lat, region, crs, weights=weights,
+            _add_control(part, moran_dataset(residuals, lon, lat, region, crs, weights=weights, blocks=admin1,
                                              on_region=partial(layer["_resid"].collect, offset=a), **glob), "resid")
             del residuals
         del block
@@ -250,6 +255,8 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
     for suffix, tests in layer.items():
         moran = moran.merge(tests.dataset(suffix), combine_attrs="override")
     moran.attrs.update(LAYER_ATTRS, layer_permutations=layer_perms)
+    if resid:
+        moran.attrs["layer_null_resid"] = RESID_NULL if admin1 is not None else FREE_NULL + " (no admin-1 units known)"
     if residualised_on is not None:
         moran.attrs["residualised_on"] = residualised_on
     lisa = None

@@ -102,6 +102,7 @@ def moran_dataset(
     batch_columns: int | None = None,
     weights: Mapping[str, tuple] | None = None,
     on_region: Callable[[str, np.ndarray, dict], None] | None = None,
+    blocks=None,
 ) -> xr.Dataset:
     """Global Moran's I and Geary's C per region for every feature.
 
@@ -123,9 +124,11 @@ def moran_dataset(
     when the caller already has them. ``on_region(region, values [n_r, F], result)``: called with each
     region's values and its :func:`~mechflow.spatial.global_stats.global_autocorrelation` result, every
     replicate's I included (``result["replicates"]``; the layer tests of
-    :class:`mechflow.spatial.layer_tests.LayerTests`).
+    :class:`mechflow.spatial.layer_tests.LayerTests`). ``blocks``: labels per prompt (e.g. admin-1 units): the
+    permutations then move places only within their block (the null of features residualised on them).
     """
     pdim, fdim, lon, lat, region, regions, crs_used = _prepare(values, lon, lat, region, crs_by_region)
+    blocks = None if blocks is None else np.asarray(blocks)
     if weights is None:
         weights = region_weights(lon, lat, region, crs_used, k=k, transform=transform)
     data = np.asarray(values.values, dtype=np.float64)
@@ -137,7 +140,8 @@ def moran_dataset(
         idx, w = weights[reg]
         res = global_autocorrelation(data[idx], w, permutations=permutations, seed=seed, device=device,
                                      num_threads=num_threads, batch_columns=batch_columns,
-                                     keep_replicates=on_region is not None)
+                                     keep_replicates=on_region is not None,
+                                     blocks=None if blocks is None else blocks[idx])
         if on_region is not None:
             on_region(reg, data[idx], res)
             res.pop("replicates", None)

@@ -54,6 +54,7 @@ from mechflow.spatial._sparse import (
     torch_csr,
     weights_csr,
 )
+from mechflow.spatial.blocks import block_codes, within_blocks
 
 __all__ = ["global_moran", "global_geary", "global_autocorrelation", "ENGINES"]
 
@@ -220,8 +221,28 @@ class _FusedReplicates:
         yield cross[:, : self.F], (sq[:, : self.F] if want_sq else None)
 
 
+class _WithinBlocks:
+    """An engine whose replicates permute places only within blocks (:mod:`mechflow.spatial.blocks`), drawn from
+    the engine's own random stream; ``codes [n]`` in the engine's row order."""
+
+    def __init__(self, eng, codes: np.ndarray):
+        self.eng, self.codes = eng, np.asarray(codes, dtype=np.int64)
+
+    def draw(self, nb: int):
+        if isinstance(self.eng, _TorchReplicates):
+            codes = torch.as_tensor(self.codes, device=self.eng.dev, dtype=torch.float64)
+            keys = codes + torch.rand((nb, self.codes.size), generator=self.eng.gen, device=self.eng.dev, dtype=torch.float64)
+            perms = torch.empty((nb, self.codes.size), dtype=torch.int64, device=self.eng.dev)
+            perms[:, torch.as_tensor(np.argsort(self.codes, kind="stable"), device=self.eng.dev)] = keys.argsort(dim=1)
+            return perms
+        return within_blocks(self.eng.rng, nb, self.codes)
+
+    def replicates(self, perms, want_sq: bool):
+        return self.eng.replicates(perms, want_sq)
+
+
 def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C, engine=None,
-             num_threads=1, batch_columns=None, keep_replicates=False):
+             num_threads=1, batch_columns=None, keep_replicates=False, blocks=None):
     """Shared-permutation replicates; returns per-column (count>=obs, sum, sumsq) for I and C
     (and, for C, count<=obs).
 
@@ -235,7 +256,8 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     column sums of W). ``batch_columns``: size the replicate batches as for this many columns (default
     ``F``); the batches fix which replicates are summed together, so a block of a wider feature set
     passes the set's width to reproduce its sums bit for bit. ``keep_replicates``: also keep every
-    replicate's Moran's I, ``acc["sim_I"] [n_perm, F]``.
+    replicate's Moran's I, ``acc["sim_I"] [n_perm, F]``. ``blocks``: integer codes ``[n]``; replicates then
+    permute places only within blocks.
     """
     n, F = z.shape
     Fb = max(int(batch_columns or F), 1)
@@ -259,6 +281,8 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
         chunks = [(s, min(F, s + Fc)) for s in range(0, F, Fc)]
         args = (zs, A_ord, rc_ord, chunks, sim_dtype, seed)
         eng = _NumpyReplicates(*args) if engine == "numpy" else _TorchReplicates(*args, dev)
+    if blocks is not None:
+        eng = _WithinBlocks(eng, np.asarray(blocks)[order])
     s0 = float(A.sum())
     EI = -1.0 / (n - 1)
     acc = {key: np.zeros(F) for key in ("nI", "sI", "qI", "nC", "lC", "sC", "qC")}
@@ -324,6 +348,7 @@ def global_autocorrelation(
     num_threads: int | None = 1,
     batch_columns: int | None = None,
     keep_replicates: bool = False,
+    blocks=None,
 ) -> dict:
     """Moran's I and (optionally) Geary's C for every column of ``values`` ``[n, F]``.
 
@@ -344,6 +369,9 @@ def global_autocorrelation(
     column's statistics depend on that column alone; the fused engine is tested for it).
     ``keep_replicates``: also return every replicate's Moran's I, ``"replicates"`` ``[permutations, F]``
     float64 (NaN for constant columns; for the layer tests of :mod:`mechflow.spatial.layer_tests`).
+    ``blocks``: labels ``[n]`` (e.g. admin-1 units); every replicate then permutes the places only within
+    their block (restricted randomisation, :mod:`mechflow.spatial.blocks`: the null of features residualised
+    on the blocks), from the same seeded stream.
 
     Returns ``{"moran": {...}, "geary": {...} or None, "n_constant": int, "n": int}`` (+ ``"replicates"``);
     each inner dict maps statistic names (esda's attribute names) to float64 arrays ``[F]``.
@@ -360,7 +388,7 @@ def global_autocorrelation(
         acc, EI = _permute(
             z, z2ss, rc, A, permutations, seed, device, chunk_size, sim_dtype, geary,
             np.nan_to_num(moran["I"], nan=np.inf), np.nan_to_num(gear["C"], nan=np.inf), engine, num_threads,
-            batch_columns, keep_replicates,
+            batch_columns, keep_replicates, None if blocks is None else block_codes(blocks),
         )
         sm = _sim_summary(moran["I"], acc["nI"], acc["sI"], acc["qI"], EI, permutations, constant, acc["nI"])
         moran.update(p_sim=sm["p_sim"], p_greater=sm["p_one_sided"], EI_sim=sm["E_sim"], seI_sim=sm["se_sim"],

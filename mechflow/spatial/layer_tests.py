@@ -46,8 +46,9 @@ from libpysal.weights import W
 from scipy.stats import rankdata
 
 from mechflow.spatial._sparse import weights_csr
+from mechflow.spatial.blocks import block_codes, n_free_blocks, within_blocks
 
-__all__ = ["LAYER_STATS", "LAYER_FIELDS", "LAYER_ATTRS", "N_PCS", "UNIT_ALPHA", "STOREY_LAMBDA", "storey_pi1",
+__all__ = ["LAYER_STATS", "LAYER_FIELDS", "LAYER_ATTRS", "RESID_NULL", "FREE_NULL", "N_PCS", "UNIT_ALPHA", "STOREY_LAMBDA", "storey_pi1",
            "unit_pvalue_counts", "summarise_null", "RegionLayerTest", "LayerTests"]
 
 LAYER_STATS = ("mean_I", "pc_I", "frac_p05", "pi1")
@@ -74,6 +75,11 @@ LAYER_ATTRS = {
                    "as the per-unit test's), mean_I, frac_p05 and pi1 the per-unit test's spatial.permutations (its "
                    "replicates)",
 }
+#: the null of the residualised variant (moran.nc attrs ``layer_null_resid``), where admin-1 units are known
+RESID_NULL = ("permutations within admin-1 units (restricted randomisation): residuals on one-hot admin-1 sum to zero "
+              "within each unit, which free permutations ignore (a conservative null); places move only within their "
+              "unit, for the per-unit replicates and pc_I alike; layer_blocks_resid = units with two or more places")
+FREE_NULL = "free permutations of the places within each region"
 
 
 def storey_pi1(p: np.ndarray, lam: float = STOREY_LAMBDA) -> np.ndarray:
@@ -124,11 +130,16 @@ def _standardise(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class RegionLayerTest:
     """The layer tests of one region, fed column blocks (:meth:`add`) and computed once at the end (:meth:`result`).
 
-    ``w``: the region's weights (transform applied; rows in the order of the values' rows)."""
+    ``w``: the region's weights (transform applied; rows in the order of the values' rows). ``blocks``: labels
+    ``[n]`` (same rows): pc_I's permutations then move places only within their block, as the per-unit
+    replicates fed to :meth:`add` must (:mod:`mechflow.spatial.blocks`)."""
 
-    def __init__(self, w: W):
+    def __init__(self, w: W, blocks=None):
         self.A = weights_csr(w)
         self.n = self.A.shape[0]
+        self.codes = None if blocks is None else block_codes(blocks)
+        if self.codes is not None and self.codes.size != self.n:
+            raise ValueError(f"blocks has {self.codes.size} labels for {self.n} places")
         self.s0 = float(self.A.sum())
         self.K = np.zeros((self.n, self.n)) if self.n <= MAX_GRAM_N else None
         self.F = 0
@@ -196,7 +207,8 @@ class RegionLayerTest:
                 parts = [_gram_numba.permuted_forms(U, A.indptr, A.indices, A.data, np.arange(self.n)[None])]
                 for p0 in range(0, int(permutations), PERM_BATCH):
                     nb = min(PERM_BATCH, int(permutations) - p0)
-                    perms = rng.permuted(np.tile(np.arange(self.n), (nb, 1)), axis=1)
+                    perms = (rng.permuted(np.tile(np.arange(self.n), (nb, 1)), axis=1) if self.codes is None
+                             else within_blocks(rng, nb, self.codes))
                     parts.append(_gram_numba.permuted_forms(U, A.indptr, A.indices, A.data, perms))
             pc = (self.n / self.s0) * np.concatenate(parts) / m
         out: dict[str, dict] = {"pc_I": summarise_null(pc)}
@@ -209,7 +221,7 @@ class RegionLayerTest:
         else:
             for s in ("mean_I", "frac_p05", "pi1"):
                 out[s] = summarise_null(nan)
-        out["_info"] = {"n_units": self.F, "n_pcs": m,
+        out["_info"] = {"n_units": self.F, "n_pcs": m, "n_blocks": -1 if self.codes is None else n_free_blocks(self.codes),
                         "perms": {"mean_I": unit_perms, "pc_I": int(permutations) if m else 0,
                                   "frac_p05": unit_perms, "pi1": unit_perms}}
         return out
@@ -218,11 +230,16 @@ class RegionLayerTest:
 class LayerTests:
     """The layer tests of one variant (the data or a control) over every region of a feature set.
 
-    Pass :meth:`collect` as ``moran_dataset(..., on_region=...)`` for each column block; then :meth:`dataset`."""
+    Pass :meth:`collect` as ``moran_dataset(..., on_region=...)`` for each column block; then :meth:`dataset`.
+    ``blocks``: labels per prompt of the whole set (``weights``' positions index them): every permutation moves
+    places only within their block (pass the same to ``moran_dataset``); the dataset then has ``layer_blocks``."""
 
     def __init__(self, weights: Mapping[str, tuple], permutations: int, seed: int, n_pcs: int = N_PCS,
-                 num_threads: int | None = 1):
-        self.tests = {str(reg): RegionLayerTest(w) for reg, (_, w) in weights.items()}
+                 num_threads: int | None = 1, blocks=None):
+        blocks = None if blocks is None else np.asarray(blocks)
+        self.blocked = blocks is not None
+        self.tests = {str(reg): RegionLayerTest(w, None if blocks is None else blocks[idx])
+                      for reg, (idx, w) in weights.items()}
         self.permutations, self.seed, self.n_pcs = int(permutations), int(seed), int(n_pcs)
         self.num_threads = num_threads
 
@@ -235,7 +252,8 @@ class LayerTests:
     def dataset(self, suffix: str = "") -> xr.Dataset:
         """Dims ``region``, ``layer_stat``: ``layer_<field><suffix>`` for each of :data:`LAYER_FIELDS`,
         ``layer_perms<suffix>`` (permutations of each statistic), ``layer_units<suffix>`` and
-        ``layer_pcs<suffix>`` per region."""
+        ``layer_pcs<suffix>`` per region (and, with blocks, ``layer_blocks<suffix>``: blocks of two or more places,
+        the ones a restricted permutation can change)."""
         regions = sorted(self.tests)
         res = {r: self.tests[r].result(self.permutations, self.seed, self.n_pcs, self.num_threads) for r in regions}
         data = {f"layer_{f}{suffix}": (("region", "layer_stat"),
@@ -245,4 +263,6 @@ class LayerTests:
                                         np.array([[res[r]["_info"]["perms"][s] for s in LAYER_STATS] for r in regions]))
         data[f"layer_units{suffix}"] = ("region", np.array([res[r]["_info"]["n_units"] for r in regions]))
         data[f"layer_pcs{suffix}"] = ("region", np.array([res[r]["_info"]["n_pcs"] for r in regions]))
+        if self.blocked:
+            data[f"layer_blocks{suffix}"] = ("region", np.array([res[r]["_info"]["n_blocks"] for r in regions]))
         return xr.Dataset(data, coords={"region": regions, "layer_stat": list(LAYER_STATS)})
