@@ -103,24 +103,30 @@ def test_module_use_runs_the_tiny_study(tmp_path):
     run([VENV_BIN / "snakemake", "-c", "2", "--configfile", "study.yaml"], cwd=tmp_path)
     for rel in ("probes/tiny/minilm/resid.nc", "sae/tiny/minilm/resid/layer4/topk/sae_weights.safetensors", "report/index.html"):
         assert (tmp_path / RESULTS / rel).exists(), rel
-    assert "Nothing to be done" in run([VENV_BIN / "snakemake", "-n", "-c", "1", "--configfile", "study.yaml"], cwd=tmp_path).stdout
+    dry = run([VENV_BIN / "snakemake", "-n", "-c", "1", "--configfile", "study.yaml"], cwd=tmp_path).stdout
+    assert nothing_to_do(dry), reasons(dry)
 
 
 @pytest.fixture(scope="module")
 def installed_run(wheel, tmp_path_factory):
-    """A fresh virtualenv with the CPU lock and the wheel (from the local package indexes / pip cache), and the tiny
-    study run by its `mechflow run` in a folder outside the repo."""
+    """The wheel installed into a fresh virtualenv (that sees .venv's packages: tests/test_share.py checks the lock
+    they come from, `make setup` installs it), and the tiny study run by its `mechflow run` in a folder outside the repo."""
     base = tmp_path_factory.mktemp("installed")
-    bin_ = fresh_venv(base / "venv", reuse_packages=False)
-    pip = [bin_ / "python", "-m", "pip", "install", "-q"]
-    run([*pip, "torch==2.13.0"], cwd=base)
-    run([*pip, "-r", REPO / "requirements" / "cpu.txt"], cwd=base)
-    run([*pip, "--no-deps", "-r", REPO / "requirements" / "no-deps.txt", wheel], cwd=base)
+    bin_ = fresh_venv(base / "venv", reuse_packages=True)
+    run([bin_ / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], cwd=base)
     study = base / "study"
     study.mkdir()
     (study / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     run([bin_ / "mechflow", "run", "--configfile", "tiny.yaml", "--cores", "2"], cwd=study)
     return bin_, study
+
+
+def nothing_to_do(out: str) -> bool:
+    return "Nothing to be done" in out
+
+
+def reasons(out: str) -> str:
+    return out[out.find("Reasons:"):][:3000] if "Reasons:" in out else out[-3000:]
 
 
 def statuses(text: str) -> dict[str, str]:
@@ -137,7 +143,7 @@ def test_installed_wheel_runs_the_tiny_study_archives_and_verifies_it(installed_
     bin_, study = installed_run
     assert (study / RESULTS / "report" / "index.html").exists()
     dry = run([bin_ / "mechflow", "run", "--configfile", "tiny.yaml", "--", "-n"], cwd=study).stdout
-    assert "Nothing to be done" in dry, dry[-2000:]
+    assert nothing_to_do(dry), reasons(dry)
     archive = tmp_path / "tiny.tar.gz"
     run([bin_ / "mechflow", "archive", "--configfile", "tiny.yaml", archive], cwd=study)
 
