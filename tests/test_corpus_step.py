@@ -133,7 +133,7 @@ def test_an_sae_trained_on_a_corpus_encodes_prompts_it_never_saw(tmp_path):
             "explorer 2, report 1)") in proc.stderr, proc.stderr[-3000:]
     assert len(re.findall(r"^(?:local)?rule sae_corpus:", proc.stdout + proc.stderr, re.M)) == 1
     assert "Held-out corpus tokens" in (tmp_path / "results/report/index.html").read_text(encoding="utf-8")
-    trained = tmp_path / "results/sae-corpus/texts/minilm/resid/layer4/topk"
+    trained = tmp_path / "results/corpus/texts/minilm/resid/layer4/sae/topk"
     for prompt_set in ("tiny", "tiny-name"):
         run_dir = tmp_path / f"results/sae/{prompt_set}/minilm/resid/layer4/topk"
         with xr.open_dataset(run_dir / "features.nc", engine="h5netcdf") as f:
