@@ -27,11 +27,13 @@ SETTINGS = ("contexts", "logit_tokens", "neighbors", "bins", "chunk_size")
 
 
 def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
-    """Manifest entries: dataset, model, hook, layer, source, run, kind, ``dir`` (the explorer's folder)."""
+    """Manifest entries: dataset, model, hook, layer, source, run, kind, ``dir`` (the explorer's folder); only the
+    kinds of feature set ``explorer.sets`` names (sae, snmf, units)."""
     if not study["explorer"]["enabled"]:
         return []
+    sets = set(study["explorer"]["sets"])
     keep = ("dataset", "model", "hook", "layer", "source", "run", "kind")
-    found = [{k: j[k] for k in keep} for j in spatial.jobs(study, facts)]
+    found = [{k: j[k] for k in keep} for j in spatial.jobs(study, facts) if j["kind"] in sets]
     return [dict(j, dir=result_path("explorer", study["results"], **{k: v for k, v in j.items() if k != "kind"}))
             for j in found]
 
