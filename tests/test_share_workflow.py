@@ -97,13 +97,21 @@ def test_a_two_line_outer_workflow_plans_the_study_through_snakemake_module(tmp_
 
 
 @pytest.mark.slow
-def test_module_use_runs_the_tiny_study(tmp_path):
-    (tmp_path / "Snakefile").write_text(MODULE_SNAKEFILE.format(snakefile=REPO / "Snakefile"))
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(TINY))
-    run([VENV_BIN / "snakemake", "-c", "2", "--configfile", "study.yaml"], cwd=tmp_path)
+def test_module_use_runs_the_tiny_study(wheel, tmp_path):
+    """The outer workflow includes an installed mechflow's Snakefile (a snapshot: edits to the checkout while it runs
+    change nothing) and runs the tiny study; a dry run afterwards plans nothing."""
+    bin_ = fresh_venv(tmp_path / "venv", reuse_packages=True)
+    run([bin_ / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], cwd=tmp_path)
+    root = run([bin_ / "python", "-c", "import mechflow.layout as l; print(l.WORKFLOW_ROOT)"], cwd=tmp_path).stdout.strip()
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    (outer / "Snakefile").write_text(MODULE_SNAKEFILE.format(snakefile=Path(root) / "Snakefile"))
+    (outer / "study.yaml").write_text(yaml.safe_dump(TINY))
+    snakemake = [bin_ / "python", "-m", "snakemake"]
+    run([*snakemake, "-c", "2", "--configfile", "study.yaml"], cwd=outer)
     for rel in ("probes/tiny/minilm/resid.nc", "sae/tiny/minilm/resid/layer4/topk/sae_weights.safetensors", "report/index.html"):
-        assert (tmp_path / RESULTS / rel).exists(), rel
-    dry = run([VENV_BIN / "snakemake", "-n", "-c", "1", "--configfile", "study.yaml"], cwd=tmp_path).stdout
+        assert (outer / RESULTS / rel).exists(), rel
+    dry = run([*snakemake, "-n", "-c", "1", "--configfile", "study.yaml"], cwd=outer).stdout
     assert nothing_to_do(dry), reasons(dry)
 
 
