@@ -61,7 +61,7 @@ wildcard_constraints:
     hook="|".join(HOOKS),
     layer=r"\d+",
     run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    source=r"units|sae-[A-Za-z0-9][A-Za-z0-9_.-]*|snmf-[A-Za-z0-9][A-Za-z0-9_.-]*",
+    source=r"units|units-name_(?:last|mean)|sae-[A-Za-z0-9][A-Za-z0-9_.-]*|snmf-[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 include: "rules/data.smk"

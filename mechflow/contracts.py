@@ -23,6 +23,7 @@ RESULT_PATHS: dict[str, str] = {
     "corpus_shard": "corpus/{dataset}/{model}/{hook}/layer{layer}/{split}.shard{shard}.nc",
     "activations": "activations/{dataset}/{model}/{hook}.nc",
     "tokens": "activations/{dataset}/{model}/{hook}.tokens.nc",
+    "name_positions": "activations/{dataset}/{model}/{hook}.name_{position}.nc",
     "shard": "activations/{dataset}/{model}/{hook}.shards/{shard}.nc",
     "sae_dir": "sae/{dataset}/{model}/{hook}/layer{layer}/{run}",
     "sae_checkpoints": "checkpoints/sae/{dataset}/{model}/{hook}/layer{layer}/{run}",
@@ -53,7 +54,7 @@ RESULT_PATHS: dict[str, str] = {
 #: the rule that makes each kind of result (activations: gather_activations when extract.shards > 1)
 PRODUCERS: dict[str, str] = {
     "prompts": "prompts", "corpus_windows": "corpus", "corpus_shard": "corpus_activations",
-    "activations": "extract", "tokens": "extract_tokens", "shard": "extract_shard",
+    "activations": "extract", "tokens": "extract_tokens", "shard": "extract_shard", "name_positions": "name_positions",
     "sae_dir": "sae", "sae_splice": "sae_splice",
     "sae_corpus_dir": "sae_corpus", "sae_corpus_splice": "sae_corpus_splice", "snmf": "snmf", "moran": "spatial", "lisa": "spatial",
     "probes": "probes", "report": "report",
@@ -120,6 +121,8 @@ SNMF_BLOCK_MB: float = 64.0
 
 #: the template of a name-only prompt set: the control for the template confound
 NAME_ONLY_TEMPLATE = "{name}"
+#: positions that carry the place's name (mechflow.extract.names): its last token, the mean over its tokens
+NAME_POSITIONS: tuple[str, ...] = ("last", "mean")
 
 
 def is_main(config: Mapping[str, Any], dataset: str, model: str) -> bool:

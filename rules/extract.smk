@@ -96,3 +96,25 @@ rule extract_tokens:
         "../envs/mechflow.yaml"
     script:
         "../scripts/extract.py"
+
+
+rule name_positions:
+    """Activations at the name's last token and the mean over its tokens, per prompt, from the token-level file."""
+    input:
+        prompts=PROMPTS,
+        tokens=TOKENS,
+    output:
+        **{p: path("name_positions").replace("{position}", p) for p in spatial_step.NAME_POSITIONS},
+    params:
+        names=lambda wc: spatial_step.name_params(config, wc.dataset, wc.model, wc.hook),
+        code=code("name_positions"),
+    log:
+        f"{LOGS}/extract/{{dataset}}/{{model}}/{{hook}}.name_positions.log",
+    benchmark:
+        f"{BENCHMARKS}/extract/{{dataset}}/{{model}}/{{hook}}.name_positions.tsv"
+    resources:
+        mem_mb=EXTRACT["mem_mb"],
+    conda:
+        "../envs/mechflow.yaml"
+    script:
+        "../scripts/name_positions.py"

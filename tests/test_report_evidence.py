@@ -51,13 +51,16 @@ def evidence_study(tmp_path_factory):
     params = dict(k=6, transform="r", permutations=99, seed=0, crs={}, lisa_top_n=0, shuffled_control=True,
                   residualise=True)
     manifest = {"spatial": [], "study": {"title": "evidence", "config": CONFIG}}
-    for dataset, model, seed, template in (("d", "m", 0, True), ("d", "m-random", 1, False), ("d-name", "m", 2, False)):
+    for dataset, model, seed, template, position in (("d", "m", 0, True, None), ("d", "m-random", 1, False, None),
+                                                     ("d-name", "m", 2, False, None), ("d-name", "m", 3, False, "last"),
+                                                     ("d-name", "m", 4, False, "mean")):
         da, sink = _feature_set(seed, template)
         moran, _ = spatial_analysis(da, params, with_sink=sink if (dataset, model) == ("d", "m") else None)
-        path = root / f"{dataset}_{model}.nc"
+        path = root / f"{dataset}_{model}_{position}.nc"
         write_dataset(moran, path)
         manifest["spatial"].append({"dataset": dataset, "model": model, "hook": "resid", "layer": 3, "kind": "units",
-                                    "run": None, "moran": str(path), "lisa": None})
+                                    "run": position and f"name_{position}", "name_position": position,
+                                    "moran": str(path), "lisa": None})
     return manifest
 
 
@@ -113,10 +116,11 @@ def test_report_writes_the_table_as_html_and_markdown(evidence_study, tmp_path):
 
 def test_layer_table_reads_each_variant_from_its_file(evidence_study):
     df = layer_evidence.layer_table(Study(evidence_study))
-    files = {(e["dataset"], e["model"]): xr.load_dataset(e["moran"]) for e in evidence_study["spatial"]}
-    sources = {"template": (("d", "m"), ""), "residualised": (("d", "m"), "_resid"), "shuffled": (("d", "m"), "_shuffled"),
-               "name_only": (("d-name", "m"), ""), "name_only_residualised": (("d-name", "m"), "_resid"),
-               "random_init": (("d", "m-random"), "")}
+    files = {(e["dataset"], e["model"], e["run"]): xr.load_dataset(e["moran"]) for e in evidence_study["spatial"]}
+    sources = {"template": (("d", "m", None), ""), "residualised": (("d", "m", None), "_resid"),
+               "shuffled": (("d", "m", None), "_shuffled"), "name_only": (("d-name", "m", None), ""),
+               "name_only_last": (("d-name", "m", "name_last"), ""), "name_only_mean": (("d-name", "m", "name_mean"), ""),
+               "name_only_residualised": (("d-name", "m", None), "_resid"), "random_init": (("d", "m-random", None), "")}
     assert set(df["variant"]) == set(sources) and set(df["stat"]) == set(layer_evidence.STATS)
     assert len(df) == 2 * len(layer_evidence.STATS) * len(sources)  # two regions of the one main entry
     for row in df.itertuples():
@@ -130,3 +134,4 @@ def test_layer_table_reads_each_variant_from_its_file(evidence_study):
     assert m == 2 * len(layer_evidence.STATS)
     md = layer_evidence.to_markdown(df)
     assert md.count("| d / m | units | 3 | GB |") == len(layer_evidence.STATS) and "shuffled coords" in md
+    assert "name-only, last name token" in md and "within their admin-1 unit" in md

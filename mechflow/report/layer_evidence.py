@@ -24,9 +24,15 @@ from mechflow.report.loaders import Study
 #: variant -> (header, meaning); the moran file and suffix each reads are in :func:`_variants`
 VARIANTS: dict[str, tuple[str, str]] = {
     "template": ("template", "the prompts with the template (the main prompt set)"),
-    "residualised": ("residualised", "the same, each unit residualised on one-hot admin-1 and prompt length"),
-    "name_only": ("name-only", "the same places prompted by name alone"),
-    "name_only_residualised": ("name-only, residualised", "name-only prompts, residualised on admin-1 and length"),
+    "residualised": ("residualised", "the same, each unit residualised on one-hot admin-1 and prompt length; its "
+                                     "permutations move places only within their admin-1 unit (residuals sum to zero "
+                                     "within each unit, which free permutations ignore: a conservative null)"),
+    "name_only": ("name-only", "the same places prompted by name alone (pooled prompt)"),
+    "name_only_last": ("name-only, last name token", "name-only prompts, raw units at the name's last token"),
+    "name_only_mean": ("name-only, mean of name tokens", "name-only prompts, raw units averaged over the name's tokens "
+                                                         "(its first, the attention sink, included)"),
+    "name_only_residualised": ("name-only, residualised", "name-only prompts, residualised on admin-1 and length "
+                                                          "(permutations within admin-1 units)"),
     "shuffled": ("shuffled coords", "the template prompts on coordinates shuffled within each region (a calibration "
                                     "check: p should be uniform, the excess near 0)"),
     "random_init": ("random-init model", "the template prompts through the random-init control model"),
@@ -64,7 +70,12 @@ def _variants(study: Study, e: Mapping[str, Any], ds: xr.Dataset) -> dict[str, t
     for col, (d, m) in (("random_init", (e["dataset"], rand)), ("name_only", (name, e["model"]))):
         found = study.find("spatial", dataset=d, model=m, **keys) if d and m else None
         other[col] = study.moran(found) if found is not None else None
+    for position in ("last", "mean"):  # raw units at the name's positions (spatial.name_positions)
+        found = (study.find("spatial", dataset=name, model=e["model"], **dict(keys, run=f"name_{position}"))
+                 if name and e.get("kind") == "units" and not e.get("run") else None)
+        other[f"name_only_{position}"] = study.moran(found) if found is not None else None
     return {"template": (ds, ""), "residualised": (ds, "_resid"), "name_only": (other["name_only"], ""),
+            "name_only_last": (other["name_only_last"], ""), "name_only_mean": (other["name_only_mean"], ""),
             "name_only_residualised": (other["name_only"], "_resid"), "shuffled": (ds, "_shuffled"),
             "random_init": (other["random_init"], "")}
 

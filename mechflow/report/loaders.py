@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from mechflow.contracts import result_path
 from mechflow.io import load_dataset, open_dataset
 
 FEATURE_DIMS = ("unit", "feature", "factor")
@@ -159,6 +160,9 @@ class Study:
         common = dict(dataset=entry.get("dataset"), model=entry.get("model"), hook=entry.get("hook"))
         if kind == "units":
             src = self.find("activations", **common)
+            if entry.get("name_position"):  # units at the name's positions (rule name_positions)
+                src = {"path": result_path("name_positions", self.config["results"], **common,
+                                           position=entry["name_position"])}
             if src is None or not self.exists("activations", src.get("path")):
                 raise FileNotFoundError(f"activations of {_describe(entry)} not available")
             with open_dataset(self.path(src["path"])) as ds:

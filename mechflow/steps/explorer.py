@@ -33,7 +33,8 @@ def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
         return []
     sets = set(study["explorer"]["sets"])
     keep = ("dataset", "model", "hook", "layer", "source", "run", "kind")
-    found = [{k: j[k] for k in keep} for j in spatial.jobs(study, facts) if j["kind"] in sets]
+    found = [{k: j[k] for k in keep} for j in spatial.jobs(study, facts)
+             if not j.get("name_position") and j["kind"] in sets]  # pooled sets
     return [dict(j, dir=result_path("explorer", study["results"], **{k: v for k, v in j.items() if k != "kind"}))
             for j in found]
 

@@ -101,17 +101,20 @@ def sharded(study: dict[str, Any]) -> bool:
 def rule_counts(study: dict[str, Any], manifest: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
     """Extraction jobs per rule of a study whose analysis jobs are ``manifest`` (``extract`` in one pass, or
     ``extract.shards`` shards and a gather per pooled hook; ``extract_tokens`` per token file: those the token-level
-    steps train on and those every explorer reads for its per-token highlighting)."""
+    steps train on, those every explorer reads for its per-token highlighting and those the name positions are read
+    from; ``name_positions`` per prompt set, model and hook whose name positions the spatial step tests)."""
     pooled = {(e["dataset"], e["model"]) for e in manifest["activations"] + manifest["probes"]}
-    pooled |= {(e["dataset"], e["model"]) for e in manifest["spatial"] if e["kind"] == "units"}
+    pooled |= {(e["dataset"], e["model"]) for e in manifest["spatial"] if e["kind"] == "units" and not e.get("name_position")}
     pooled |= {(e["dataset"], e["model"]) for step in ("sae", "snmf") if step not in token_level_steps(study)
                for e in manifest[step]}
     tokens = {(e["dataset"], e["model"], e["hook"]) for step in token_level_steps(study) for e in manifest[step]}
     tokens |= {(e["dataset"], e["model"], e["hook"]) for e in manifest.get("explorer", [])}
+    names = {(e["dataset"], e["model"], e["hook"]) for e in manifest["spatial"] if e.get("name_position")}
+    tokens |= names
     shards = int(study["extract"]["shards"])
     counts = ({"extract_shard": len(pooled) * shards, "gather_activations": len(pooled) * len(pooled_hooks(study))}
               if sharded(study) else {"extract": len(pooled)})
-    return {**counts, "extract_tokens": len(tokens)}
+    return {**counts, "extract_tokens": len(tokens), "name_positions": len(names)}
 
 
 # ---- checks ---------------------------------------------------------------------------------------

@@ -112,7 +112,8 @@ class Context:
         models = {x.get("model") for x in spatial if not self.study.is_control_model(str(x.get("model")))}
         hooks = {x.get("hook") for x in spatial}
         kind, run, model = e.get("kind"), e.get("run"), str(e.get("model"))
-        label = {"units": "units", "sae": f"SAE {run}", "snmf": f"semi-NMF {run}"}.get(kind, str(kind))
+        units = {"name_last": "units at the name's last token", "name_mean": "units over the name's tokens"}.get(run, "units")
+        label = {"units": units, "sae": f"SAE {run}", "snmf": f"semi-NMF {run}"}.get(kind, str(kind))
         if self.study.is_control_model(model):
             label += f", random-init {model}"
         elif len(models) > 1:
