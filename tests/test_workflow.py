@@ -82,8 +82,9 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir, tmp_path_factory):
     cfg = tiny_config(analyses=True)
     write_config(workdir, cfg)
     proc = run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
-    assert "mechflow study: datasets tiny, tiny-name; models minilm; 23 jobs in the whole study (prompts 2, extract 2, " \
-           "extract_tokens 3, sae 1, snmf 1, spatial 6, probes 1, explorer 6, report 1)" in proc.stderr, proc.stderr[-3000:]
+    assert "mechflow study: datasets tiny, tiny-name; models minilm; 28 jobs in the whole study (prompts 2, extract 2, " \
+           "extract_tokens 3, name_positions 1, sae 1, snmf 1, spatial 10, probes 1, explorer 6, report 1)" in proc.stderr, \
+        proc.stderr[-3000:]
     act = load_dataarray(workdir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
     assert act.dims == ("prompt", "layer", "unit") and act.shape == (60, 6, 384)
     for rel in ("results/spatial/tiny/minilm/resid/layer4/units/moran.nc", "results/spatial/tiny/minilm/resid/layer4/sae-topk/lisa.nc",
@@ -137,7 +138,7 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir, tmp_path_factory):
     # a changed downstream parameter reruns only its step and what depends on it, never extraction
     cfg["spatial"]["permutations"] = 199
     write_config(workdir, cfg)
-    assert planned_jobs(workdir) == {"spatial": 6, "report": 1, "all": 1}
+    assert planned_jobs(workdir) == {"spatial": 10, "explorer": 6, "report": 1, "all": 1}  # 4 of the name's positions
     cfg["spatial"]["permutations"] = 99
     cfg["sae"]["runs"]["topk"]["k"] = 4
     write_config(workdir, cfg)
