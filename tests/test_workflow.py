@@ -142,20 +142,21 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir, tmp_path_factory):
     cfg["spatial"]["permutations"] = 99
     cfg["sae"]["runs"]["topk"]["k"] = 4
     write_config(workdir, cfg)
-    assert planned_jobs(workdir) == {"sae": 1, "spatial": 1, "report": 1, "all": 1}
+    assert planned_jobs(workdir) == {"sae": 1, "spatial": 1, "explorer": 1, "report": 1, "all": 1}
     # a changed extraction parameter reruns extraction and everything downstream, not the prompts
     cfg["sae"]["runs"]["topk"]["k"] = 8
     cfg["extract"]["pooling"] = "last"
     write_config(workdir, cfg)
     plan = planned_jobs(workdir)
     # pooled units, SAE, their spatial analyses, probes and report; token-level semi-NMF does not pool
-    assert plan == {"extract": 2, "sae": 1, "spatial": 5, "probes": 1, "report": 1, "all": 1}
+    assert plan == {"extract": 2, "sae": 1, "spatial": 5, "probes": 1, "explorer": 5, "report": 1, "all": 1}
     # a changed prompt-set parameter reruns everything
     cfg["extract"]["pooling"] = "mean"
     cfg["datasets"]["tiny"]["template"] = "{name} in {admin1_name}"
     write_config(workdir, cfg)
     plan = planned_jobs(workdir)
-    assert plan["prompts"] == 1 and plan["extract"] == 1 and plan["extract_tokens"] == 1 and plan["snmf"] == 1
+    # token files: the semi-NMF's (mlp_hidden) and the one the resid explorers read
+    assert plan["prompts"] == 1 and plan["extract"] == 1 and plan["extract_tokens"] == 2 and plan["snmf"] == 1
     assert plan["spatial"] == 4 and plan["report"] == 1
 
 
