@@ -106,7 +106,9 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir, tmp_path_factory):
     control = load_dataset(workdir / "results/spatial/tiny-name/minilm/resid/layer4/units/moran.nc")
     assert {"I", "q_greater", "I_resid", "I_shuffled"} <= set(control) and "I_with_sink" not in control
     table = (workdir / "results/report/significance.md").read_text()
-    assert table.count("| tiny / minilm | units |") == 4 and "| tiny / minilm | SAE topk | 4 |" in table
+    evidence = table.split("## Layer-level tests")[0]  # the per-unit table; the layer-level one follows it
+    assert evidence.count("| tiny / minilm | units |") == 4 and "| tiny / minilm | SAE topk | 4 |" in evidence
+    assert "## Layer-level tests" in table
     assert "tiny-name" not in table  # a companion: its numbers are the name-only column, not rows of their own
     assert (workdir / "results/logs/extract/tiny/minilm.log").stat().st_size > 0
     assert (workdir / "results/benchmarks/extract/tiny/minilm.tsv").exists()
