@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]' or '.[gpu]' installs it)")
 
 from mechflow.kernels import aot  # noqa: E402  (imports triton)
+from mechflow.kernels.limits import MAX_TRITON_K  # noqa: E402  (imports triton)
 
 #: configs whose compile takes minutes on 2 CPU cores (benchmarks/results/triton_aot.json: the bitonic
 #: networks of the top-k kernels grow as log^2 of the padded k): left to the slow variant
@@ -41,10 +42,10 @@ def test_ci_covers_every_kernel_at_its_smallest_blocks():
     assert {c.kernel for c in EXTREMES} == set(aot.KERNELS)
     smallest = {c.kernel: c for c in reversed(aot.launch_configs(extremes_only=True))}
     assert all(c in EXTREMES for c in smallest.values())
-    # the launchers' own choices: the largest k the dispatch sends to Triton pads to 1024 (those
-    # compiles take minutes: the slow variant's)
+    # the launchers' own choices: the largest k the dispatch sends to Triton (MAX_TRITON_K) pads to 256 (that
+    # compile takes minutes: the slow variant's)
     topk = [dict(c.constants)["KP"] for c in aot.launch_configs(extremes_only=True) if c.kernel == "_topk_candidates_kernel"]
-    assert topk == [16, 1024]
+    assert topk == [16, MAX_TRITON_K] and MAX_TRITON_K == 256
 
 
 @pytest.mark.parametrize("arch", aot.ARCHS)
