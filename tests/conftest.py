@@ -110,6 +110,24 @@ def load_triton_interpreted() -> None:
     assert isinstance(tk._pack_keys, InterpretedFunction)
 
 
+def load_triton_compiled() -> None:
+    """The inverse of :func:`load_triton_interpreted`, for tests that compile the kernels ahead of time: where an
+    earlier test module left triton and mechflow's kernels loaded as interpreted functions (``TRITON_INTERPRET=1``
+    at their definition), triton's Python modules are loaded afresh without it and the kernel modules (and
+    :mod:`mechflow.kernels.aot`) re-executed, so ``triton.compile`` gets JIT functions again."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    standard = sys.modules.get("triton.language.standard")
+    if standard is not None and type(standard.cdiv).__name__ == "InterpretedFunction":
+        for name in [n for n in sys.modules if (n == "triton" or n.startswith("triton.")) and not n.startswith("triton._C")]:
+            del sys.modules[name]
+    pytest.importorskip("triton")
+    for name in ("mechflow.kernels._triton_kernels", "mechflow.kernels._autograd", "mechflow.kernels.aot"):
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
+    tk = importlib.import_module("mechflow.kernels._triton_kernels")
+    assert type(tk._pack_keys).__name__ == "JITFunction", type(tk._pack_keys)
+
+
 @pytest.fixture(scope="module")
 def triton_device():
     """Device on which the Triton kernels run: CUDA, else the CPU under the Triton interpreter

@@ -12,10 +12,13 @@ from mechflow.io import write_dataset
 
 
 def test_geonames_regions_counts_and_contract():
-    ds = build_prompts({"regions": ["GB", "IT", "NYMETRO"]})
-    counts = collections.Counter(ds["region"].values.tolist())
+    kept = build_prompts({"regions": ["GB", "IT", "NYMETRO"], "duplicates": "keep"})
     # cities500: every place with an admin-1 of the region (GB's 2 Cyprus bases have none)
-    assert counts == {"GB": 5911, "IT": 11854, "NYMETRO": 3527}
+    assert collections.Counter(kept["region"].values.tolist()) == {"GB": 5911, "IT": 11854, "NYMETRO": 3527}
+    ds = build_prompts({"regions": ["GB", "IT", "NYMETRO"]})  # the default drops places that repeat a text or point
+    counts = collections.Counter(ds["region"].values.tolist())
+    assert counts == {"GB": 5660, "IT": 11718, "NYMETRO": 3442}
+    assert ds.attrs["duplicates"] == "drop" and ds.attrs["duplicates_found"] == (5911 + 11854 + 3527) - sum(counts.values())
     assert ds["latitude"].dtype == np.float64 and ds["place_id"].dtype == np.int64
     gb = ds.where(ds["region"] == "GB", drop=True)
     assert gb["latitude"].min() > 49 and gb["longitude"].max() < 2.1

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mechflow.io import read_csv_checked
-from mechflow.lens.unembed import LensError
+from mechflow.lens.errors import LensError
 
 __all__ = ["LETTERS", "DISTRACTOR_COUNTRIES", "country_names", "place_questions", "csv_questions", "limit_questions", "split_questions",
            "question_block", "mc_prompts", "option_token_sets"]

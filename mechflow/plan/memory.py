@@ -70,7 +70,7 @@ def job_memory(job: Job, config: dict[str, Any], facts: StudyFacts) -> tuple[int
         k, tokens = int(run["n_factors"]), config["snmf"]["level"] == "tokens"
         samples = n * int(ex["max_length"]) if tokens else n
         mem_mb = float(job.resources.get("mem_mb", 0) or 0)
-        in_memory = not config["snmf"]["out_of_core"] and (not mem_mb or keep_in_memory(width, samples, k, mem_mb, base))
+        in_memory = not config["snmf"].get("out_of_core", False) and (not mem_mb or keep_in_memory(width, samples, k, mem_mb, base))
         note = ("the layer in memory as float64 sample blocks" if in_memory else
                 f"the layer read from disk in {SNMF_BLOCK_MB:g} MiB sample blocks at every pass; G in memory")
         return base + working_bytes(width, samples, k, in_memory), note, tokens
