@@ -32,9 +32,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def one(index: int, arch: int, quick: bool) -> None:
     """Inside a child process: compile config ``index`` for ``arch``, print its row as JSON."""
-    from mechflow.kernels import aot
-
     import resource
+
+    from mechflow.kernels import aot
 
     config = aot.launch_configs(extremes_only=quick)[index]
     row = aot.compile_config(config, arch).to_dict()

@@ -15,9 +15,9 @@ from conftest import REPO, WORDS, build_tiny_tokenizer
 
 from mechflow.corpus import (
     CorpusError,
-    check_encoding,
     Document,
     build_windows,
+    check_encoding,
     corpus_files,
     held_out_documents,
     read_documents,

@@ -215,7 +215,8 @@ def test_workflow_plans_token_extraction_for_a_token_level_sae(workdir):
     from test_workflow import planned_jobs, write_config
 
     write_config(workdir, _token_study())
-    assert planned_jobs(workdir) == {"prompts": 1, "extract": 1, "extract_tokens": 1, "sae": 1, "spatial": 1, "all": 1}
+    assert planned_jobs(workdir) == {"prompts": 1, "extract": 1, "extract_tokens": 1, "sae": 1, "spatial": 1, "explorer": 1,
+                                     "all": 1}
 
 
 @pytest.mark.slow
@@ -239,7 +240,7 @@ def test_workflow_trains_a_token_level_sae_and_reruns_only_on_its_settings(workd
     assert planned_jobs(workdir) == {}
     cfg["sae"]["token_pooling"] = "mean"
     write_config(workdir, cfg)
-    assert planned_jobs(workdir) == {"sae": 1, "spatial": 1, "all": 1}
+    assert planned_jobs(workdir) == {"sae": 1, "spatial": 1, "explorer": 1, "all": 1}
 
 
 # ---- features.nc streamed batch by batch -------------------------------------------------------

@@ -56,7 +56,8 @@ def _resolve(cfg: dict, folder: Path):
 
 
 @pytest.mark.parametrize("section, key, message", [
-    ({"lens": {"enabled": True, "lenses": ["logit"]}}, "lens", r"the lens is enabled but the study has no causal LM to read \(models: minilm \(encoder\)\)"),
+    ({"lens": {"enabled": True, "lenses": ["logit"]}}, "lens",
+     r"the lens is enabled but the study has no causal LM to read \(models: minilm \(encoder\)\)"),
     ({"lens": {"enabled": True, "lenses": ["logit"], "consistency": {"layers": [9]}}}, "lens.consistency.layers",
      r"layer\(s\) \[9\] do not exist in model 'minilm' \(6 layers\)"),
     ({"steering": {"enabled": True, "vectors": {"v": VECTOR}}}, "steering",

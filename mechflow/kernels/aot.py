@@ -28,8 +28,8 @@ from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mechflow.kernels.limits import MAX_TRITON_K as _MAX_TRITON_K
 from mechflow.kernels import _triton_kernels as tk
+from mechflow.kernels.limits import MAX_TRITON_K as _MAX_TRITON_K
 
 __all__ = ["ARCHS", "LIMITS", "Config", "GPULimits", "compile_config", "launch_configs", "report"]
 
