@@ -199,7 +199,8 @@ def test_sigkill_during_extraction_leaves_no_half_file_and_rerun_completes(workd
     run_snakemake(workdir, "--unlock", "--configfile", "study.yaml")  # the killed run's lock, as after a power loss
     run_snakemake(workdir, "-c", "1", "--configfile", "study.yaml", "--rerun-incomplete")
     act = load_dataarray(out_dir / "resid.nc")
-    assert act.sizes["prompt"] == 800 and np.isfinite(act.values).all()
+    prompts = load_dataset(workdir / "results/prompts/tiny.nc")  # 800 places less the duplicates dropped
+    assert act.sizes["prompt"] == prompts.sizes["prompt"] > 790 and np.isfinite(act.values).all()
     assert [p.name for p in out_dir.iterdir()] == ["resid.nc"]
 
 
