@@ -246,6 +246,9 @@ def test_default_model_extracts_and_splices_an_sae_through_the_workflow(workdir)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["datasets"]["places"]["max_per_region"] = 8
     cfg["datasets"].pop("places-name-only")
+    cfg["datasets"].pop("kjv")  # an SAE on the prompts' pooled vectors, not the default's corpus SAE
+    for key in ("level", "corpus", "corpus_shards", "token_pooling"):
+        cfg["sae"].pop(key, None)
     cfg["extract"]["layers"] = [0, 5, -1]
     cfg["models"].pop("smollm2-random")
     for section in ("spatial", "probes", "report"):
@@ -362,7 +365,8 @@ def test_bad_inputs_fail_before_any_job_and_leave_a_completed_study_untouched(wo
     lines = csv.read_text().splitlines()
     lines[1] = lines[1].replace(lines[1].split(",")[1], "52.00001")
     csv.write_text("\n".join(lines) + "\n")
-    assert planned_jobs(workdir) == {"prompts": 1, "extract": 1, "spatial": 1, "probes": 1, "all": 1}
+    assert planned_jobs(workdir) == {"prompts": 1, "extract": 1, "extract_tokens": 1, "spatial": 1, "probes": 1,
+                                     "explorer": 1, "all": 1}  # the explorer highlights the prompts' tokens
 
 
 def test_a_damaged_input_is_one_line_naming_the_file_and_how_to_rebuild_it(workdir):
