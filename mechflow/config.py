@@ -123,7 +123,8 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:
             base[key] = value
 
 
-def _deref(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+def deref(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``schema`` with its ``$ref`` chain followed to the definition in ``root``."""
     while "$ref" in schema:
         target: Any = root
         for part in schema["$ref"].removeprefix("#/").split("/"):
@@ -139,14 +140,14 @@ def _validator(schema: Mapping[str, Any], root: Mapping[str, Any]) -> jsonschema
 
 def coerce_numbers(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
     """``instance`` with integers turned into floats wherever the schema allows a number but no integer."""
-    schema = _deref(schema, root)
+    schema = deref(schema, root)
     types = schema.get("type")
     types = [types] if isinstance(types, str) else list(types or [])
     if isinstance(instance, int) and not isinstance(instance, bool) and "number" in types and "integer" not in types:
         return float(instance)
     for key in ("allOf", "anyOf", "oneOf"):
         for sub in schema.get(key, []):
-            sub = _deref(sub, root)
+            sub = deref(sub, root)
             if key != "allOf" and not _validator(sub, root).is_valid(instance):
                 continue
             instance = coerce_numbers(instance, sub, root)
@@ -188,7 +189,7 @@ def _schema_error(error: jsonschema.ValidationError, suffix: str = "") -> Config
 def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> None:
     """Fill ``default`` values of object properties in place (recursing into objects and maps); the defaults of an
     ``allOf`` block's ``then`` apply where its ``if`` holds (settings of one ``source`` only)."""
-    schema = _deref(schema, root)
+    schema = deref(schema, root)
     if not isinstance(instance, dict):
         return
     for key, sub in schema.get("properties", {}).items():
@@ -258,11 +259,11 @@ def reference_rows(schema: Mapping[str, Any], root: Mapping[str, Any] | None = N
                    only: str = "") -> list[tuple[str, str, str]]:
     """(key, default, meaning) of every leaf key of the schema, in schema order."""
     root = root if root is not None else schema
-    schema = _deref(schema, root)
+    schema = deref(schema, root)
     rows: list[tuple[str, str, str]] = []
     conditional = {k for block in schema.get("allOf", []) for k in block.get("then", {}).get("properties", {})}
     for key, sub in schema.get("properties", {}).items():
-        sub = _deref(sub, root)
+        sub = deref(sub, root)
         if key in conditional and "default" not in sub:
             continue  # its default holds under a condition: listed with that condition below
         if _has_children(sub):
@@ -271,12 +272,12 @@ def reference_rows(schema: Mapping[str, Any], root: Mapping[str, Any] | None = N
             default = _fmt(sub["default"]) if "default" in sub else "–"
             rows.append((f"`{prefix}{key}`", default, (f"({only}) " if only else "") + _meaning(sub)))
     extra = schema.get("additionalProperties")
-    if isinstance(extra, dict) and _has_children(_deref(extra, root)):
+    if isinstance(extra, dict) and _has_children(deref(extra, root)):
         rows += reference_rows(extra, root, f"{prefix}<name>.", only)
     for block in schema.get("allOf", []):
         if "then" in block:
             cond = ", ".join(f"{k} {_condition(v)}" for k, v in block.get("if", {}).get("properties", {}).items())
-            base = {k: _deref(v, root) for k, v in schema.get("properties", {}).items()}
+            base = {k: deref(v, root) for k, v in schema.get("properties", {}).items()}
             props = {k: {**({"description": base[k]["description"]} if "description" in base.get(k, {}) else {}), **v}
                      for k, v in block["then"].get("properties", {}).items()}
             rows += reference_rows({**block["then"], "properties": props}, root, prefix, cond)

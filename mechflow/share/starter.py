@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, load_schema
+from mechflow.config import DEFAULT_STUDY, SCHEMA_FILE, deref, load_schema
 from mechflow.io import atomic_write_text
 from mechflow.layout import WORKFLOW_ROOT
 
@@ -28,28 +28,19 @@ HEADER = """\
 """
 
 
-def _deref(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
-    while "$ref" in node:
-        target: Any = root
-        for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
 def _child(node: Mapping[str, Any] | None, key: str, root: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The schema of ``key`` inside an object schema: its property (here or in a conditional block), else the schema
     of any other key (``additionalProperties``)."""
     if node is None:
         return None
-    node = _deref(node, root)
-    blocks = [node] + [_deref(b.get("then", {}), root) for b in node.get("allOf", [])] \
-        + [_deref(b, root) for k in ("anyOf", "oneOf") for b in node.get(k, [])]
+    node = deref(node, root)
+    blocks = [node] + [deref(b.get("then", {}), root) for b in node.get("allOf", [])] \
+        + [deref(b, root) for k in ("anyOf", "oneOf") for b in node.get(k, [])]
     for block in blocks:
         if key in block.get("properties", {}):
-            return _deref(block["properties"][key], root)
+            return deref(block["properties"][key], root)
     extra = node.get("additionalProperties")
-    return _deref(extra, root) if isinstance(extra, Mapping) else None
+    return deref(extra, root) if isinstance(extra, Mapping) else None
 
 
 def _comment(description: str, indent: str) -> list[str]:
