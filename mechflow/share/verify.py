@@ -22,7 +22,7 @@ import xarray as xr
 import yaml
 from safetensors.numpy import load_file
 
-from mechflow.compare import compare_files
+from mechflow.compare import FileComparison, compare_files
 from mechflow.share.archive import RESULTS, STUDY, ArchiveError, environment_record, read_archive, resolved
 from mechflow.share.digests import ATTRS, PROVENANCE, array_digests, data_digests, model_digests, provenance
 from mechflow.share.runner import snakemake_command
@@ -32,13 +32,8 @@ __all__ = ["STATUSES", "FileVerdict", "Verification", "explain", "format_verific
 STATUSES = ("identical", "within tolerance", "different", "missing")
 
 
-@dataclass(frozen=True)
-class FileVerdict:
-    """One result file: its status (one of :data:`STATUSES`) and, unless identical, what differs."""
-
-    path: str
-    status: str
-    detail: str = ""
+#: one result file's verdict: compare's FileComparison, whose status here is one of :data:`STATUSES`
+FileVerdict = FileComparison
 
 
 @dataclass
