@@ -3,7 +3,8 @@
 :func:`resolve_study` is what the Snakefile, the CLI and ``mechflow info`` call, before any job runs:
 
 1. the JSON schema (:func:`mechflow.config.validate_schema`): types, ranges, defaults filled;
-2. each SAE and semi-NMF run replaced by its typed, complete form (the run configs' defaults);
+2. each SAE and semi-NMF run replaced by its typed, complete form (the run configs' defaults; an SAE run's hook and
+   level filled from the section's);
 3. the facts of the study's models and prompt sets, gathered once (:func:`mechflow.facts.gather_facts`);
 4. the study-wide checks and each step's ``check`` (:func:`mechflow.steps.manifest.check_study`);
 5. the canonical form: numbers typed as the schema says, keys sorted, so Snakemake's params
@@ -25,7 +26,7 @@ from mechflow.facts import StudyFacts, gather_facts
 from mechflow.sae.config import validate_run as validate_sae_run
 from mechflow.snmf.config import validate_run as validate_snmf_run
 from mechflow.steps.manifest import check_study, study_warnings
-from mechflow.study import ConfigError, canonical
+from mechflow.study import SAE_RUN_PLACEMENT, ConfigError, canonical
 
 __all__ = ["ResolvedStudy", "resolve", "resolve_study"]
 
@@ -58,10 +59,14 @@ def resolve_study(config: dict[str, Any], base_dir: str | Path = ".", schema_pat
 
 
 def _complete_runs(config: dict[str, Any]) -> None:
-    """Replace each SAE / semi-NMF run by its validated, complete form (typed run configs' defaults)."""
+    """Replace each SAE / semi-NMF run by its validated, complete form (typed run configs' defaults); an SAE run also
+    gets its hook and level (:data:`~mechflow.study.SAE_RUN_PLACEMENT`: its own, else the section's), which are not
+    part of its training config."""
     for section, validate in (("sae", validate_sae_run), ("snmf", validate_snmf_run)):
+        placement = SAE_RUN_PLACEMENT if section == "sae" else ()
         for name, run in config[section]["runs"].items():
             try:
-                config[section]["runs"][name] = validate(dict(run))
+                complete = validate({k: v for k, v in run.items() if k not in placement})
             except ValueError as e:
                 raise ConfigError(f"{section}.runs.{name}", str(e)) from None
+            config[section]["runs"][name] = dict(complete, **{k: run.get(k) or config[section][k] for k in placement})

@@ -20,23 +20,49 @@ from typing import Any
 import yaml
 
 from mechflow.layout import WORKFLOW_ROOT
+from mechflow.study import SAE_RUN_PLACEMENT
 
 #: the generated entries of config.schema.yaml: key path -> "module:function" returning the schema
 GENERATED_ENTRIES: dict[tuple[str, ...], str] = {
     ("properties", "sae", "properties", "runs", "additionalProperties"): "mechflow.sae.config:run_schema",
     ("properties", "snmf", "properties", "runs", "additionalProperties"): "mechflow.snmf.config:run_schema",
 }
+#: the section whose runs also take its placement keys (:data:`~mechflow.study.SAE_RUN_PLACEMENT`), and those keys
+_PLACED = {"sae": SAE_RUN_PLACEMENT}
 
 SCHEMA_PATH = WORKFLOW_ROOT / "config.schema.yaml"
 
 
-def generated_entries() -> dict[tuple[str, ...], dict[str, Any]]:
-    """Each generated entry's key path in config.schema.yaml and its schema, freshly generated."""
+def generated_entries(schema: dict[str, Any] | None = None) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Each generated entry's key path in config.schema.yaml and its schema, freshly generated; a run entry of a
+    section in :data:`_PLACED` also takes the section's placement keys, with the enums of ``schema`` (the loaded
+    config.schema.yaml; None: the checkout's)."""
+    if schema is None:
+        schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
     out = {}
     for keys, target in GENERATED_ENTRIES.items():
         module, func = target.split(":")
-        out[keys] = getattr(importlib.import_module(module), func)()
+        out[keys] = _with_placement(getattr(importlib.import_module(module), func)(), keys[1], schema)
     return out
+
+
+def _with_placement(entry: dict[str, Any], section: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A run entry with the section's placement keys (none for most sections): each with the section key's enum and
+    no default (the resolution fills the section's value), admitted by every architecture's ``propertyNames``."""
+    keys = _PLACED.get(section, ())
+    if not keys:
+        return entry
+    section_props = schema["properties"][section]["properties"]
+    for key in keys:
+        entry["properties"][key] = {
+            "enum": list(section_props[key]["enum"]),
+            "description": f"this run's {key} (default: the section's, `{section}.{key}`, which says what each value "
+                           f"means); it places the run in the study and is not part of its training config",
+        }
+    for block in entry.get("allOf", []):
+        names = block["then"]["propertyNames"]["enum"]
+        names.extend(k for k in keys if k not in names)
+    return entry
 
 
 class _Dumper(yaml.SafeDumper):
@@ -152,7 +178,7 @@ def _get_in(obj: Any, keys: Sequence[str]) -> Any:
 def render_run_schemas(text: str) -> str:
     """``text`` of config.schema.yaml with its generated entries replaced by fresh ones (and nothing
     else changed: checked by parsing both)."""
-    entries = generated_entries()
+    entries = generated_entries(yaml.safe_load(text))
     new_text = text
     for keys, schema in entries.items():
         new_text = replace_yaml_entry(new_text, keys, schema)
@@ -167,7 +193,7 @@ def render_run_schemas(text: str) -> str:
 def check_run_schemas(path: str | Path = SCHEMA_PATH) -> list[str]:
     """Dotted paths of the generated entries of ``path`` that differ from the dataclasses (empty: in sync)."""
     loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    return [".".join(keys) for keys, schema in generated_entries().items() if _get_in(loaded, keys) != schema]
+    return [".".join(keys) for keys, schema in generated_entries(loaded).items() if _get_in(loaded, keys) != schema]
 
 
 def write_run_schemas(path: str | Path = SCHEMA_PATH) -> bool:

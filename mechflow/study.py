@@ -6,8 +6,8 @@ resolved study dict (schema-valid, defaults filled, keys sorted; :func:`mechflow
 
 - :class:`ConfigError` ``(key, message)``: one line, ``config error at <key>: <message>``.
 - :func:`canonical`: keys sorted, tuples as lists (Snakemake compares ``params:`` by repr).
-- :func:`model_params`, :func:`study_pairs`, :func:`sae_jobs`, :func:`study_crs`, :func:`settings`:
-  what a step runs on, read the same way by every step.
+- :func:`model_params`, :func:`study_pairs`, :func:`sae_jobs`, :func:`sae_run_placement`, :func:`study_crs`,
+  :func:`settings`: what a step runs on, read the same way by every step.
 - :func:`one_of`: a Snakemake wildcard constraint for exactly these names.
 """
 
@@ -17,8 +17,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "MODEL_KEYS", "RESOURCE_KEYS", "TEXT_SOURCE", "canonical", "prompt_sets", "corpora",
-           "dataset_models", "model_params", "study_pairs", "sae_jobs", "study_crs", "settings", "one_of"]
+__all__ = ["ConfigError", "MODEL_KEYS", "RESOURCE_KEYS", "TEXT_SOURCE", "SAE_RUN_PLACEMENT", "canonical", "prompt_sets",
+           "corpora", "dataset_models", "model_params", "study_pairs", "sae_run_placement", "sae_jobs", "study_crs",
+           "settings", "one_of"]
 
 #: the model settings a job loads a model with (a change reruns it); resource keys are never among them
 MODEL_KEYS: tuple[str, ...] = ("spec", "dtype", "device", "random_init", "init_seed")
@@ -26,6 +27,9 @@ MODEL_KEYS: tuple[str, ...] = ("spec", "dtype", "device", "random_init", "init_s
 RESOURCE_KEYS: tuple[str, ...] = ("threads", "mem_mb", "gpu")
 #: the ``source`` of a dataset that is a text corpus (token windows for SAE training), not a prompt set with places
 TEXT_SOURCE = "text"
+#: keys of a ``sae.runs.<run>`` entry that place the run in the study rather than configure its training (what it
+#: trains on): each defaults to the section's key of the same name and never reaches the run's training config
+SAE_RUN_PLACEMENT: tuple[str, ...] = ("hook", "level")
 
 
 class ConfigError(ValueError):
@@ -86,12 +90,20 @@ def study_pairs(study: Mapping[str, Any], section: Mapping[str, Any] | None = No
     return [(d, m) for d in datasets for m in models if m in (study["datasets"][d].get("models") or every)]
 
 
+def sae_run_placement(study: Mapping[str, Any], run: str) -> dict[str, str]:
+    """Where SAE run ``run`` trains (:data:`SAE_RUN_PLACEMENT`): its own ``hook`` and ``level`` (``sae.runs.<run>``),
+    else the section's (``sae.hook``, ``sae.level``)."""
+    sae = study["sae"]
+    own = sae["runs"][run]
+    return {k: own.get(k) or sae[k] for k in SAE_RUN_PLACEMENT}
+
+
 def sae_jobs(study: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every SAE the study trains: dicts of dataset, model, hook, layer, run."""
+    """Every SAE the study trains: dicts of dataset, model, hook (the run's, :func:`sae_run_placement`), layer, run."""
     sae = study.get("sae") or {}
     if not sae.get("runs"):
         return []
-    return [dict(dataset=d, model=m, hook=sae["hook"], layer=int(layer), run=r)
+    return [dict(dataset=d, model=m, hook=sae_run_placement(study, r)["hook"], layer=int(layer), run=r)
             for d, m in study_pairs(study, sae) for layer in sae["layers"] for r in sorted(sae["runs"])]
 
 

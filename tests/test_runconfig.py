@@ -31,7 +31,12 @@ def _entry(keys):
 # ---- (a) config.schema.yaml holds the generated entries --------------------------------------------
 
 def test_schema_file_entries_are_the_generated_ones():
-    assert _entry(SAE_KEYS) == sae_run_schema(), "regenerate with: python -m mechflow.run_schemas"
+    assert _entry(SAE_KEYS) == run_schemas.generated_entries()[SAE_KEYS], "regenerate with: python -m mechflow.run_schemas"
+    # the SAE run entry is the dataclasses' schema plus the run's placement keys (hook, level: not training settings)
+    placed = _entry(SAE_KEYS)
+    assert {k: v for k, v in placed["properties"].items() if k not in ("hook", "level")} == sae_run_schema()["properties"]
+    assert [[n for n in b["then"]["propertyNames"]["enum"] if n not in ("hook", "level")] for b in placed["allOf"]] == [
+        b["then"]["propertyNames"]["enum"] for b in sae_run_schema()["allOf"]]
     assert _entry(SNMF_KEYS) == snmf.run_schema(), "regenerate with: python -m mechflow.run_schemas"
     assert run_schemas.check_run_schemas() == []
     jsonschema.Draft202012Validator.check_schema(sae_run_schema())
