@@ -1,5 +1,5 @@
 rule sae_corpus:
-    """Train one named SAE run on a text corpus's token activations at one layer (sae.level: corpus), once for every
+    """Train one named SAE run on a text corpus's token activations at one layer (its level: corpus), once for every
     prompt set, and evaluate it on the corpus's held-out windows (training.nc heldout_*)."""
     input:
         unpack(lambda wc: sae_step.corpus_inputs(config, dict(wc.items()))),
@@ -26,15 +26,15 @@ rule sae_corpus:
 
 
 rule sae:
-    """Train one named SAE run on one layer's pooled activations or its tokens (sae.level: tokens), or take the
-    corpus SAE of that run (sae.level: corpus), then encode the prompts into features.nc."""
+    """Train one named SAE run on one layer's pooled activations or its tokens (the run's level: tokens), or take the
+    corpus SAE of that run (level corpus), then encode the prompts into features.nc."""
     input:
         unpack(lambda wc: sae_step.inputs(config, dict(wc.items()))),
     output:
         expand(f"{SAE_DIR}/{{name}}", name=SAE_FILES, allow_missing=True),
     params:
         run=lambda wc: sae_step.run_params(config, wc.run),
-        level=sae_step.level_params(config),
+        level=lambda wc: sae_step.level_params(config, wc.run),
         heads=lambda wc: sae_step.head_params(config, wc.model, wc.hook),
         checkpoints=lambda wc: SAE_CHECKPOINTS.format(**wc),
         kernels=config["kernels"],

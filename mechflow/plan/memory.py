@@ -16,6 +16,7 @@ from mechflow.plan.dryrun import Job
 from mechflow.plan.sizes import activation_bytes, match_result, n_features, spatial_controls, token_bytes
 from mechflow.snmf.blocks import keep_in_memory, working_bytes
 from mechflow.spatial.analysis import BYTES_PER_VALUE, columns_per_block, output_bytes
+from mechflow.study import sae_run_placement
 
 __all__ = ["PYTHON_MB", "SAE_WINDOW_COPIES", "job_memory"]
 
@@ -56,7 +57,7 @@ def job_memory(job: Job, config: dict[str, Any], facts: StudyFacts) -> tuple[int
         if width is None:
             return None, "", False
         F = int(run["n_features"])
-        rows = n if config["sae"]["level"] == "pooled" else n * int(ex["max_length"])
+        rows = n if sae_run_placement(config, wc["run"])["level"] == "pooled" else n * int(ex["max_length"])
         windows = SAE_WINDOW_COPIES * min(int(run["shuffle_window"]), rows) * width * 4
         sample = 4 * min(8192, rows) * width * 4  # the initialisation's data sample (and its float64 copies)
         weights = 4 * 4 * (2 * width * F + F + width)  # parameters, gradients, two Adam moments

@@ -13,7 +13,7 @@ from typing import Any
 from mechflow.contracts import result_path
 from mechflow.corpus import CorpusError, check_encoding, corpus_files, read_documents
 from mechflow.facts import StudyFacts
-from mechflow.study import ConfigError, canonical, corpora, dataset_models, model_params
+from mechflow.study import ConfigError, canonical, corpora, dataset_models, model_params, sae_run_placement
 
 __all__ = ["SPEC_KEYS", "SPLIT_KEYS", "SPLITS", "jobs", "inputs", "params", "shard_paths", "activation_params", "activation_jobs", "check"]
 
@@ -64,22 +64,20 @@ def activation_params(study: dict[str, Any], model: str, hook: str, layer: int |
 
 
 def activation_jobs(study: dict[str, Any], sae_jobs: list[dict[str, Any]]) -> int:
-    """How many corpus_activations jobs the SAE jobs of a corpus-level study read (each (model, hook, layer) once)."""
-    if study["sae"]["level"] != "corpus":
-        return 0
-    layers = {(j["model"], j["hook"], j["layer"]) for j in sae_jobs}
+    """How many corpus_activations jobs the SAE jobs read: each (model, hook, layer) of a corpus-level run once."""
+    layers = {(j["model"], j["hook"], j["layer"]) for j in sae_jobs if sae_run_placement(study, j["run"])["level"] == "corpus"}
     return len(layers) * len(SPLITS) * int(study["sae"]["corpus_shards"])
 
 
 def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:
     """Each corpus's files exist (a glob matches); with the data checks, every byte of its text files is UTF-8 and its
-    first document reads. An SAE trained on
-    a corpus (``sae.level: corpus``) names a text corpus that every model of the SAE step runs on."""
+    first document reads. A study with an SAE run trained on a corpus (level ``corpus``) names a text corpus
+    (``sae.corpus``) that every model of the SAE step runs on."""
     sae = study["sae"]
-    if sae["level"] == "corpus" and sae["runs"]:
+    if any(sae_run_placement(study, r)["level"] == "corpus" for r in sae["runs"]):
         if sae["corpus"] not in corpora(study):
             raise ConfigError("sae.corpus", f"{sae['corpus']!r} is not a text corpus of the study (datasets with source: "
-                                            f"text: {corpora(study)}); sae.level corpus trains on one")
+                                            f"text: {corpora(study)}); an SAE run at level corpus trains on one")
         for m in sae.get("models") or sorted(study["models"]):
             if m not in dataset_models(study, sae["corpus"]):
                 raise ConfigError("sae.corpus", f"model {m!r} does not run on corpus {sae['corpus']!r} "

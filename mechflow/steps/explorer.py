@@ -4,7 +4,7 @@ A job per spatial job (SAE run, semi-NMF run, raw units of a hook and layer, on 
 model), writing the folder ``explorer/{dataset}/{model}/{hook}/layer{layer}/{source}``. It reads the set's file,
 its Moran (and LISA) file, the hook's token file of the prompts (rule ``extract_tokens``: the per-token
 highlighting), for a causal LM the model (promoted / suppressed tokens) and the steering files of the model whose
-vector is one of the set's features; for an SAE trained on a text corpus (``sae.level: corpus``) also the held-out
+vector is one of the set's features; for an SAE run trained on a text corpus (level ``corpus``) also the held-out
 token-activation shards of its corpus at its hook and layer and the corpus's windows (top corpus contexts, at most
 ``explorer.corpus_rows`` held-out tokens read). No torch is imported here.
 """
@@ -47,9 +47,10 @@ def _steering_files(study: dict[str, Any], facts: StudyFacts, w: dict[str, str])
 
 
 def corpus_source(study: dict[str, Any], source: str) -> bool:
-    """Whether feature set ``source`` is an SAE run trained on a text corpus (``sae.level: corpus``): its explorer shows
-    top held-out corpus contexts."""
-    return source.partition("-")[0] == "sae" and study["sae"]["level"] == "corpus"
+    """Whether feature set ``source`` is an SAE run trained on a text corpus (the run's level ``corpus``): its explorer
+    shows top held-out corpus contexts."""
+    kind, _, run = source.partition("-")
+    return kind == "sae" and sae.level_of(study, run) == "corpus"
 
 
 def inputs(study: dict[str, Any], facts: StudyFacts, wildcards: dict[str, str]) -> dict[str, Any]:
