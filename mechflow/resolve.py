@@ -47,6 +47,7 @@ def resolve(config: dict[str, Any], base_dir: str | Path = ".", schema_path: str
     schema = load_schema(schema_path or Path(base_dir) / SCHEMA_FILE)
     filled = validate_schema(dict(config), schema)
     _complete_runs(filled)
+    _corpus_run_defaults(filled, schema)
     facts = gather_facts(filled, base_dir, prompts=data_checks)
     check_study(filled, facts, base_dir)
     return ResolvedStudy(canonical(coerce_numbers(filled, schema, schema)), facts, tuple(study_warnings(filled, facts)))
@@ -56,6 +57,19 @@ def resolve_study(config: dict[str, Any], base_dir: str | Path = ".", schema_pat
                   data_checks: bool = True) -> dict[str, Any]:
     """The complete, canonical study (:func:`resolve` without the facts)."""
     return resolve(config, base_dir, schema_path, data_checks).study
+
+
+def _corpus_run_defaults(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """An SAE run at level ``corpus`` in a section of another level: the section's corpus settings get the defaults the
+    schema gives them at ``sae.level: corpus`` (``corpus_shards``, ...), as if the section were at that level."""
+    sae = config["sae"]
+    if sae["level"] == "corpus" or not any(run["level"] == "corpus" for run in sae["runs"].values()):
+        return
+    for block in schema["properties"]["sae"].get("allOf", []):
+        if block.get("if", {}).get("properties", {}).get("level", {}).get("const") == "corpus":
+            for key, prop in block.get("then", {}).get("properties", {}).items():
+                if "default" in prop:
+                    sae.setdefault(key, prop["default"])
 
 
 def _complete_runs(config: dict[str, Any]) -> None:

@@ -79,6 +79,24 @@ def test_the_resolved_study_gives_each_run_its_hook_and_level_outside_its_traini
         _resolve(bad, tmp_path)
 
 
+def test_a_corpus_run_in_a_pooled_section_gets_the_corpus_defaults_and_needs_a_corpus(tmp_path, monkeypatch):
+    """The other way round: the section pooled (its attn_z run), one run at level corpus: the section's corpus settings
+    get their level-corpus defaults; without ``sae.corpus`` one line names it."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _study(tmp_path)
+    cfg["sae"] = {k: v for k, v in cfg["sae"].items() if k not in ("level", "corpus_shards")}
+    cfg["sae"]["runs"]["topk"]["level"] = "corpus"
+    cfg["sae"]["runs"]["heads"].pop("level")
+    resolved = _resolve(cfg, tmp_path)
+    sec = resolved.study["sae"]
+    assert sec["level"] == "pooled" and sec["runs"]["heads"]["level"] == "pooled" and sec["runs"]["topk"]["level"] == "corpus"
+    assert (sec["corpus_shards"], sec["corpus_batch_size"], sec["corpus_splice_windows"]) == (2, 16, 64)
+    assert [j["run"] for j in sae.corpus_jobs(resolved.study)] == ["topk"]
+    cfg["sae"].pop("corpus")
+    with pytest.raises(ConfigError, match="sae.corpus: required by the SAE runs at level corpus"):
+        _resolve(cfg, tmp_path)
+
+
 def test_a_corpus_resid_run_and_a_pooled_attn_z_run_plan_their_own_inputs(tmp_path, monkeypatch):
     """The corpus run gets the corpus SAE, its corpus shards and the resid token file; the pooled attn_z run the pooled
     attn_z activations (one extraction pass with resid) and no corpus anything; counts match Snakemake's plan."""

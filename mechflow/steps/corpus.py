@@ -66,7 +66,7 @@ def activation_params(study: dict[str, Any], model: str, hook: str, layer: int |
 def activation_jobs(study: dict[str, Any], sae_jobs: list[dict[str, Any]]) -> int:
     """How many corpus_activations jobs the SAE jobs read: each (model, hook, layer) of a corpus-level run once."""
     layers = {(j["model"], j["hook"], j["layer"]) for j in sae_jobs if sae_run_placement(study, j["run"])["level"] == "corpus"}
-    return len(layers) * len(SPLITS) * int(study["sae"]["corpus_shards"])
+    return len(layers) * len(SPLITS) * int(study["sae"]["corpus_shards"]) if layers else 0  # corpus_shards: corpus level only
 
 
 def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") -> None:
@@ -75,6 +75,9 @@ def check(study: dict[str, Any], facts: StudyFacts, base_dir: str | Path = ".") 
     (``sae.corpus``) that every model of the SAE step runs on."""
     sae = study["sae"]
     if any(sae_run_placement(study, r)["level"] == "corpus" for r in sae["runs"]):
+        if "corpus" not in sae:
+            raise ConfigError("sae.corpus", "required by the SAE runs at level corpus: the text corpus they train on "
+                                            f"(datasets with source: text: {corpora(study)})")
         if sae["corpus"] not in corpora(study):
             raise ConfigError("sae.corpus", f"{sae['corpus']!r} is not a text corpus of the study (datasets with source: "
                                             f"text: {corpora(study)}); an SAE run at level corpus trains on one")
