@@ -79,7 +79,7 @@ rule extract_tokens:
     output:
         TOKENS,
     params:
-        extract=lambda wc: extract_step.token_params(config, wc.model, wc.hook),
+        extract=lambda wc: extract_step.token_params(config, JOBS, wc.dataset, wc.model, wc.hook),
         shard=None,
         tokens=True,
         code=code("extract"),

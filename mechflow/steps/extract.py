@@ -2,8 +2,8 @@
 
 Pooled activations of every hook a step reads are written by one job per (prompt set, model): one
 forward pass (``extract``), or ``extract.shards`` slices and one gather per hook (``extract_shard`` +
-``gather_activations``). Token-level files (``sae.level`` / ``snmf.level`` ``tokens``) come from one
-``extract_tokens`` job per hook. Negative layers count from the end of the model.
+``gather_activations``). Token-level files (an SAE run's level, ``sae.runs.<run>.level`` else ``sae.level``, or
+``snmf.level`` ``tokens`` / ``corpus``) come from one ``extract_tokens`` job per hook. Negative layers count from the end of the model.
 """
 
 from __future__ import annotations
@@ -13,19 +13,31 @@ from typing import Any
 
 from mechflow.contracts import result_path
 from mechflow.facts import StudyFacts
-from mechflow.study import ConfigError, canonical, model_params, study_pairs
+from mechflow.study import ConfigError, canonical, model_params, sae_run_placement, study_pairs
 
-__all__ = ["hooks", "pooled_hooks", "layers_for", "extracted_layers", "n_extracted", "token_level_steps", "jobs", "params",
-           "token_params", "sharded", "rule_counts", "check", "check_step_models", "check_analysed_layers"]
+__all__ = ["TOKEN_LEVELS", "hooks", "pooled_hooks", "layers_for", "extracted_layers", "n_extracted", "reads_tokens", "jobs",
+           "params", "token_layers", "token_params", "sharded", "rule_counts", "check", "check_step_models",
+           "check_analysed_layers"]
+
+#: the levels whose jobs read every token of the prompts (the hook's token file, rule extract_tokens)
+TOKEN_LEVELS = ("tokens", "corpus")
+
+
+def _run_hooks(study: dict[str, Any]) -> list[tuple[str, str]]:
+    """(hook, level) of every SAE run (each its own, :func:`~mechflow.study.sae_run_placement`) and, when it has runs,
+    of the semi-NMF section."""
+    out = [(p["hook"], p["level"]) for p in (sae_run_placement(study, r) for r in study["sae"]["runs"])]
+    snmf = study["snmf"]
+    return out + ([(snmf["hook"], snmf["level"])] if snmf["runs"] else [])
+
 
 def _read_hooks(study: dict[str, Any], pooled_only: bool) -> set[str]:
-    sp, pr, sae, snmf = study["spatial"], study["probes"], study["sae"], study["snmf"]
+    sp, pr = study["spatial"], study["probes"]
     out = set(study["extract"]["hooks"])
     out |= set(sp["hooks"]) if sp["enabled"] and sp["units"] else set()
     out |= set(pr["hooks"]) if pr["enabled"] else set()
-    for section in (sae, snmf):
-        if section["runs"] and (not pooled_only or section["level"] == "pooled"):
-            out.add(section["hook"])  # token and corpus levels read the hook's token file of the prompts
+    # token and corpus levels read the hook's token file of the prompts
+    out |= {hook for hook, level in _run_hooks(study) if not pooled_only or level == "pooled"}
     return out
 
 
@@ -60,10 +72,11 @@ def n_extracted(study: dict[str, Any], facts: StudyFacts, model: str, hook: str)
     return len(layers) if layers is not None else None
 
 
-def token_level_steps(study: dict[str, Any]) -> list[str]:
-    """The steps (``sae``, ``snmf``) that read every token of the prompts rather than pooled prompts (an SAE trained on
-    a corpus encodes the prompts' tokens)."""
-    return [step for step in ("sae", "snmf") if study[step]["level"] in ("tokens", "corpus")]
+def reads_tokens(study: dict[str, Any], step: str, entry: dict[str, Any]) -> bool:
+    """Whether manifest entry ``entry`` of ``step`` (``sae``, ``snmf``) reads the token file of its hook rather than
+    pooled activations: its level (of an SAE, its run's; of semi-NMF, the section's) is tokens or corpus."""
+    level = sae_run_placement(study, entry["run"])["level"] if step == "sae" else study[step]["level"]
+    return level in TOKEN_LEVELS
 
 
 def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
@@ -87,10 +100,29 @@ def params(study: dict[str, Any], model: str) -> dict[str, Any]:
     })
 
 
-def token_params(study: dict[str, Any], model: str, hook: str) -> dict[str, Any]:
-    """Token-level extraction of one hook; it does not pool: pooling and the pooled sink are not among its parameters."""
+def token_layers(study: dict[str, Any], manifest: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str, str], list[int]]:
+    """(dataset, model, hook) -> the layers its token file must hold: those of the token-level steps (``sae`` /
+    ``snmf``) and explorers that read it, and the spatial layers whose name positions are read from it. Only these
+    are extracted, and the forward pass stops after the deepest (a token file holds every real token of every
+    prompt: all 30 layers of a 3,000-prompt set are 2.5 GB)."""
+    readers = [e for step in ("sae", "snmf") for e in manifest[step] if reads_tokens(study, step, e)]
+    readers += list(manifest.get("explorer", []))
+    readers += [e for e in manifest["spatial"] if e.get("name_position")]
+    out: dict[tuple[str, str, str], set[int]] = {}
+    for e in readers:
+        out.setdefault((e["dataset"], e["model"], e["hook"]), set()).add(int(e["layer"]))
+    return {key: sorted(layers) for key, layers in out.items()}
+
+
+def token_params(study: dict[str, Any], manifest: dict[str, list[dict[str, Any]]], dataset: str, model: str,
+                 hook: str) -> dict[str, Any]:
+    """Token-level extraction of one hook of one prompt set at the layers its readers need (:func:`token_layers`);
+    it does not pool: pooling and the pooled sink are not among its parameters."""
     pooled = {k: v for k, v in params(study, model).items() if k not in ("pooling", "keep_sink", "hooks")}
-    return canonical(dict(pooled, hook=hook, layers=layers_for(study, hook)))
+    layers = token_layers(study, manifest).get((dataset, model, hook))
+    if layers is None:
+        raise ConfigError(f"no step reads the token file of {dataset}/{model}/{hook}")
+    return canonical(dict(pooled, hook=hook, layers=layers))
 
 
 def sharded(study: dict[str, Any]) -> bool:
@@ -105,12 +137,10 @@ def rule_counts(study: dict[str, Any], manifest: dict[str, list[dict[str, Any]]]
     from; ``name_positions`` per prompt set, model and hook whose name positions the spatial step tests)."""
     pooled = {(e["dataset"], e["model"]) for e in manifest["activations"] + manifest["probes"]}
     pooled |= {(e["dataset"], e["model"]) for e in manifest["spatial"] if e["kind"] == "units" and not e.get("name_position")}
-    pooled |= {(e["dataset"], e["model"]) for step in ("sae", "snmf") if step not in token_level_steps(study)
-               for e in manifest[step]}
-    tokens = {(e["dataset"], e["model"], e["hook"]) for step in token_level_steps(study) for e in manifest[step]}
-    tokens |= {(e["dataset"], e["model"], e["hook"]) for e in manifest.get("explorer", [])}
+    pooled |= {(e["dataset"], e["model"]) for step in ("sae", "snmf") for e in manifest[step]
+               if not reads_tokens(study, step, e)}
+    tokens = token_layers(study, manifest)
     names = {(e["dataset"], e["model"], e["hook"]) for e in manifest["spatial"] if e.get("name_position")}
-    tokens |= names
     shards = int(study["extract"]["shards"])
     counts = ({"extract_shard": len(pooled) * shards, "gather_activations": len(pooled) * len(pooled_hooks(study))}
               if sharded(study) else {"extract": len(pooled)})
