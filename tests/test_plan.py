@@ -133,8 +133,9 @@ def test_mechflow_info_plans_the_tiny_study():
     plan = out["plan"]
     rules = {r["rule"]: r for r in plan["rules"]}
     # one job per prompt set, one extraction per (prompt set, model), spatial per feature set, ...
-    assert {k: rules[k]["jobs"] for k in ("prompts", "extract", "extract_tokens", "sae", "snmf", "spatial", "report")} == {
-        "prompts": 2, "extract": 2, "extract_tokens": 3, "sae": 1, "snmf": 1, "spatial": 10, "report": 1}
+    assert {k: rules[k]["jobs"] for k in ("prompts", "extract", "extract_tokens", "sae", "snmf", "spatial", "spatial_units",
+                                              "report")} == {
+        "prompts": 2, "extract": 2, "extract_tokens": 3, "sae": 1, "snmf": 1, "spatial": 2, "spatial_units": 4, "report": 1}
     assert rules["spatial"]["threads"] == 2 and rules["spatial"]["resources"]["mem_mb"] == "4000"
     assert rules["extract"]["threads"] == 1
     sizes = {f["path"]: f for f in plan["files"]}

@@ -140,7 +140,8 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir, tmp_path_factory):
     # a changed downstream parameter reruns only its step and what depends on it, never extraction
     cfg["spatial"]["permutations"] = 199
     write_config(workdir, cfg)
-    assert planned_jobs(workdir) == {"spatial": 10, "explorer": 6, "report": 1, "all": 1}  # 4 of the name's positions
+    # the SAE's and semi-NMF's feature sets; the raw units of 2 prompt sets and 2 name positions, both layers in one job each
+    assert planned_jobs(workdir) == {"spatial": 2, "spatial_units": 4, "explorer": 6, "report": 1, "all": 1}
     cfg["spatial"]["permutations"] = 99
     cfg["sae"]["runs"]["topk"]["k"] = 4
     write_config(workdir, cfg)
@@ -151,7 +152,8 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir, tmp_path_factory):
     write_config(workdir, cfg)
     plan = planned_jobs(workdir)
     # pooled units, SAE, their spatial analyses, probes and report; token-level semi-NMF does not pool
-    assert plan == {"extract": 2, "sae": 1, "spatial": 5, "probes": 1, "explorer": 5, "report": 1, "all": 1}
+    assert plan == {"extract": 2, "sae": 1, "spatial": 1, "spatial_units": 2, "probes": 1, "explorer": 5, "report": 1,
+                    "all": 1}
     # a changed prompt-set parameter reruns everything
     cfg["extract"]["pooling"] = "mean"
     cfg["datasets"]["tiny"]["template"] = "{name} in {admin1_name}"
@@ -159,7 +161,7 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir, tmp_path_factory):
     plan = planned_jobs(workdir)
     # token files: the semi-NMF's (mlp_hidden) and the one the resid explorers read
     assert plan["prompts"] == 1 and plan["extract"] == 1 and plan["extract_tokens"] == 2 and plan["snmf"] == 1
-    assert plan["spatial"] == 4 and plan["report"] == 1
+    assert plan["spatial"] == 2 and plan["spatial_units"] == 1 and plan["report"] == 1
 
 
 def test_sharded_extraction_gathers_to_the_unsharded_result(workdir):
@@ -365,7 +367,7 @@ def test_bad_inputs_fail_before_any_job_and_leave_a_completed_study_untouched(wo
     lines = csv.read_text().splitlines()
     lines[1] = lines[1].replace(lines[1].split(",")[1], "52.00001")
     csv.write_text("\n".join(lines) + "\n")
-    assert planned_jobs(workdir) == {"prompts": 1, "extract": 1, "extract_tokens": 1, "spatial": 1, "probes": 1,
+    assert planned_jobs(workdir) == {"prompts": 1, "extract": 1, "extract_tokens": 1, "spatial_units": 1, "probes": 1,
                                      "explorer": 1, "all": 1}  # the explorer highlights the prompts' tokens
 
 
@@ -376,12 +378,12 @@ def test_a_damaged_input_is_one_line_naming_the_file_and_how_to_rebuild_it(workd
     run_snakemake(workdir, "-c", "1", "--configfile", "study.yaml")
     act = workdir / ACT.format(dataset="mine", model="minilm", hook="resid")
     act.write_bytes(act.read_bytes()[: act.stat().st_size // 2])  # truncated, as by a full disk
-    proc = run_snakemake(workdir, "-c", "1", "--configfile", "study.yaml", "--forcerun", "spatial", check=False)
+    proc = run_snakemake(workdir, "-c", "1", "--configfile", "study.yaml", "--forcerun", "spatial_units", check=False)
     assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("mechflow: rule spatial: ")]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("mechflow: rule spatial_units: ")]
     assert len(lines) == 1, proc.stderr[-3000:]
     assert str(act.relative_to(workdir)) in lines[0] and "--forcerun extract" in lines[0] and "damaged or incomplete" in lines[0]
-    assert "Traceback" not in (workdir / "results/logs/spatial/mine/minilm/resid/layer2/units.log").read_text()
+    assert "Traceback" not in (workdir / "results/logs/spatial_units/mine/minilm/resid/units.log").read_text()
 
 
 def test_a_docstring_edit_reruns_nothing_and_a_code_edit_reruns_its_step(tmp_path):

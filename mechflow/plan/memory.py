@@ -75,7 +75,7 @@ def job_memory(job: Job, config: dict[str, Any], facts: StudyFacts) -> tuple[int
         note = ("the layer in memory as float64 sample blocks" if in_memory else
                 f"the layer read from disk in {SNMF_BLOCK_MB:g} MiB sample blocks at every pass; G in memory")
         return base + working_bytes(width, samples, k, in_memory), note, tokens
-    if rule == "spatial":
+    if rule in ("spatial", "spatial_units"):
         F, R = n_features(config, facts, wc["source"], m, hook), len(facts.regions[d])
         if F is None:
             return None, "", False

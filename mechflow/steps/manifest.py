@@ -75,8 +75,9 @@ def job_counts(study: dict[str, Any], jobs: dict[str, list[dict[str, Any]]]) -> 
     steps = Counter(prompts=len(jobs["prompts"]), corpus=len(jobs["corpus"]))
     steps.update(extract.rule_counts(study, jobs))
     steps["corpus_activations"] = corpus.activation_jobs(study, jobs["sae"])
-    for key in ("sae", "snmf", "spatial", "probes"):
+    for key in ("sae", "snmf", "probes"):
         steps[key] = len(jobs[key])
+    steps.update(spatial.rule_counts(jobs["spatial"]))
     steps["sae_splice"] = sum(1 for e in jobs["sae"] if e.get("splice"))
     steps["sae_corpus"] = len(sae.corpus_jobs(study))
     steps["sae_corpus_splice"] = len({e["corpus_splice"] for e in jobs["sae"] if e.get("corpus_splice")})

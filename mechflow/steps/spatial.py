@@ -18,7 +18,7 @@ from mechflow.steps import sae, snmf
 from mechflow.steps.extract import check_analysed_layers, check_step_models
 from mechflow.study import ConfigError, canonical, settings, study_crs, study_pairs
 
-__all__ = ["jobs", "input_path", "params", "sink_control", "check", "name_sets", "name_source", "name_position",
+__all__ = ["UNIT_SOURCES", "RUN_SOURCES", "unit_layers", "rule_counts", "jobs", "input_path", "params", "sink_control", "check", "name_sets", "name_source", "name_position",
            "name_params", "name_jobs"]
 
 #: the settings of ``spatial:`` that define its results
@@ -26,6 +26,10 @@ SETTINGS = ("k", "transform", "permutations", "layer_permutations", "seed", "lis
             "residualise")
 #: the name's positions as feature-set sources (``units-name_<position>``)
 NAME_SOURCE = "units-name_{position}"
+#: ``{source}`` wildcards of raw units (rule spatial_units: every layer of ``spatial.layers`` in one job) and of runs'
+#: features (rule spatial: one job per layer)
+UNIT_SOURCES = r"units|units-name_(?:last|mean)"
+RUN_SOURCES = r"(?:sae|snmf)-[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
 def name_sets(study: dict[str, Any]) -> list[tuple[str, str]]:
@@ -76,6 +80,18 @@ def jobs(study: dict[str, Any], facts: StudyFacts) -> list[dict[str, Any]]:
                  name_position=j.get("name_position"),
                  moran=result_path("moran", root, **j), lisa=result_path("lisa", root, **j) if sp["lisa_top_n"] > 0 else None)
             for j in found]
+
+
+def unit_layers(study: dict[str, Any]) -> list[int]:
+    """The layers one spatial_units job tests (``spatial.layers``, in order, without repeats)."""
+    return list(dict.fromkeys(int(layer) for layer in study["spatial"]["layers"]))
+
+
+def rule_counts(entries: list[dict[str, Any]]) -> dict[str, int]:
+    """Jobs per rule of the spatial manifest ``entries``: ``spatial_units`` one per (dataset, model, hook, source) of
+    raw units, whatever the layers; ``spatial`` one per run's feature set and layer."""
+    units = {(e["dataset"], e["model"], e["hook"], e["source"]) for e in entries if e["kind"] == "units"}
+    return {"spatial_units": len(units), "spatial": sum(1 for e in entries if e["kind"] != "units")}
 
 
 def input_path(study: dict[str, Any], wildcards: dict[str, str]) -> str:
