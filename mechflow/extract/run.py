@@ -112,7 +112,8 @@ def extract_to_file(
 
 
 def token_coords(prompts: xr.Dataset, tokenizer: Any, max_length: int, exclude: Exclude = "auto") -> xr.Dataset:
-    """Coordinates of a token-level file: dim ``token``; ``prompt_index``, ``position``, ``token_str``,
+    """Coordinates of a token-level file: dim ``token``; ``prompt_index``, ``position``, ``token_str`` (each token
+    decoded on its own),
     ``excluded`` (True for the position pooling leaves out, see :func:`resolve_exclude`: flagged, not
     dropped) and each prompt coordinate (text, latitude, ...) repeated for the prompt's tokens."""
     texts = [str(t) for t in prompts["text"].values]
@@ -124,7 +125,8 @@ def token_coords(prompts: xr.Dataset, tokenizer: Any, max_length: int, exclude: 
         "token": np.arange(int(lengths.sum()), dtype=np.int64),
         "prompt_index": ("token", owner),
         "position": ("token", position),
-        "token_str": ("token", np.array([t for row in ids for t in tokenizer.convert_ids_to_tokens(row)], dtype=str)),
+        # each token as text (" Pennsylvania", not the vocabulary's "ĠPennsylvania"), as the explorers show them
+        "token_str": ("token", np.array(tokenizer.batch_decode([[t] for row in ids for t in row]), dtype=str)),
         "excluded": ("token", excluded),
     }
     for name in PROMPT_COORDS:
