@@ -254,3 +254,21 @@ def test_sae_runs_on_one_layer_share_one_set_of_corpus_shards(tmp_path):
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
     stats = parse_job_stats(run_snakemake(tmp_path, "-n", "--configfile", "study.yaml").stdout)
     assert stats["sae"] == 8 and stats["corpus_activations"] == 8  # 2 runs x 2 layers x 2 prompt sets
+
+
+def test_the_gpu_corpus_config_plans_100m_tokens_of_a_users_jsonl_corpus(tmp_path, monkeypatch):
+    """configs/sae-corpus-gpu.yaml resolves on any machine (device auto), reads a JSONL corpus at its path, and plans
+    one pass over 100M training token rows in 100 shards per split."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.jsonl").write_text(
+        "".join(json.dumps({"text": f"{WORDS} {i}"}) + "\n" for i in range(20)), encoding="utf-8")
+    cfg = yaml.safe_load((REPO / "configs" / "sae-corpus-gpu.yaml").read_text())
+    resolved = resolve(cfg, base_dir=tmp_path, schema_path=REPO / "config.schema.yaml")
+    study = resolved.study
+    assert study["datasets"]["corpus"]["max_tokens"] == 100_000_000 and study["datasets"]["corpus"]["column"] == "text"
+    run = study["sae"]["runs"]["topk"]
+    assert run["steps"] * run["batch_size"] >= 100_000_000
+    jobs = manifest(study, resolved.facts)
+    assert len(jobs["sae"]) == 1 and jobs["sae"][0]["corpus_splice"]
+    assert study["sae"]["corpus_shards"] == 100
