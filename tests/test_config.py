@@ -23,6 +23,8 @@ def test_default_and_shipped_configs_are_valid():
     filled = check(copy.deepcopy(DEFAULT))
     assert filled["extract"]["pooling"] == "mean" and filled["datasets"]["places"]["source"] == "geonames"
     for extra in sorted((REPO / "configs").glob("*.yaml")):
+        if extra.name == "sae-corpus-gpu.yaml":  # reads the user's corpus: test_corpus_step gives it one
+            continue
         check(yaml.safe_load(extra.read_text()))
 
 
