@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mechflow.sae.archs.base import SparseAutoencoder, reconstruction_only
+from mechflow.kernels import sparse_decode, topk_encode
+from mechflow.sae.archs.base import LossOut, SparseAutoencoder, batch_fvu, counts_from_sparse, reconstruction_only
 from mechflow.sae.configs.gba import GBAConfig
 
 #: the paper's constants (Chen et al. 2025), used by a model built without a run for the options left null
@@ -35,7 +36,14 @@ class GBASAE(SparseAutoencoder):
     and rate with the run and set the targets around ``k / n_features``
     (:func:`mechflow.sae.defaults.gba_interval`, ``gba_rate``, ``gba_frequencies``).
 
-    Inference is SAELens JumpReLU: ``W_enc = W_dec.T * a``, ``b_enc = 0``, ``threshold = -a * b``.
+    With ``gba_topk_warmup`` > 0 the first steps train an untied TopK SAE (k, AuxK) at TopK's learning rate;
+    at the switch the dictionary is kept (no decoder updates afterwards), the groups are re-ranked so the
+    latents that fired most often in the second half of the TopK phase get the highest targets, every bias
+    starts at minus the mean k-th largest tied pre-activation of the batch, ``b_enc`` is zeroed and the GBA
+    phase runs the bias rule and trains ``out_scale`` and ``b_dec``.
+
+    Inference is SAELens JumpReLU: ``W_enc = W_dec.T * a``, ``b_enc = 0``, ``threshold = -a * b`` (in the
+    TopK phase ``encode`` is a ReLU of the untied encoder: only validation during training sees it).
     """
 
     config_cls = GBAConfig
@@ -49,6 +57,12 @@ class GBASAE(SparseAutoencoder):
         ratio = (o["gba_freq_min"] / o["gba_freq_max"]) ** (group.double() / max(self.n_groups - 1, 1))
         self.register_buffer("group", group)
         self.register_buffer("target_freq", (o["gba_freq_max"] * ratio).float())
+        #: target frequency of each group
+        self._group_freq = (o["gba_freq_max"] * (o["gba_freq_min"] / o["gba_freq_max"])
+                            ** (torch.arange(self.n_groups).double() / max(self.n_groups - 1, 1))).float()
+        # 0: TopK phase (gba_topk_warmup > 0), 1: GBA phase; firings in the second half of the TopK phase
+        self.register_buffer("phase", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("warm_fired", torch.zeros(n_features))
         self.out_scale = nn.Parameter(torch.ones(n_features))
         self.register_buffer("bias", torch.zeros(n_features))
         self.register_buffer("threshold", torch.zeros(n_features))
@@ -57,14 +71,56 @@ class GBASAE(SparseAutoencoder):
         self.register_buffer("win_fired", torch.zeros(n_features))
         self.register_buffer("win_peak", torch.zeros(n_features))
         self.register_buffer("win_sq", torch.zeros((), dtype=torch.float64))
-        self.W_enc.requires_grad_(False)
-        self.b_enc.requires_grad_(False)
+        if float(self.opts["gba_topk_warmup"]) <= 0:
+            self.W_enc.requires_grad_(False)
+            self.b_enc.requires_grad_(False)
 
     def encode(self, x):
         pre = self.pre_acts(x)
         return pre * (pre > self.threshold)
 
+    def _topk_phase(self, x, step, switch, dead):
+        """A step of the untied TopK phase (Gao et al. 2024, with AuxK); counts firings in its second half."""
+        xc = x - self.b_dec
+        vals, idx = topk_encode(xc, self.W_enc, self.b_enc, self.target_l0())
+        recon = sparse_decode(vals, idx, self.W_dec, self.b_dec)
+        fvu = batch_fvu(x, recon)
+        loss = fvu + self._auxk(xc, x - recon, dead)
+        counts = counts_from_sparse(vals, idx, self.n_features)
+        if 2 * step >= switch:
+            self.warm_fired += counts
+        return LossOut(loss, float(fvu.detach()), float((vals > 0).sum(1).float().mean()), counts > 0, counts)
+
+    @torch.no_grad()
+    def _start_gba_phase(self, x) -> None:
+        """Groups re-ranked by TopK firing frequency, biases at minus the mean k-th largest tied pre-activation of
+        ``x``, tied encoder."""
+        order = torch.argsort(self.warm_fired, descending=True, stable=True)
+        group = torch.empty_like(self.group)
+        group[order] = torch.arange(self.n_features, device=group.device) * self.n_groups // self.n_features
+        self.group.copy_(group)
+        self.target_freq.copy_(self._group_freq.to(self.target_freq.device)[group])
+        xc = x - self.b_dec
+        u = xc @ self.W_dec.T
+        kth = u.topk(self.target_l0(), dim=1).values[:, -1].clamp_min(0).mean()
+        bound = float(xc.pow(2).sum(1).mean().sqrt())
+        self.bias.fill_(-min(float(kth), bound))
+        self.b_enc.zero_()
+        self.W_enc.copy_(self.W_dec.T * self.out_scale)
+        self.threshold.copy_(-self.bias * self.out_scale)
+        for t in (self.win_n, self.win_fired, self.win_peak, self.win_sq):
+            t.zero_()
+        self.phase.fill_(1)
+
     def training_loss(self, x, step, total_steps, dead):
+        switch = int(float(self.opts["gba_topk_warmup"]) * total_steps)
+        if step < switch:
+            return self._topk_phase(x, step, switch, dead)
+        if int(self.phase) == 0:
+            if switch > 0:
+                self._start_gba_phase(x)
+            else:
+                self.phase.fill_(1)
         xc = x - self.b_dec
         u = xc @ self.W_dec.T  # tied: the decoder rows are the encoder
         pre = u.detach() + self.bias
@@ -97,8 +153,17 @@ class GBASAE(SparseAutoencoder):
             t.zero_()
 
     @torch.no_grad()
+    def after_backward(self) -> None:
+        """As every unit-norm decoder; after a TopK phase the GBA phase keeps its dictionary (no decoder update)."""
+        if int(self.phase) == 1 and float(self.opts["gba_topk_warmup"]) > 0:
+            self.W_dec.grad = None
+        super().after_backward()
+
+    @torch.no_grad()
     def after_step(self, step: int) -> None:
         super().after_step(step)
+        if int(self.phase) == 0:
+            return
         self.out_scale.clamp_(min=0)
         if (step + 1) % self._interval == 0:
             self._adapt()

@@ -44,8 +44,8 @@ class SAERunConfig(RunConfig):
     steps: int = option(2000, "optimiser steps", minimum=1)
     batch_size: int = option(256, "samples per minibatch", minimum=1)
     lr: float | None = option(None, "Adam peak learning rate (null: derived, lr_base * sqrt(64 / d_in) with the "
-                                    "architecture's lr_base: 8e-3, 4e-3 for relu, 1.6e-2 for gba; see "
-                                    "mechflow.sae.defaults)",
+                                    "architecture's lr_base: 8e-3, 4e-3 for relu, 1.6e-2 for gba without its TopK warm "
+                                    "start; see mechflow.sae.defaults)",
                               exclusive_minimum=0)
     seed: int = option(0, "seed of the initialisation and of the (seed, step) -> minibatch schedule", minimum=0)
     checkpoint_every: int = option(500, "steps between checkpoints (0: none); a killed run resumes from the last one",

@@ -7,13 +7,13 @@ from typing import Any, ClassVar
 
 from mechflow.runconfig import Check, option
 from mechflow.sae.configs.base import ARCH_DOC, SAERunConfig
-from mechflow.sae.defaults import RunContext, gba_frequencies, gba_interval, gba_rate
+from mechflow.sae.defaults import RunContext, default_lr, gba_frequencies, gba_interval, gba_rate
 
 
 @dataclass(frozen=True, kw_only=True)
 class GBAConfig(SAERunConfig):
-    """Options of a GBA SAE: the groups' target firing frequencies and the bias rule. Null values are derived
-    from the run (steps, batch_size, k / n_features: :mod:`mechflow.sae.defaults`); the paper's constants
+    """Options of a GBA SAE: the groups' target firing frequencies, the bias rule and the TopK warm start. Null values
+    are derived from the run (steps, batch_size, k / n_features: :mod:`mechflow.sae.defaults`); the paper's constants
     (0.5 to 1e-3, interval 50, rate 0.01) are set for runs of ~10^5 steps."""
 
     USES_K: ClassVar[bool] = True
@@ -38,6 +38,14 @@ class GBAConfig(SAERunConfig):
                                           "paper's 0.01 x 2000 updates)", exclusive_minimum=0, maximum=1)
     gba_eps: float = option(0.0, "a latent firing at most this often counts as silent (its bias rises)", minimum=0,
                             maximum=1)
+    gba_topk_warmup: float = option(0.9, "fraction of steps trained as an untied TopK SAE (k, with AuxK, at TopK's "
+                                         "lr_base 8e-3 when lr is null) before the bias rule: the dictionary is that "
+                                         "phase's and is kept, the groups are ranked by the latents' TopK firing "
+                                         "frequencies, the biases start at minus the mean k-th largest tied "
+                                         "pre-activation and the GBA phase fits them and the output scales (0: the "
+                                         "paper's GBA from the start, lr_base 1.6e-2)", minimum=0,
+                                    exclusive_maximum=1)
+    auxk_coef: float = option(1 / 32, "weight of the AuxK loss of Gao et al. 2024 in the TopK phase (0: off)", minimum=0)
 
     def derive_options(self, ctx: RunContext) -> dict[str, Any]:
         interval = self.gba_interval if self.gba_interval is not None else gba_interval(ctx)
@@ -48,5 +56,8 @@ class GBAConfig(SAERunConfig):
         if self.gba_freq_min is not None:
             f_min = self.gba_freq_min
             f_max = max(f_max, f_min)
-        return {"gba_interval": interval, "gba_rate": self.gba_rate if self.gba_rate is not None else gba_rate(ctx, interval),
+        out: dict[str, Any] = {}
+        if self.lr is None and self.gba_topk_warmup > 0:  # the TopK phase trains at TopK's lr_base
+            out["lr"] = default_lr(SAERunConfig.LR_BASE, ctx.d_in)
+        return {**out, "gba_interval": interval, "gba_rate": self.gba_rate if self.gba_rate is not None else gba_rate(ctx, interval),
                 "gba_freq_max": f_max, "gba_freq_min": f_min}
