@@ -131,8 +131,8 @@ def test_a_corpus_resid_run_and_a_pooled_attn_z_run_plan_their_own_inputs(tmp_pa
 
 @pytest.mark.slow
 def test_one_study_trains_a_corpus_resid_sae_and_a_pooled_attn_z_sae_and_explores_both(tmp_path):
-    """End to end (about 2 min on 2 shared cores): both runs' features.nc, the attn_z one with head attribution (shares summing to 1 per feature),
-    and an explorer for each, top corpus contexts only for the corpus run."""
+    """End to end (about 2 min on 2 shared cores): both runs' features.nc, the attn_z one with head attribution
+    (shares summing to 1 per feature), and an explorer for each, top corpus contexts only for the corpus run."""
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(_study(tmp_path)))
     proc = run_snakemake(tmp_path, "-c", "2", "--configfile", "study.yaml")
     assert "sae 2" in proc.stderr and "sae_corpus 1" in proc.stderr, proc.stderr[-3000:]

@@ -82,8 +82,9 @@ def test_end_to_end_tiny_study_and_rerun_plans(workdir, tmp_path_factory):
     cfg = tiny_config(analyses=True)
     write_config(workdir, cfg)
     proc = run_snakemake(workdir, "-c", "2", "--configfile", "study.yaml")
-    assert "mechflow study: datasets tiny, tiny-name; models minilm; 28 jobs in the whole study (prompts 2, extract 2, " \
-           "extract_tokens 3, name_positions 1, sae 1, snmf 1, spatial 10, probes 1, explorer 6, report 1)" in proc.stderr, \
+    assert "mechflow study: datasets tiny, tiny-name; models minilm; 24 jobs in the whole study (prompts 2, extract 2, " \
+           "extract_tokens 3, name_positions 1, sae 1, snmf 1, probes 1, spatial_units 4, spatial 2, explorer 6, " \
+           "report 1)" in proc.stderr, \
         proc.stderr[-3000:]
     act = load_dataarray(workdir / ACT.format(dataset="tiny", model="minilm", hook="resid"))
     assert act.dims == ("prompt", "layer", "unit") and act.shape == (60, 6, 384)

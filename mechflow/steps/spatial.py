@@ -18,7 +18,8 @@ from mechflow.steps import sae, snmf
 from mechflow.steps.extract import check_analysed_layers, check_step_models
 from mechflow.study import ConfigError, canonical, settings, study_crs, study_pairs
 
-__all__ = ["UNIT_SOURCES", "RUN_SOURCES", "unit_layers", "rule_counts", "jobs", "input_path", "params", "sink_control", "check", "name_sets", "name_source", "name_position",
+__all__ = ["UNIT_SOURCES", "RUN_SOURCES", "unit_layers", "rule_counts", "jobs",
+           "input_path", "params", "sink_control", "check", "name_sets", "name_source", "name_position",
            "name_params", "name_jobs"]
 
 #: the settings of ``spatial:`` that define its results

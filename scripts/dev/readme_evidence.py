@@ -83,7 +83,7 @@ def rewrite(readme: str, tables: dict[str, str]) -> str:
         pattern = re.compile(rf"(<!-- evidence:{name}:begin -->\n).*?(\n<!-- evidence:{name}:end -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README has no <!-- evidence:{name}:begin/end --> markers")
-        readme = pattern.sub(lambda m: m.group(1) + table + m.group(2), readme)
+        readme = pattern.sub(lambda m, table=table: m.group(1) + table + m.group(2), readme)
     return readme
 
 
