@@ -43,6 +43,9 @@ Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 #: the float64 log-probabilities [rows, tokens, vocab] of the scoring are made for about this many MiB of rows
 #: at a time (a window of 128 tokens over a 49k vocabulary is 48 MiB)
 SCORE_MB = 64.0
+#: a forward pass of the corpus splice holds at most about this many MiB of float32 logits (clean and spliced are kept
+#: together: a batch of 16 windows of 128 tokens over a 49k vocabulary was 2 x 384 MiB, and the job peaked at 2.2 GB)
+LOGITS_MB = 96.0
 #: what every splice file's ``loss_recovered`` attr says
 _DEFINITION = ("(ce_zero - ce_spliced) / (ce_zero - ce_clean); next-token cross-entropy in nats per predicted token, "
                "the residual stream after block `layer` replaced by the reconstruction (spliced) or by zeros (zero) at "
@@ -178,7 +181,7 @@ def splice_token_losses(
 ) -> dict[str, Any]:
     """:func:`splice_losses` of token windows: ``tokens`` [n, T] ids as a windows file stores them (ids >= 0, then
     ``-1`` padding; :mod:`mechflow.corpus`), fed as stored (padding id 0 under ``attention_mask`` 0), ``batch_size``
-    windows a forward pass cut to the longest of them. The reconstruction replaces every real token but position 0,
+    windows a forward pass (fewer where their logits would pass :data:`LOGITS_MB`) cut to the longest of them. The reconstruction replaces every real token but position 0,
     the sink corpus activations leave out (the rows a corpus-level SAE trains on); position 0 keeps its clean
     activation. Returns the floats of :func:`splice_losses` and per-window sums and counts under ``per_window``.
     """
@@ -189,6 +192,9 @@ def splice_token_losses(
     check_ids(tokens, lengths, np.arange(len(tokens)))
     device = next(model.parameters()).device
     model.eval()
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    per_window = 4 * tokens.shape[1] * max(vocab, 1)
+    batch_size = max(1, min(int(batch_size), int(LOGITS_MB * 2**20) // per_window))  # the logits, not the model, bound it
 
     def batches():
         for start in range(0, len(tokens), batch_size):
