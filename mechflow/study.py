@@ -94,8 +94,8 @@ def sae_run_placement(study: Mapping[str, Any], run: str) -> dict[str, str]:
     """Where SAE run ``run`` trains (:data:`SAE_RUN_PLACEMENT`): its own ``hook`` and ``level`` (``sae.runs.<run>``),
     else the section's (``sae.hook``, ``sae.level``)."""
     sae = study["sae"]
-    own = sae["runs"][run]
-    return {k: own.get(k) or sae[k] for k in SAE_RUN_PLACEMENT}
+    own = sae["runs"][run] or {}
+    return {k: own.get(k) or sae.get(k) for k in SAE_RUN_PLACEMENT}
 
 
 def sae_jobs(study: Mapping[str, Any]) -> list[dict[str, Any]]:
