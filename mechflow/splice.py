@@ -183,7 +183,8 @@ def splice_token_losses(
     ``-1`` padding; :mod:`mechflow.corpus`), fed as stored (padding id 0 under ``attention_mask`` 0), ``batch_size``
     windows a forward pass (fewer where their logits would pass :data:`LOGITS_MB`) cut to the longest of them. The
     reconstruction replaces every real token but position 0, the sink corpus activations leave out (the rows a
-    corpus-level SAE trains on); position 0 keeps its clean activation. Returns the floats of :func:`splice_losses` and per-window sums and counts under ``per_window``.
+    corpus-level SAE trains on); position 0 keeps its clean activation. Returns the floats of :func:`splice_losses`
+    and per-window sums and counts under ``per_window``.
     """
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[0] == 0:
