@@ -56,7 +56,12 @@ def test_ci_covers_every_kernel_at_its_smallest_blocks():
     assert topk == [16, MAX_TRITON_K] and MAX_TRITON_K == 256
 
 
-@pytest.mark.parametrize("arch", aot.ARCHS)
+#: CI compiles the extremes for the newest architecture (sm_90, the H100 this project is lent); sm_80 is the slow
+#: variant's, as every other launch config (make test must stay near 20 min on 2 cores)
+CI_ARCHS = [arch if arch == max(aot.ARCHS) else pytest.param(arch, marks=pytest.mark.slow) for arch in aot.ARCHS]
+
+
+@pytest.mark.parametrize("arch", CI_ARCHS)
 @pytest.mark.parametrize("config", EXTREMES, ids=lambda c: c.name)
 def test_kernel_compiles_for_gpu(config, arch):
     _check(config, arch)
