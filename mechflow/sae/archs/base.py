@@ -228,6 +228,17 @@ class SparseAutoencoder(nn.Module):
         self.b_dec.div_(scale)
 
     # ---- helpers shared by the architectures -----------------------------------------------
+    def _topk_step(self, x: torch.Tensor, k: int, dead: torch.Tensor) -> tuple[LossOut, torch.Tensor]:
+        """One TopK training step (Gao et al. 2024, with AuxK) on ``x`` [batch, d_in]: its :class:`LossOut` and the
+        batch's top-``k`` values [batch, k] (TopK SAEs, and the TopK phases of JumpReLU and GBA)."""
+        xc = x - self.b_dec
+        vals, idx = topk_encode(xc, self.W_enc, self.b_enc, k)
+        recon = sparse_decode(vals, idx, self.W_dec, self.b_dec)
+        fvu = batch_fvu(x, recon)
+        loss = fvu + self._auxk(xc, x - recon, dead)
+        counts = counts_from_sparse(vals, idx, self.n_features)
+        return LossOut(loss, float(fvu.detach()), float((vals > 0).sum(1).float().mean()), counts > 0, counts), vals
+
     def _auxk(self, xc: torch.Tensor, err: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         """AuxK loss (Gao et al. 2024): the top ``k_aux`` dead latents reconstruct the residual ``err``."""
         coef = float(self.opts.get("auxk_coef") or 0.0)

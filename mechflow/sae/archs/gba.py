@@ -7,8 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mechflow.kernels import sparse_decode, topk_encode
-from mechflow.sae.archs.base import LossOut, SparseAutoencoder, batch_fvu, counts_from_sparse, reconstruction_only
+from mechflow.sae.archs.base import SparseAutoencoder, reconstruction_only
 from mechflow.sae.configs.gba import GBAConfig
 
 #: the paper's constants (Chen et al. 2025), used by a model built without a run for the options left null
@@ -54,12 +53,11 @@ class GBASAE(SparseAutoencoder):
         self._interval, self._rate = int(o["gba_interval"]), float(o["gba_rate"])
         self.n_groups = max(1, min(int(o["gba_groups"]), n_features))
         group = torch.arange(n_features) * self.n_groups // n_features
-        ratio = (o["gba_freq_min"] / o["gba_freq_max"]) ** (group.double() / max(self.n_groups - 1, 1))
+        #: target frequency of each group, spaced geometrically from gba_freq_max down to gba_freq_min
+        ratio = (o["gba_freq_min"] / o["gba_freq_max"]) ** (torch.arange(self.n_groups).double() / max(self.n_groups - 1, 1))
+        self._group_freq = (o["gba_freq_max"] * ratio).float()
         self.register_buffer("group", group)
-        self.register_buffer("target_freq", (o["gba_freq_max"] * ratio).float())
-        #: target frequency of each group
-        self._group_freq = (o["gba_freq_max"] * (o["gba_freq_min"] / o["gba_freq_max"])
-                            ** (torch.arange(self.n_groups).double() / max(self.n_groups - 1, 1))).float()
+        self.register_buffer("target_freq", self._group_freq[group])
         # 0: TopK phase (gba_topk_warmup > 0), 1: GBA phase; firings in the second half of the TopK phase
         self.register_buffer("phase", torch.zeros((), dtype=torch.int64))
         self.register_buffer("warm_fired", torch.zeros(n_features))
@@ -81,15 +79,10 @@ class GBASAE(SparseAutoencoder):
 
     def _topk_phase(self, x, step, switch, dead):
         """A step of the untied TopK phase (Gao et al. 2024, with AuxK); counts firings in its second half."""
-        xc = x - self.b_dec
-        vals, idx = topk_encode(xc, self.W_enc, self.b_enc, self.target_l0())
-        recon = sparse_decode(vals, idx, self.W_dec, self.b_dec)
-        fvu = batch_fvu(x, recon)
-        loss = fvu + self._auxk(xc, x - recon, dead)
-        counts = counts_from_sparse(vals, idx, self.n_features)
+        out, _ = self._topk_step(x, self.target_l0(), dead)
         if 2 * step >= switch:
-            self.warm_fired += counts
-        return LossOut(loss, float(fvu.detach()), float((vals > 0).sum(1).float().mean()), counts > 0, counts)
+            self.warm_fired += out.counts
+        return out
 
     @torch.no_grad()
     def _start_gba_phase(self, x) -> None:

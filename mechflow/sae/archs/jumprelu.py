@@ -11,8 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mechflow.kernels import sparse_decode, topk_encode
-from mechflow.sae.archs.base import LossOut, SparseAutoencoder, batch_fvu, counts_from_sparse, dense_loss_out, warm
+from mechflow.sae.archs.base import SparseAutoencoder, batch_fvu, dense_loss_out, warm
 from mechflow.sae.configs.jumprelu import JumpReLUConfig
 from mechflow.sae.defaults import controller_rate
 
@@ -127,17 +126,12 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def _topk_phase(self, x, dead):
         """A step of the TopK phase (Gao et al. 2024, with AuxK); tracks the mean k-th largest pre-activation."""
-        xc = x - self.b_dec
-        vals, idx = topk_encode(xc, self.W_enc, self.b_enc, self.target_l0())
-        recon = sparse_decode(vals, idx, self.W_dec, self.b_dec)
-        fvu = batch_fvu(x, recon)
-        loss = fvu + self._auxk(xc, x - recon, dead)
+        out, vals = self._topk_step(x, self.target_l0(), dead)
         with torch.no_grad():
             kth = vals.detach().min(1).values.clamp_min(0).mean().double()
             m = 0.99
             self.kth_value.copy_(kth if self.kth_value < 0 else m * self.kth_value + (1 - m) * kth)
-        counts = counts_from_sparse(vals, idx, self.n_features)
-        return LossOut(loss, float(fvu.detach()), float((vals > 0).sum(1).float().mean()), counts > 0, counts)
+        return out
 
     @torch.no_grad()
     def _start_jump_phase(self) -> None:

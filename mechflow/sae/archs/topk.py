@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mechflow.kernels import sparse_decode, topk_encode
-from mechflow.sae.archs.base import LossOut, SparseAutoencoder, batch_fvu, counts_from_sparse
+from mechflow.kernels import topk_encode
+from mechflow.sae.archs.base import SparseAutoencoder
 from mechflow.sae.configs.topk import TopKConfig
 
 
@@ -19,14 +19,7 @@ class TopKSAE(SparseAutoencoder):
         return torch.zeros(x.shape[0], self.n_features, dtype=vals.dtype, device=vals.device).scatter_(1, idx, vals)
 
     def training_loss(self, x, step, total_steps, dead):
-        xc = x - self.b_dec
-        vals, idx = topk_encode(xc, self.W_enc, self.b_enc, self.k)
-        recon = sparse_decode(vals, idx, self.W_dec, self.b_dec)
-        fvu = batch_fvu(x, recon)
-        loss = fvu + self._auxk(xc, x - recon, dead)
-        l0 = float((vals > 0).sum(1).float().mean())
-        counts = counts_from_sparse(vals, idx, self.n_features)
-        return LossOut(loss, float(fvu.detach()), l0, counts > 0, counts)
+        return self._topk_step(x, self.k, dead)[0]
 
     def sae_lens_fields(self):
         return {"architecture": "topk", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": self.k}, "k": self.k,
