@@ -26,7 +26,7 @@ from mechflow.facts import StudyFacts, gather_facts
 from mechflow.sae.config import validate_run as validate_sae_run
 from mechflow.snmf.config import validate_run as validate_snmf_run
 from mechflow.steps.manifest import check_study, study_warnings
-from mechflow.study import SAE_RUN_PLACEMENT, ConfigError, canonical
+from mechflow.study import ConfigError, canonical, sae_run_placement
 
 __all__ = ["ResolvedStudy", "resolve", "resolve_study"]
 
@@ -77,10 +77,10 @@ def _complete_runs(config: dict[str, Any]) -> None:
     gets its hook and level (:data:`~mechflow.study.SAE_RUN_PLACEMENT`: its own, else the section's), which are not
     part of its training config."""
     for section, validate in (("sae", validate_sae_run), ("snmf", validate_snmf_run)):
-        placement = SAE_RUN_PLACEMENT if section == "sae" else ()
         for name, run in config[section]["runs"].items():
+            placed = sae_run_placement(config, name) if section == "sae" else {}
             try:
-                complete = validate({k: v for k, v in run.items() if k not in placement})
+                complete = validate({k: v for k, v in run.items() if k not in placed})
             except ValueError as e:
                 raise ConfigError(f"{section}.runs.{name}", str(e)) from None
-            config[section]["runs"][name] = dict(complete, **{k: run.get(k) or config[section][k] for k in placement})
+            config[section]["runs"][name] = dict(complete, **placed)
