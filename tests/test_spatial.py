@@ -424,23 +424,33 @@ def test_lisa_dataset_layout(two_regions, tmp_path):
         lisa_dataset(da, lon, lat, region, crs, features=[99])
 
 
-def test_shuffled_control_runs_the_real_data_test(two_regions):
+def test_shuffled_control_is_the_shuffle_tested_against_the_data_null(two_regions):
+    """The per-unit shuffled control: the statistics on coordinates shuffled within each region (KNN weights rebuilt
+    on them, the real-data path) equal those of the places rearranged on the data's weights, and its p-values count
+    the data's own replicates (a shuffle is one more draw from the permutation null)."""
     from mechflow.spatial.analysis import shuffle_within_regions, spatial_analysis
 
     da, lon, lat, region = two_regions
     da = da.assign_coords(longitude=("prompt", lon), latitude=("prompt", lat), region=("prompt", region))
     crs = {"GB": "EPSG:27700", "IT": "EPSG:25832"}
-    params = {"k": 8, "transform": "r", "permutations": 49, "seed": 3, "lisa_top_n": 0, "crs": crs}
+    params = {"k": 8, "transform": "r", "permutations": 49, "seed": 3, "lisa_top_n": 0, "crs": crs, "shuffles": 5}
     moran, lisa = spatial_analysis(da, params)
     assert lisa is None
     slon, slat = shuffle_within_regions(lon, lat, region, 3 + 1)
-    ctrl = moran_dataset(da, slon, slat, region, crs, k=8, permutations=49, seed=3)  # the real-data path
-    for v in ("I", "z_norm", "p_norm", "p_greater", "q_greater"):
-        np.testing.assert_array_equal(moran[f"{v}_shuffled"].values, ctrl[v].values, err_msg=v)
-    pg = moran.p_greater_shuffled.values[np.isfinite(moran.I.values)]
-    assert np.isfinite(pg).all() and np.allclose(pg * 50, np.rint(pg * 50))  # permutation-based: k/(P+1)
+    ctrl = moran_dataset(da, slon, slat, region, crs, k=8, permutations=0)  # the real-data path on shuffled coordinates
+    for v in ("I", "z_norm", "p_norm"):
+        np.testing.assert_allclose(moran[f"{v}_shuffled"].values, ctrl[v].values, atol=1e-6, err_msg=v)  # float32 products
+    for r, reg in enumerate(moran.region.values):  # p_greater: the data's replicates >= the shuffle's I
+        idx = np.flatnonzero(region == reg)
+        w = knn_weights(lon[idx], lat[idx], k=8, crs=crs[str(reg)], transform="r")
+        sims = global_autocorrelation(da.values[idx], w, permutations=49, seed=3, keep_replicates=True)["replicates"]
+        Ish = moran.I_shuffled.values[r]
+        expect = np.where(np.isfinite(Ish), ((sims >= Ish).sum(0) + 1) / 50, np.nan)
+        np.testing.assert_array_equal(moran.p_greater_shuffled.values[r], expect)
     assert float(moran.p_greater_shuffled.sel(region="GB", unit=10)) > 1 / 50  # the gradient is gone
     assert "q_bh_norm_shuffled" not in moran
+    assert moran.layer_shuffle_p.dims == ("region", "layer_stat", "shuffle") and moran.sizes["shuffle"] == 5
+    np.testing.assert_array_equal(moran.layer_shuffle_p.isel(shuffle=0).values, moran.layer_p_shuffled.values)
 
 
 @pytest.mark.gpu

@@ -34,8 +34,10 @@ CONTROL_VARS = ("I", "z_norm", "p_norm", "p_sim", "p_greater", "q_greater")
 
 #: suffix -> what the control is (also written to the moran.nc attrs)
 CONTROLS = {
-    "shuffled": "coordinates permuted within each region (seed + 1), then the same statistics and permutation test as "
-                "the real data (same permutations and seed); q_greater_shuffled = BH over features per region",
+    "shuffled": "coordinates permuted within each region (the first of spatial.shuffles shuffles drawn from seed + 1), "
+                "then the same statistics as the real data, tested against the real data's replicates (the same null: a "
+                "shuffle of the coordinates is a rearrangement of the places); q_greater_shuffled = BH over features per "
+                "region; the layer statistics of every shuffle: layer_shuffle_p, layer_shuffle_excess",
     "resid": "each feature residualised within its region on one-hot admin-1 unit and one-hot prompt length "
              "(n_tokens), then the same statistics and test, its permutations restricted within admin-1 units where "
              "the prompts name them (residuals sum to zero within each unit: attrs layer_null_resid; the "
@@ -59,6 +61,40 @@ def shuffle_within_regions(lon: np.ndarray, lat: np.ndarray, region: np.ndarray,
         perm = rng.permutation(idx)
         lon2[idx], lat2[idx] = lon[perm], lat[perm]
     return lon2, lat2
+
+
+def shuffle_arrangements(region: np.ndarray, seed: int, draws: int) -> dict[str, np.ndarray]:
+    """Region -> ``[draws, n_region]``: ``draws`` shuffles of the coordinates within each region, each as the
+    rearrangement of the region's places that it amounts to (row ``i`` of the region, in prompt order, takes the
+    values of row ``arrangement[i]``: the inverse of the shuffle). The first is :func:`shuffle_within_regions`'s."""
+    rng = np.random.default_rng(seed)
+    region = np.asarray(region)
+    sizes = {str(r): int((region == r).sum()) for r in np.unique(region)}
+    out = {r: np.empty((int(draws), n), dtype=np.int64) for r, n in sizes.items()}
+    for d in range(int(draws)):
+        for r, n in sizes.items():  # in shuffle_within_regions' order, from the same stream
+            out[r][d] = np.argsort(rng.permutation(n))  # place i took the coordinates of place sigma[i]
+    return out
+
+
+class _FirstShuffle:
+    """The per-unit shuffled control of one column block: each region's first arrangement, tested against the
+    data's replicates (``moran_dataset``'s per-region callback), as a Dataset like the data's."""
+
+    VARS = ("I", "z_norm", "p_norm", "p_sim", "p_greater")
+
+    def __init__(self):
+        self.by_region: dict[str, dict[str, np.ndarray]] = {}
+
+    def collect(self, region: str, values: np.ndarray, res) -> None:
+        self.by_region[str(region)] = {v: res["arrangements"][v][0] for v in self.VARS}
+
+    def dataset(self, like: xr.Dataset) -> xr.Dataset:
+        regions = like["region"].values.astype(str)
+        data = {v: (like["I"].dims, np.stack([self.by_region[r][v] for r in regions])) for v in self.VARS}
+        ds = xr.Dataset(data, coords=like["I"].coords)
+        ds["q_greater"] = (like["I"].dims, fdr_bh(ds["p_greater"].values))
+        return ds
 
 
 def _add_control(moran: xr.Dataset, ctrl: xr.Dataset, suffix: str) -> None:
@@ -173,13 +209,15 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
 
     ``values``: a feature set [prompt, <feature-dim>] (a DataArray, in memory or lazily opened, or a
     :class:`FeatureSource` such as :class:`mechflow.io.FeatureColumns`). ``params``: k, transform,
-    permutations, seed, crs (overrides), lisa_top_n, shuffled_control, residualise, layer_permutations.
+    permutations, seed, crs (overrides), lisa_top_n, shuffled_control, shuffles, residualise, layer_permutations.
     Returns (moran, lisa); lisa is None when ``lisa_top_n`` is 0. Each control is :func:`moran_dataset` run again with
     the same permutation test (same ``permutations``, same permutation ``seed``), so the fractions of
     features with ``q_greater < 0.05`` compare like with like; ``moran`` keeps :data:`CONTROL_VARS` of
     each under a suffix (:data:`CONTROLS`):
 
-    - ``_shuffled`` (``shuffled_control``): coordinates shuffled within each region (seed + 1);
+    - ``_shuffled`` (``shuffled_control``): coordinates shuffled within each region (seed + 1), tested against the
+      data's replicates (a shuffle is a rearrangement of the places: the same null); the layer statistics of
+      ``shuffles`` (default 200) such shuffles in ``layer_shuffle_p`` / ``layer_shuffle_excess``;
     - ``_resid`` (``residualise``): features residualised on one-hot admin-1 and prompt length
       within each region (:func:`residualise_within_regions`), where the prompts carry them; its
       permutations (per unit and layer) move places only within their admin-1 unit (the residuals' null);
@@ -219,24 +257,30 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
     # batch_columns=F: every block draws and sums its replicates as the whole set does
     glob = dict(common, permutations=perms, num_threads=int(num_threads or 1), batch_columns=F)
     weights = region_weights(lon, lat, region, crs, k=k, transform=transform)
-    if shuffled:
-        slon, slat = shuffle_within_regions(lon, lat, region, seed + 1)
-        sweights = region_weights(slon, slat, region, crs, k=k, transform=transform)
+    # the shuffled control: shuffles of the coordinates as rearrangements of the places, tested against the data's null
+    arrangements = shuffle_arrangements(region, seed + 1, int(params.get("shuffles", 200))) if shuffled else None
     layer_perms = int(params.get("layer_permutations", 999))
     # residuals on admin-1 sum to zero within each unit: their permutations stay within units (the fair null)
     admin1 = (np.char.add(np.char.add(region, "/"), prompts["admin1_code"].values.astype(str))
               if resid and "admin1_code" in prompts.coords else None)
-    layer = {suffix: LayerTests(sweights if suffix == "_shuffled" else weights, layer_perms, seed,
-                                num_threads=int(num_threads or 1), blocks=admin1 if suffix == "_resid" else None)
-             for suffix, on in (("", True), ("_shuffled", shuffled), ("_resid", resid), ("_with_sink", sink is not None))
-             if on}
+    layer = {suffix: LayerTests(weights, layer_perms, seed, num_threads=int(num_threads or 1),
+                                blocks=admin1 if suffix == "_resid" else None,
+                                arrangements=arrangements if suffix == "" else None)
+             for suffix, on in (("", True), ("_resid", resid), ("_with_sink", sink is not None)) if on}
     parts, residualised_on = [], None
     for a, b in blocks:
         block = source.columns(slice(a, b))
-        part = moran_dataset(block, lon, lat, region, crs, weights=weights, on_region=partial(layer[""].collect, offset=a), **glob)
+        first = _FirstShuffle()
+
+        def on_region(reg, vals, res, offset=a, first=first):
+            layer[""].collect(reg, vals, res, offset=offset)
+            if shuffled:
+                first.collect(reg, vals, res)
+
+        part = moran_dataset(block, lon, lat, region, crs, weights=weights, on_region=on_region,
+                             arrangements=arrangements, **glob)
         if shuffled:
-            _add_control(part, moran_dataset(block, slon, slat, region, crs, weights=sweights,
-                                             on_region=partial(layer["_shuffled"].collect, offset=a), **glob), "shuffled")
+            _add_control(part, first.dataset(part), "shuffled")
         if resid:
             residuals = residualise_within_regions(block)
             residualised_on = residuals.attrs["residualised_on"]
@@ -254,6 +298,11 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
     del parts
     for suffix, tests in layer.items():
         moran = moran.merge(tests.dataset(suffix), combine_attrs="override")
+    if shuffled:
+        moran = moran.merge(layer[""].shuffled_dataset("_shuffled"), combine_attrs="override")
+        moran.attrs["layer_shuffles"] = (f"{len(moran['shuffle'])} shuffles of the coordinates within each region (seed "
+                                         "+ 1), each a rearrangement of the places tested as if observed against the "
+                                         "data's null; layer_*_shuffled: the first")
     moran.attrs.update(LAYER_ATTRS, layer_permutations=layer_perms)
     if resid:
         moran.attrs["layer_null_resid"] = RESID_NULL if admin1 is not None else FREE_NULL + " (no admin-1 units known)"

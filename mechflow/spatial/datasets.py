@@ -103,6 +103,7 @@ def moran_dataset(
     weights: Mapping[str, tuple] | None = None,
     on_region: Callable[[str, np.ndarray, dict], None] | None = None,
     blocks=None,
+    arrangements: Mapping[str, np.ndarray] | None = None,
 ) -> xr.Dataset:
     """Global Moran's I and Geary's C per region for every feature.
 
@@ -141,10 +142,12 @@ def moran_dataset(
         res = global_autocorrelation(data[idx], w, permutations=permutations, seed=seed, device=device,
                                      num_threads=num_threads, batch_columns=batch_columns,
                                      keep_replicates=on_region is not None,
-                                     blocks=None if blocks is None else blocks[idx])
+                                     blocks=None if blocks is None else blocks[idx],
+                                     arrangements=None if arrangements is None else arrangements[reg])
         if on_region is not None:
             on_region(reg, data[idx], res)
             res.pop("replicates", None)
+            res.pop("arrangements", None)
         for v in names:
             out[v][r] = res["moran"][v]
         for v, g in gnames.items():

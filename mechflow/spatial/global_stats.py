@@ -49,6 +49,7 @@ from mechflow.devices import resolve_device
 from mechflow.kernels.threads import torch_threads
 from mechflow.spatial._sparse import (
     as_2d_values,
+    count_at_least,
     fold_counts,
     locality_order,
     torch_csr,
@@ -242,7 +243,7 @@ class _WithinBlocks:
 
 
 def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C, engine=None,
-             num_threads=1, batch_columns=None, keep_replicates=False, blocks=None):
+             num_threads=1, batch_columns=None, keep_replicates=False, blocks=None, arrangements=None):
     """Shared-permutation replicates; returns per-column (count>=obs, sum, sumsq) for I and C
     (and, for C, count<=obs).
 
@@ -257,7 +258,15 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     ``F``); the batches fix which replicates are summed together, so a block of a wider feature set
     passes the set's width to reproduce its sums bit for bit. ``keep_replicates``: also keep every
     replicate's Moran's I, ``acc["sim_I"] [n_perm, F]``. ``blocks``: integer codes ``[n]``; replicates then
-    permute places only within blocks.
+    permute places only within blocks. ``arrangements [R, n]``: ``acc["arr_I"] [R, F]``, their I by the replicates'
+    arithmetic.
+
+    The counts compare each replicate with the observed arrangement *through the same arithmetic* (the engine at
+    the identity permutation, ``acc["obs_I"]``), not with the float64 ``obs_I``: a permutation p-value is exact
+    only when the observed statistic and the replicates are one function of the arrangement. Features with tied
+    values (sparse SAE features: many arrangements share one I) otherwise have their ties broken by float32
+    rounding, which made ``p_greater`` too small for them. ``obs_I``/``obs_C`` (inf for constant columns) only mark
+    the constant columns.
     """
     n, F = z.shape
     Fb = max(int(batch_columns or F), 1)
@@ -289,8 +298,32 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     if keep_replicates:
         acc["sim_I"] = np.empty((n_perm, F))
     with torch_threads(num_threads if engine == "torch" and dev.type == "cpu" else None):
+        kI, kC = _evaluate(eng, chunks, np.arange(n)[None], want_geary, n, s0, F)  # the observed, as a replicate
+        acc["obs_I"] = np.where(np.isinf(obs_I), np.nan, kI[0])
+        obs_I = np.where(np.isinf(obs_I), np.inf, kI[0])
+        if want_geary:
+            obs_C = np.where(np.isinf(obs_C), np.inf, kC[0])
         _accumulate(eng, acc, chunks, n, s0, EI, n_perm, B, want_geary, obs_I, obs_C)
+        if arrangements is not None:
+            rank = np.empty_like(order)
+            rank[order] = np.arange(n)
+            # ordered row j is row order[j], which takes row arrangements[r, order[j]], now at ordered row rank[...]
+            perms = rank[np.asarray(arrangements, dtype=np.int64)[:, order]]
+            acc["arr_I"] = np.concatenate([_evaluate(eng, chunks, perms[p0 : p0 + B], False, n, s0, F)[0]
+                                           for p0 in range(0, perms.shape[0], B)] or [np.zeros((0, F))])
     return acc, EI
+
+
+def _evaluate(eng, chunks, perms, want_geary, n, s0, F):
+    """Moran's I ``[nb, F]`` (and Geary's C, or None) of the arrangements ``perms [nb, n]`` (engine row order), by
+    the arithmetic of the replicates (:func:`_accumulate`)."""
+    nb = perms.shape[0]
+    I, C = np.empty((nb, F)), (np.empty((nb, F)) if want_geary else None)  # noqa: E741
+    for (a, b), (cross, sq) in zip(chunks, eng.replicates(perms, want_geary)):
+        I[:, a:b] = (n / s0) * cross
+        if want_geary:
+            C[:, a:b] = (n - 1) * (sq - 2.0 * cross) / (2.0 * s0)
+    return I, C
 
 
 def _accumulate(eng, acc, chunks, n, s0, EI, n_perm, B, want_geary, obs_I, obs_C) -> None:
@@ -349,6 +382,7 @@ def global_autocorrelation(
     batch_columns: int | None = None,
     keep_replicates: bool = False,
     blocks=None,
+    arrangements: np.ndarray | None = None,
 ) -> dict:
     """Moran's I and (optionally) Geary's C for every column of ``values`` ``[n, F]``.
 
@@ -368,13 +402,21 @@ def global_autocorrelation(
     batches the whole set would use, so every column's result equals the whole set's bit for bit (each
     column's statistics depend on that column alone; the fused engine is tested for it).
     ``keep_replicates``: also return every replicate's Moran's I, ``"replicates"`` ``[permutations, F]``
-    float64 (NaN for constant columns; for the layer tests of :mod:`mechflow.spatial.layer_tests`).
+    float64 (NaN for constant columns; for the layer tests of :mod:`mechflow.spatial.layer_tests`), and
+    ``"replicates_observed"`` ``[F]``: the observed I by the replicates' arithmetic (``sim_dtype``), the value every
+    permutation count compares them with (see :func:`_permute`; within float32 rounding of ``I``).
     ``blocks``: labels ``[n]`` (e.g. admin-1 units); every replicate then permutes the places only within
     their block (restricted randomisation, :mod:`mechflow.spatial.blocks`: the null of features residualised
     on the blocks), from the same seeded stream.
+    ``arrangements``: ``[R, n]`` permutations of the rows, each an arrangement of the values to test *as if
+    observed* (row ``i`` takes row ``arrangements[r, i]``'s values; e.g. the inverse of a shuffle of the
+    coordinates): ``"arrangements"`` then holds, per arrangement and column ``[R, F]``, Moran's ``I`` (by the
+    replicates' arithmetic, as the counts need: within ``sim_dtype`` rounding of the float64 value), ``z_norm``,
+    ``p_norm``, ``p_sim`` and ``p_greater`` against this call's replicates (the permutation ones NaN without
+    permutations).
 
-    Returns ``{"moran": {...}, "geary": {...} or None, "n_constant": int, "n": int}`` (+ ``"replicates"``);
-    each inner dict maps statistic names (esda's attribute names) to float64 arrays ``[F]``.
+    Returns ``{"moran": {...}, "geary": {...} or None, "n_constant": int, "n": int}`` (+ ``"replicates"``,
+    ``"replicates_observed"``, ``"arrangements"``); each inner dict maps statistic names (esda's attribute names) to float64 arrays ``[F]``.
     """
     if permutations < 0:
         raise ValueError(f"permutations must be >= 0, got {permutations}")
@@ -384,12 +426,21 @@ def global_autocorrelation(
         raise ValueError(f"need at least 4 observations for the moments, got {n}")
     y = as_2d_values(values, n)
     z, z2ss, rc, constant, moran, gear = _observed(y, A, w, two_tailed)
-    if permutations:
+    if arrangements is not None:
+        arrangements = np.asarray(arrangements, dtype=np.int64)
+        if arrangements.ndim != 2 or arrangements.shape[1] != n:
+            raise ValueError(f"arrangements must be [R, {n}], got {arrangements.shape}")
+        if not (np.sort(arrangements, axis=1) == np.arange(n)).all():
+            raise ValueError("every row of arrangements must be a permutation of range(n)")
+    acc = None
+    if permutations or arrangements is not None:
         acc, EI = _permute(
             z, z2ss, rc, A, permutations, seed, device, chunk_size, sim_dtype, geary,
-            np.nan_to_num(moran["I"], nan=np.inf), np.nan_to_num(gear["C"], nan=np.inf), engine, num_threads,
-            batch_columns, keep_replicates, None if blocks is None else block_codes(blocks),
+            np.where(constant, np.inf, moran["I"]), np.where(constant, np.inf, gear["C"]), engine, num_threads,
+            batch_columns, keep_replicates or arrangements is not None, None if blocks is None else block_codes(blocks),
+            arrangements,
         )
+    if permutations:
         sm = _sim_summary(moran["I"], acc["nI"], acc["sI"], acc["qI"], EI, permutations, constant, acc["nI"])
         moran.update(p_sim=sm["p_sim"], p_greater=sm["p_one_sided"], EI_sim=sm["E_sim"], seI_sim=sm["se_sim"],
                      VI_sim=sm["se_sim"] ** 2, z_sim=sm["z_sim"], p_z_sim=sm["p_z_sim"])
@@ -404,10 +455,32 @@ def global_autocorrelation(
         for key in ("p_sim", "p_less", "EC_sim", "seC_sim", "VC_sim", "z_sim", "p_z_sim"):
             gear[key] = nan.copy()
     out = {"moran": moran, "geary": gear if geary else None, "n_constant": int(constant.sum()), "n": int(n)}
-    if keep_replicates:
-        sims = acc["sim_I"] if permutations else np.zeros((0, y.shape[1]))
+    if keep_replicates or arrangements is not None:
+        sims = acc["sim_I"] if acc is not None else np.zeros((0, y.shape[1]))
         sims[:, constant] = np.nan
-        out["replicates"] = sims
+        if keep_replicates:
+            out["replicates"] = sims
+            out["replicates_observed"] = acc["obs_I"] if acc is not None else np.where(constant, np.nan, moran["I"])
+        if arrangements is not None:
+            out["arrangements"] = _arrangements(acc["arr_I"], constant, moran, sims, two_tailed)
+    return out
+
+
+def _arrangements(I: np.ndarray, constant, moran, sims, two_tailed) -> dict[str, np.ndarray]:
+    """The per-unit test of each arrangement (its I ``[R, F]`` by the replicates' arithmetic) against the replicates
+    ``sims [P, F]`` (see :func:`global_autocorrelation`)."""
+    I = np.where(constant, np.nan, I)  # noqa: E741
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_norm = (I - moran["EI"]) / moran["seI_norm"]
+    P = sims.shape[0]
+    out = {"I": I, "z_norm": z_norm, "p_norm": (2.0 if two_tailed else 1.0) * norm.sf(np.abs(z_norm))}
+    if P:
+        count = count_at_least(sims, I)  # #{I_sim >= I_arrangement}
+        out["p_greater"] = (count + 1.0) / (P + 1.0)
+        with np.errstate(invalid="ignore"):
+            out["p_sim"] = (fold_counts(count, P) + 1.0) / (P + 1.0)
+    else:
+        out["p_greater"] = out["p_sim"] = np.full(I.shape, np.nan)
     return out
 
 

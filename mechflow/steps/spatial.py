@@ -24,7 +24,7 @@ __all__ = ["UNIT_SOURCES", "RUN_SOURCES", "unit_layers", "rule_counts", "jobs",
 
 #: the settings of ``spatial:`` that define its results
 SETTINGS = ("k", "transform", "permutations", "layer_permutations", "seed", "lisa_top_n", "shuffled_control",
-            "residualise")
+            "shuffles", "residualise")
 #: the name's positions as feature-set sources (``units-name_<position>``)
 NAME_SOURCE = "units-name_{position}"
 #: ``{source}`` wildcards of raw units (rule spatial_units: every layer of ``spatial.layers`` in one job) and of runs'
