@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from scipy import stats
 
 from mechflow.io import write_dataset
 from mechflow.report import build_report, layer_evidence
@@ -130,8 +131,19 @@ def test_layer_table_reads_each_variant_from_its_file(evidence_study):
         assert row.excess == pytest.approx(float(ds[f"layer_obs{suffix}"]) - float(ds[f"layer_null_mean{suffix}"]))
     gb = df[(df.region == "GB") & (df.stat == "mean_I")].set_index("variant")
     assert gb.loc["template", "p"] <= 0.01 and gb.loc["template", "excess_lo"] > 0  # smooth-field units
-    k, m = layer_evidence.calibration(df)
-    assert m == 2 * len(layer_evidence.STATS)
+    for (_, _, _, _, stat, variant), cells in df.groupby(layer_evidence.FAMILY, sort=False):  # q: BH over layer x region
+        expect = np.full(len(cells), np.nan) if variant == "shuffled" else fdr_bh(cells.p.to_numpy(dtype=float))
+        np.testing.assert_allclose(cells.q.to_numpy(dtype=float), expect, err_msg=f"{stat} {variant}")
+    k, m = layer_evidence.calibration(df)  # every shuffle of every cell: 200 (the default) per cell
+    shuffled = df[df.variant == "shuffled"]
+    assert m == 2 * len(layer_evidence.STATS) * 200 and (shuffled.n_shuffles == 200).all()
+    main = files["d", "m", None]
+    for row in shuffled.itertuples():
+        p = main["layer_shuffle_p"].sel(region=row.region, layer_stat=row.stat).values
+        assert row.shuffles_p05 == (p <= 0.05).sum()
+        assert row.shuffles_ks_p == pytest.approx(stats.kstest(p, "uniform", alternative="greater").pvalue)
+    assert k == shuffled.shuffles_p05.sum() and k / m < 0.1  # the units with structure do not make shuffles significant
     md = layer_evidence.to_markdown(df)
+    assert f"Calibration: {k} of {m} shuffled-coordinate layer p-values" in md and "/200 p<=0.05, KS p=" in md
     assert md.count("| d / m | units | 3 | GB |") == len(layer_evidence.STATS) and "shuffled coords" in md
     assert "name-only, last name token" in md and "within their admin-1 unit" in md

@@ -62,13 +62,13 @@ def _layer_tables(ctx: Context, page: Page, sec: Section) -> None:
     if df.empty:
         return
     sub = page.section("Layer-level tests: how much geography a whole layer carries", "evidence-layers", 3)
-    k, m = layer_evidence.calibration(df)
     sub.add(tag("p", "Per-unit tests with BH over hundreds of units find a few strong features, not a weak signal "
                      "spread over many. These statistics of the whole layer are compared with their null under joint "
                      "permutations of the places (one permutation moves every unit together, so the null keeps the "
                      "correlation between units). Each cell: excess over the null mean [observed − null 97.5%, "
-                     "observed − null 2.5%] and the permutation p-value; fractions in percentage points. "
-                     f"Calibration: {k} of {m} shuffled-coordinate p-values are ≤ 0.05 (about {0.05 * m:.1f} expected)."),
+                     "observed − null 2.5%], the permutation p-value and q (Benjamini-Hochberg over the layers and regions of the "
+                     "same column, statistic and feature set); fractions in percentage points. "
+                     + layer_evidence.calibration_text(df)),
             tag("ul", *[tag("li", tag("b", s), ": ", d) for s, d in layer_evidence.STATS.items()],
                 *[tag("li", tag("b", h), ": ", d) for h, d in layer_evidence.VARIANTS.values()]))
     w = layer_evidence.wide(df)
