@@ -174,9 +174,16 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
     return out[[*keys, *[v for v in VARIANTS if v in out.columns]]]
 
 
+def _complete(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the columns a table written before the shuffles and q (or by hand) lacks, as NaN."""
+    missing = [c for c in (*SHUFFLE_COLUMNS, "q") if c not in df.columns]
+    return df.assign(**dict.fromkeys(missing, np.nan)) if missing else df
+
+
 def calibration(df: pd.DataFrame) -> tuple[int, int]:
     """(count of shuffled-coordinate layer p-values <= :data:`ALPHA`, count of finite ones) over every shuffle of every
     cell (one per cell where a file has no shuffles): under the null about :data:`ALPHA` of them."""
+    df = _complete(df)
     rows = df.loc[df["variant"] == "shuffled"]
     many = np.isfinite(rows["n_shuffles"].to_numpy(dtype=float))
     single = rows.loc[~many, "p"].to_numpy(dtype=float)
@@ -188,7 +195,7 @@ def calibration(df: pd.DataFrame) -> tuple[int, int]:
 def ks_flags(df: pd.DataFrame, level: float = 0.01) -> tuple[int, int]:
     """(cells whose shuffles' one-sided KS p < ``level``, cells with shuffles): about ``level`` of them by chance
     (more: the cells share their data's null and, across statistics and layers, their shuffles)."""
-    ks = df.loc[df["variant"] == "shuffled", "shuffles_ks_p"].to_numpy(dtype=float)
+    ks = _complete(df).loc[df["variant"] == "shuffled", "shuffles_ks_p"].to_numpy(dtype=float)
     ks = ks[np.isfinite(ks)]
     return int((ks < level).sum()), int(ks.size)
 
