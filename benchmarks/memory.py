@@ -22,7 +22,8 @@ synthetic but laid out as the workflow writes them:
    features file's layout: contiguous, with the prompt coordinates), written by row blocks;
 7. ``spatial``: the spatial rule's path, :class:`mechflow.io.FeatureColumns` +
    :func:`mechflow.spatial.analysis.spatial_analysis` with ``memory_mb = bound`` (global Moran's I and
-   Geary's C with permutations, the residualised and shuffled controls, LISA of the top features), and
+   Geary's C with permutations, the residualised and shuffled controls (200 shuffles) unless ``--quick``, LISA of
+   the top features), and
    the moran/lisa files written;
 8. ``corpus_shards``: token activations of a text corpus as the ``corpus_activations`` rule writes them,
    ``[token, unit]`` float32 of ``4 x bound`` bytes in ``shards`` shard files (the last one held out);
@@ -274,11 +275,14 @@ def stage_spatial(wd: Path, cfg: dict) -> dict:
     from mechflow.io import FeatureColumns, write_dataset
     from mechflow.spatial.analysis import columns_per_block, spatial_analysis
 
+    shuffles = 200 if cfg["controls"] else 0
     params = {"k": 8, "transform": "r", "permutations": cfg["permutations"], "seed": 0, "lisa_top_n": 3,
-              "shuffled_control": False, "residualise": cfg["controls"], "crs": CRS}  # shuffled: the same memory, twice the time
+              "shuffled_control": bool(cfg["controls"]), "shuffles": 200, "residualise": cfg["controls"],
+              "crs": CRS}
     with FeatureColumns(wd / "features.nc", "sae") as fc:
         n, F = fc.shape
-        width = columns_per_block(n, F, cfg["bound_mb"], n_regions=2, n_controls=int(cfg["controls"]))
+        width = columns_per_block(n, F, cfg["bound_mb"], n_regions=2, n_controls=2 * int(cfg["controls"]),
+                                  permutations=cfg["permutations"], shuffles=shuffles)
         moran, lisa = spatial_analysis(fc, params, num_threads=cfg["threads"], memory_mb=cfg["bound_mb"])
     write_dataset(moran, wd / "moran.nc")
     write_dataset(lisa, wd / "lisa.nc")

@@ -100,6 +100,9 @@ def test_block_width_follows_the_memory_budget():
     assert columns_per_block(20_000, 50_000, memory_mb=4000, n_regions=3, in_use_bytes=600 * mb) > width
     # never less than one aligned block, even when nothing is left
     assert columns_per_block(10**6, 10**5, memory_mb=100, in_use_bytes=600 * mb) == BLOCK_ALIGN
+    # few prompts: the kept replicates and the shuffles' per-unit results, not the values, set the width
+    few = dict(memory_mb=1000, in_use_bytes=500 * mb)
+    assert columns_per_block(300, 50_000, **few, permutations=999, shuffles=1000) < columns_per_block(300, 50_000, **few)
     assert column_blocks(1000, 1000) == [(0, 1000)]
     assert column_blocks(513, 256) == [(0, 256), (256, 513)]  # a one-column tail joins the block before
     assert column_blocks(514, 256) == [(0, 256), (256, 512), (512, 514)]

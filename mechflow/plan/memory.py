@@ -15,7 +15,7 @@ from mechflow.facts import StudyFacts
 from mechflow.plan.dryrun import Job
 from mechflow.plan.sizes import activation_bytes, match_result, n_features, spatial_controls, token_bytes
 from mechflow.snmf.blocks import keep_in_memory, working_bytes
-from mechflow.spatial.analysis import BYTES_PER_VALUE, columns_per_block, output_bytes
+from mechflow.spatial.analysis import column_bytes, columns_per_block, output_bytes
 from mechflow.study import sae_run_placement
 
 __all__ = ["PYTHON_MB", "SAE_WINDOW_COPIES", "job_memory"]
@@ -81,8 +81,11 @@ def job_memory(job: Job, config: dict[str, Any], facts: StudyFacts) -> tuple[int
             return None, "", False
         controls = spatial_controls(config, wc["source"])
         mem_mb = float(job.resources.get("mem_mb", 0) or 0)
-        width = columns_per_block(n, F, mem_mb, R, controls, in_use_bytes=base) if mem_mb else F
+        sp = config["spatial"]
+        perms, shuffles = int(sp["permutations"]), int(sp.get("shuffles", 0)) if sp["shuffled_control"] else 0
+        width = (columns_per_block(n, F, mem_mb, R, controls, in_use_bytes=base, permutations=perms, shuffles=shuffles)
+                 if mem_mb else F)
         blocks = -(-F // width)
-        peak = base + n * min(width, F) * BYTES_PER_VALUE + 2 * output_bytes(F, R, controls)
+        peak = base + min(width, F) * column_bytes(n, perms, shuffles) + 2 * output_bytes(F, R, controls)
         return peak, (f"{blocks} column blocks of {width}" if blocks > 1 else "one block of columns"), False
     return None, "", False

@@ -151,16 +151,24 @@ def output_bytes(n_features: int, n_regions: int, n_controls: int = 3) -> int:
     return 8 * n_regions * n_features * (len(MORAN_VARS) + n_controls * len(CONTROL_VARS))
 
 
+def column_bytes(n_prompts: int, permutations: int = 0, shuffles: int = 0) -> int:
+    """Working bytes per column of a block: :data:`BYTES_PER_VALUE` per prompt, and per region tested at a time
+    the replicates' I kept for the layer tests (float64, twice: as kept and sorted to count the shuffles) and
+    the shuffles' per-unit results (six float64 values each)."""
+    return max(n_prompts, 1) * BYTES_PER_VALUE + 8 * (2 * int(permutations) + 6 * int(shuffles))
+
+
 def columns_per_block(n_prompts: int, n_features: int, memory_mb: float, n_regions: int = 1, n_controls: int = 3,
-                      in_use_bytes: int | None = None) -> int:
+                      in_use_bytes: int | None = None, permutations: int = 0, shuffles: int = 0) -> int:
     """Features per column block such that the analysis stays within ``memory_mb`` (MB = 10^6 bytes, as
     Snakemake's ``mem_mb``): what this process already holds (``in_use_bytes``, default its resident
     memory now) and the output (twice: the blocks' results and their concatenation) come off first,
-    the rest is shared out at :data:`BYTES_PER_VALUE` per value. A multiple of :data:`BLOCK_ALIGN`, at
-    least one such multiple; ``n_features`` when all fit."""
+    the rest is shared out at :func:`column_bytes` per column (``permutations`` and ``shuffles`` as the
+    analysis runs them). A multiple of :data:`BLOCK_ALIGN`, at least one such multiple; ``n_features`` when
+    all fit."""
     in_use = rss_bytes() if in_use_bytes is None else int(in_use_bytes)
     free = memory_mb * 1e6 - in_use - 2 * output_bytes(n_features, n_regions, n_controls)
-    width = int(max(free, 0) // (max(n_prompts, 1) * BYTES_PER_VALUE)) // BLOCK_ALIGN * BLOCK_ALIGN
+    width = int(max(free, 0) // column_bytes(n_prompts, permutations, shuffles)) // BLOCK_ALIGN * BLOCK_ALIGN
     return n_features if width >= n_features else max(width, BLOCK_ALIGN)
 
 
@@ -248,17 +256,19 @@ def spatial_analysis(values: xr.DataArray | FeatureSource, params: Mapping[str, 
     common = dict(k=k, transform=transform, seed=seed)
     perms = int(params["permutations"])
     shuffled = bool(params.get("shuffled_control", True))
+    n_shuffles = int(params.get("shuffles", 200)) if shuffled else 0
     resid = bool(params.get("residualise", True)) and any(c in prompts.coords for c in TEMPLATE_COVARIATES)
     if block_columns is None and memory_mb is not None:
         n_controls = shuffled + resid + (sink is not None)
-        block_columns = columns_per_block(n, F, memory_mb, n_regions=len(crs), n_controls=n_controls)
+        block_columns = columns_per_block(n, F, memory_mb, n_regions=len(crs), n_controls=n_controls,
+                                          permutations=perms, shuffles=n_shuffles)
     blocks = column_blocks(F, int(block_columns or F))
     # threads change how fast, never what: the permutation engine is bit-identical at any thread count;
     # batch_columns=F: every block draws and sums its replicates as the whole set does
     glob = dict(common, permutations=perms, num_threads=int(num_threads or 1), batch_columns=F)
     weights = region_weights(lon, lat, region, crs, k=k, transform=transform)
     # the shuffled control: shuffles of the coordinates as rearrangements of the places, tested against the data's null
-    arrangements = shuffle_arrangements(region, seed + 1, int(params.get("shuffles", 200))) if shuffled else None
+    arrangements = shuffle_arrangements(region, seed + 1, n_shuffles) if shuffled else None
     layer_perms = int(params.get("layer_permutations", 999))
     # residuals on admin-1 sum to zero within each unit: their permutations stay within units (the fair null)
     admin1 = (np.char.add(np.char.add(region, "/"), prompts["admin1_code"].values.astype(str))
