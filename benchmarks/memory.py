@@ -275,10 +275,10 @@ def stage_spatial(wd: Path, cfg: dict) -> dict:
     from mechflow.io import FeatureColumns, write_dataset
     from mechflow.spatial.analysis import columns_per_block, spatial_analysis
 
-    shuffles = 200 if cfg["controls"] else 0
     params = {"k": 8, "transform": "r", "permutations": cfg["permutations"], "seed": 0, "lisa_top_n": 3,
               "shuffled_control": bool(cfg["controls"]), "shuffles": 200, "residualise": cfg["controls"],
               "crs": CRS}
+    shuffles = params["shuffles"] if params["shuffled_control"] else 0
     with FeatureColumns(wd / "features.nc", "sae") as fc:
         n, F = fc.shape
         width = columns_per_block(n, F, cfg["bound_mb"], n_regions=2, n_controls=2 * int(cfg["controls"]),

@@ -150,6 +150,9 @@ def test_arrangement_counts_are_unit_pvalue_counts_of_each_arrangement():
         arr = np.round(rng.normal(size=(R, F)), 1)
         obs[3], sim[:, 3], arr[:, 3] = np.nan, np.nan, np.nan  # a constant unit
         below, above = arrangement_pvalue_counts(obs, sim, arr)
+        given = arrangement_pvalue_counts(obs, sim, arr, arr_p=((sim[None] >= arr[:, None]).sum(1) + 1.0) / (P + 1))
+        np.testing.assert_array_equal(given[0], below)  # the p-values the caller already counted: the same counts
+        np.testing.assert_array_equal(given[1], above)
         for r in range(R):
             b0, a0, _ = unit_pvalue_counts(arr[r], sim)
             np.testing.assert_array_equal(below[r], b0)

@@ -242,7 +242,7 @@ class _WithinBlocks:
         return self.eng.replicates(perms, want_sq)
 
 
-def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, obs_I, obs_C, engine=None,
+def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_geary, constant, engine=None,
              num_threads=1, batch_columns=None, keep_replicates=False, blocks=None, arrangements=None):
     """Shared-permutation replicates; returns per-column (count>=obs, sum, sumsq) for I and C
     (and, for C, count<=obs).
@@ -265,8 +265,8 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
     the identity permutation, ``acc["obs_I"]``), not with the float64 ``obs_I``: a permutation p-value is exact
     only when the observed statistic and the replicates are one function of the arrangement. Features with tied
     values (sparse SAE features: many arrangements share one I) otherwise have their ties broken by float32
-    rounding, which made ``p_greater`` too small for them. ``obs_I``/``obs_C`` (inf for constant columns) only mark
-    the constant columns.
+    rounding, which made ``p_greater`` too small for them. ``constant [F]``: columns with no variance (never
+    counted: their observed value is inf, ``acc["obs_I"]`` NaN).
     """
     n, F = z.shape
     Fb = max(int(batch_columns or F), 1)
@@ -299,10 +299,9 @@ def _permute(z, z2ss, rc, A, n_perm, seed, device, chunk_size, sim_dtype, want_g
         acc["sim_I"] = np.empty((n_perm, F))
     with torch_threads(num_threads if engine == "torch" and dev.type == "cpu" else None):
         kI, kC = _evaluate(eng, chunks, np.arange(n)[None], want_geary, n, s0, F)  # the observed, as a replicate
-        acc["obs_I"] = np.where(np.isinf(obs_I), np.nan, kI[0])
-        obs_I = np.where(np.isinf(obs_I), np.inf, kI[0])
-        if want_geary:
-            obs_C = np.where(np.isinf(obs_C), np.inf, kC[0])
+        acc["obs_I"] = np.where(constant, np.nan, kI[0])
+        obs_I = np.where(constant, np.inf, kI[0])
+        obs_C = np.where(constant, np.inf, kC[0]) if want_geary else None
         _accumulate(eng, acc, chunks, n, s0, EI, n_perm, B, want_geary, obs_I, obs_C)
         if arrangements is not None:
             rank = np.empty_like(order)
@@ -435,8 +434,7 @@ def global_autocorrelation(
     acc = None
     if permutations or arrangements is not None:
         acc, EI = _permute(
-            z, z2ss, rc, A, permutations, seed, device, chunk_size, sim_dtype, geary,
-            np.where(constant, np.inf, moran["I"]), np.where(constant, np.inf, gear["C"]), engine, num_threads,
+            z, z2ss, rc, A, permutations, seed, device, chunk_size, sim_dtype, geary, constant, engine, num_threads,
             batch_columns, keep_replicates or arrangements is not None, None if blocks is None else block_codes(blocks),
             arrangements,
         )

@@ -99,35 +99,49 @@ def unit_pvalue_counts(obs_I: np.ndarray, sim_I: np.ndarray, alpha: float = UNIT
     and with p > ``lam``, where unit f's p in arrangement b is ``#{c: I[c, f] >= I[b, f]} / (P + 1)`` over the
     observed value and the replicates (for b = 0 it is ``p_greater``). ``obs_I [F]``, ``sim_I [P, F]``; NaN units
     (constant) are left out. Returns ``(below [P + 1], above [P + 1], F_valid)``."""
+    count_ge, valid = _counts_ge(obs_I, sim_I)
+    return (*_threshold_counts(count_ge, alpha, lam), int(valid.sum()))
+
+
+def _threshold_counts(count_ge: np.ndarray, alpha: float = UNIT_ALPHA,
+                      lam: float = STOREY_LAMBDA) -> tuple[np.ndarray, np.ndarray]:
+    """Per arrangement (row of :func:`_counts_ge`), the units with p = count / (P + 1) below ``alpha`` and above ``lam``."""
+    p = count_ge / count_ge.shape[0]
+    return (p < alpha).sum(1).astype(np.float64), (p > lam).sum(1).astype(np.float64)
+
+
+def _counts_ge(obs_I: np.ndarray, sim_I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``#{c: I_c >= I_b}`` over the observed value and the replicates, itself included, ``[P + 1, Fv]`` (row 0 the
+    observed), and the mask ``[F]`` of the units counted (finite ``obs_I``)."""
     valid = np.isfinite(obs_I)
     allI = np.vstack([obs_I[None, valid], sim_I[:, valid]])  # [P + 1, Fv]
-    P1 = allI.shape[0]
     if allI.shape[1] == 0:
-        return np.zeros(P1), np.zeros(P1), 0
-    count_ge = P1 + 1 - rankdata(allI, method="min", axis=0)  # #{c: I_c >= I_b}, itself included
-    p = count_ge / P1
-    return (p < alpha).sum(1).astype(np.float64), (p > lam).sum(1).astype(np.float64), int(valid.sum())
+        return np.zeros_like(allI), valid
+    return allI.shape[0] + 1 - rankdata(allI, method="min", axis=0), valid
 
 
 def arrangement_pvalue_counts(obs_I: np.ndarray, sim_I: np.ndarray, arr_I: np.ndarray, alpha: float = UNIT_ALPHA,
-                              lam: float = STOREY_LAMBDA) -> tuple[np.ndarray, np.ndarray]:
+                              lam: float = STOREY_LAMBDA, arr_p: np.ndarray | None = None,
+                              counts: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`unit_pvalue_counts` of every arrangement ``r`` tested as if observed (``unit_pvalue_counts(arr_I[r],
     sim_I)``: the arrangements ``{r, replicates}``), for all ``R`` at once: ``(below [R, P + 1], above [R, P + 1])``.
-    ``obs_I [F]`` marks the units left out (NaN: constant), ``sim_I [P, F]``, ``arr_I [R, F]``.
+    ``obs_I [F]`` marks the units left out (NaN: constant), ``sim_I [P, F]``, ``arr_I [R, F]``. What the caller
+    already has is not counted again: ``arr_p [R, F]``, the arrangements' own unit p (``p_greater`` of
+    ``global_autocorrelation(..., arrangements=)``), and ``counts``, :func:`_counts_ge` of ``(obs_I, sim_I)``.
 
     A replicate's count ``#{c: I_c >= I_b}`` is its count among the replicates plus one where the arrangement's I is
     ``>= I_b``; that one only changes which side of ``alpha`` (or ``lam``) a unit's p falls where the count sits just
     at the threshold, so only those (replicate, unit) pairs are compared per arrangement."""
-    valid = np.isfinite(obs_I)
+    count_ge, valid = _counts_ge(obs_I, sim_I) if counts is None else counts
     S, X = sim_I[:, valid], np.asarray(arr_I, dtype=np.float64)[:, valid]
     P, Fv = S.shape
     R, P1 = X.shape[0], P + 1
     if Fv == 0:
         return np.zeros((R, P1)), np.zeros((R, P1))
-    own = (1.0 + count_at_least(S, X)) / P1  # [R, Fv]: each arrangement's unit p (p_greater)
+    own = (1.0 + count_at_least(S, X)) / P1 if arr_p is None else np.asarray(arr_p)[:, valid]  # [R, Fv]: p_greater
     below, above = np.zeros((R, P1)), np.zeros((R, P1))
     below[:, 0], above[:, 0] = (own < alpha).sum(1), (own > lam).sum(1)
-    among = P + 1 - rankdata(S, method="min", axis=0)  # [P, Fv]: #{replicates c: I_c >= I_b}
+    among = count_ge[1:] - (obs_I[valid][None, :] >= S)  # [P, Fv]: #{replicates c: I_c >= I_b}, the observed taken out
     for out, at0, at1, flips_when_ge in ((below, among / P1 < alpha, (among + 1) / P1 < alpha, False),
                                          (above, among / P1 > lam, (among + 1) / P1 > lam, True)):
         sure = at1 if not flips_when_ge else at0  # counted whether or not the arrangement's I >= I_b
@@ -199,12 +213,12 @@ class RegionLayerTest:
         self.arr_sum_I = self.arr_below = self.arr_above = None  # [R], [R, P + 1], [R, P + 1]
 
     def add(self, values: np.ndarray, obs_I: np.ndarray | None = None, sim_I: np.ndarray | None = None,
-            offset: int = 0, arr_I: np.ndarray | None = None) -> None:
+            offset: int = 0, arr_I: np.ndarray | None = None, arr_p: np.ndarray | None = None) -> None:
         """One column block: ``values [n, Fb]`` and, from the per-unit test on it, ``obs_I [Fb]``, its
         replicates ``sim_I [P, Fb]`` (None: no per-unit statistics) and, given ``arrangements``, their unit I
-        ``arr_I [R, Fb]``. ``offset``: the block's first column in the whole set. Sums go by
-        :data:`SUM_CHUNK`-column chunks of the whole set, added in order, so blocks that start at multiples of it
-        give the unblocked result bit for bit."""
+        ``arr_I [R, Fb]`` (and their unit p ``arr_p [R, Fb]`` where already counted, else counted here).
+        ``offset``: the block's first column in the whole set. Sums go by :data:`SUM_CHUNK`-column chunks of the
+        whole set, added in order, so blocks that start at multiples of it give the unblocked result bit for bit."""
         values = np.asarray(values, dtype=np.float64)
         Fb = values.shape[1]
         if self.arrangements is not None and obs_I is not None and arr_I is None:
@@ -215,10 +229,11 @@ class RegionLayerTest:
             has_units = obs_I is not None
             self._add_chunk(values[:, a:b], np.asarray(obs_I[a:b], dtype=np.float64) if has_units else None,
                             np.asarray(sim_I[:, a:b], dtype=np.float64) if has_units and sim_I is not None else None,
-                            np.asarray(arr_I[:, a:b], dtype=np.float64) if has_units and arr_I is not None else None)
+                            np.asarray(arr_I[:, a:b], dtype=np.float64) if has_units and arr_I is not None else None,
+                            None if arr_p is None else arr_p[:, a:b])
 
     def _add_chunk(self, values: np.ndarray, obs_I: np.ndarray | None, sim_I: np.ndarray | None,
-                   arr_I: np.ndarray | None) -> None:
+                   arr_I: np.ndarray | None, arr_p: np.ndarray | None) -> None:
         zs, keep = _standardise(values)
         if self.K is not None:
             self.K += zs @ zs.T
@@ -226,8 +241,9 @@ class RegionLayerTest:
         if obs_I is None:
             return
         sim_I = np.zeros((0, obs_I.size)) if sim_I is None else sim_I
-        below, above, _ = unit_pvalue_counts(obs_I, sim_I)
-        valid = np.isfinite(obs_I)
+        counts = _counts_ge(obs_I, sim_I)
+        valid = counts[1]
+        below, above = _threshold_counts(counts[0])
         sum_I = np.concatenate([[obs_I[valid].sum()], sim_I[:, valid].sum(1)])
         if self.below is None:
             self.below, self.above, self.sum_I = below, above, sum_I
@@ -236,7 +252,7 @@ class RegionLayerTest:
         else:
             self.below, self.above, self.sum_I = self.below + below, self.above + above, self.sum_I + sum_I
         if arr_I is not None:
-            a_below, a_above = arrangement_pvalue_counts(obs_I, sim_I, arr_I)
+            a_below, a_above = arrangement_pvalue_counts(obs_I, sim_I, arr_I, arr_p=arr_p, counts=counts)
             a_sum = arr_I[:, valid].sum(1)
             if self.arr_sum_I is None:
                 self.arr_sum_I, self.arr_below, self.arr_above = a_sum, a_below, a_above
@@ -331,7 +347,8 @@ class LayerTests:
         the whole set; bind it with ``functools.partial``) and the engine's result."""
         arr = res.get("arrangements")  # the observed I as the replicates compute it: the counts compare like with like
         self.tests[str(region)].add(values, res.get("replicates_observed", res["moran"]["I"]), res.get("replicates"),
-                                    offset=offset, arr_I=None if arr is None else arr["I"])
+                                    offset=offset, arr_I=None if arr is None else arr["I"],
+                                    arr_p=None if arr is None else arr["p_greater"])
 
     def results(self) -> dict[str, dict]:
         """Region -> :meth:`RegionLayerTest.result` (computed once, after the last block)."""
